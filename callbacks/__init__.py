@@ -1,0 +1,1 @@
+"""Lightning callbacks of infra-pl, importable as ``infra_pl.callbacks``."""
