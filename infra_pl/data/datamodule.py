@@ -1,0 +1,263 @@
+"""``ReasoningDataModule``: sources -> schema examples -> tokenised, masked batches.
+
+The DataModule owns the tokenizer because the demo tokenizer is trained on the data; the
+model reads ``datamodule.tokenizer`` in ``configure_model`` to size its vocabulary.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from infra_pl.data.schema import DataError
+from infra_pl.data.sources import Source, load_source
+from infra_pl.data.tokenize import TruncationStats, collate_padded, tokenize_chat
+
+
+@dataclass
+class DemoOptions:
+    """Size of the embedded demo mixture (generated on first use, then cached).
+
+    Args:
+        seed: generator seed; the same seed gives byte-identical data.
+        n_train: training examples (math + code).
+        n_eval: evaluation items per domain.
+        n_pool: larger pool of the same distribution, used by difficulty-flip resampling.
+        math_fraction: share of math in the training mixture.
+    """
+
+    seed: int = 0
+    n_train: int = 2000
+    n_eval: int = 200
+    n_pool: int = 4000
+    math_fraction: float = 0.5
+
+
+def _default_train() -> list[Source]:
+    return [Source("demo:train")]
+
+
+def _default_eval() -> list[Source]:
+    return [Source("demo:eval_math"), Source("demo:eval_code")]
+
+
+class TokenizedDataset(Dataset):
+    """Tokenised examples; item ``index`` is the position in ``examples`` (carried into batches)."""
+
+    def __init__(self, features: list[dict[str, Any]]):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.features[i]
+
+
+def _collate_with_prompts(features: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded teacher-forced batch plus left-padded prompts for greedy generation."""
+    batch = collate_padded(features, pad_token_id, "right")
+    prompts = [{"input_ids": f["prompt_ids"], "labels": f["prompt_ids"], "index": f["index"]} for f in features]
+    left = collate_padded(prompts, pad_token_id, "left")
+    batch["prompt_input_ids"] = left["input_ids"]
+    batch["prompt_attention_mask"] = left["attention_mask"]
+    return batch
+
+
+class ReasoningDataModule(L.LightningDataModule):
+    """Math + code reasoning data in one schema, tokenised with the chat template.
+
+    Args:
+        train: training sources (default: the embedded demo's training mixture).
+        eval: evaluation sources, scored by generation in ``validate`` (default: demo math + code).
+        pool: extra same-distribution sources for difficulty-flip resampling (default: demo pool).
+        tokenizer: path of a Hugging Face tokenizer; ``None`` trains a small digit-splitting BPE on
+            the training and evaluation text (cached under ``cache_dir``).
+        tokenizer_vocab_size: vocabulary size of the locally trained tokenizer.
+        max_length: longest sequence in tokens; longer examples are truncated (counted, warned).
+        batch_size: training batch size.
+        eval_batch_size: batch size for evaluation and generation.
+        num_workers: DataLoader worker processes.
+        seed: shuffling seed.
+        cache_dir: where the demo data and tokenizer are cached.
+        demo: size of the embedded demo (used only by ``demo:`` sources).
+    """
+
+    def __init__(
+        self,
+        train: list[Source] | None = None,
+        eval: list[Source] | None = None,
+        pool: list[Source] | None = None,
+        tokenizer: str | None = None,
+        tokenizer_vocab_size: int = 1024,
+        max_length: int = 320,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str = ".cache/infra_pl",
+        demo: DemoOptions | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_sources = train if train is not None else _default_train()
+        self.eval_sources = eval if eval is not None else _default_eval()
+        self.pool_sources = pool
+        self.tokenizer_name = tokenizer
+        self.tokenizer_vocab_size = tokenizer_vocab_size
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.cache_dir = Path(cache_dir)
+        self.demo = demo or DemoOptions()
+        self.tokenizer: Any = None
+        self.train_examples: list[dict[str, Any]] = []
+        self.eval_examples: list[dict[str, Any]] = []
+        self._train_features: list[dict[str, Any]] = []
+        self._eval_features: list[dict[str, Any]] = []
+        self._demo_files: dict[str, Path] | None = None
+        self._ready = False
+
+    # ----------------------------------------------------------------- loading
+    def _needs_demo(self) -> bool:
+        sources = [*self.train_sources, *self.eval_sources, *(self.pool_sources or [])]
+        return any(s.path.startswith("demo:") for s in sources)
+
+    def prepare_data(self) -> None:
+        """Generate the demo files once (rank 0 only under DDP)."""
+        if self._needs_demo():
+            self._demo_files = self._ensure_demo()
+
+    def _ensure_demo(self) -> dict[str, Path]:
+        from infra_pl.data.demo import ensure_demo
+
+        return ensure_demo(
+            self.cache_dir / "demo",
+            seed=self.demo.seed,
+            n_train=self.demo.n_train,
+            n_eval=self.demo.n_eval,
+            n_pool=self.demo.n_pool,
+            math_fraction=self.demo.math_fraction,
+        )
+
+    def _load(self, sources: list[Source], role: str) -> list[dict[str, Any]]:
+        if not sources:
+            raise DataError(f"no {role} sources configured")
+        examples: list[dict[str, Any]] = []
+        for source in sources:
+            examples.extend(load_source(source, self._demo_files))
+        seen: set[str] = set()
+        unique = []
+        for example in examples:  # the same item listed in two sources is kept once
+            if example["id"] not in seen:
+                seen.add(example["id"])
+                unique.append(example)
+        return unique
+
+    def _build_tokenizer(self) -> Any:
+        if self.tokenizer_name:
+            from infra_pl.data.tokenizer import load_tokenizer
+
+            return load_tokenizer(self.tokenizer_name)
+        from infra_pl.data.tokenizer import cached_demo_tokenizer
+
+        return cached_demo_tokenizer(
+            self.train_examples + self.eval_examples, self.cache_dir, vocab_size=self.tokenizer_vocab_size
+        )
+
+    def _tokenize_all(self, examples: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+        stats = TruncationStats()
+        features = []
+        for index, example in enumerate(examples):
+            tokenized = tokenize_chat(self.tokenizer, example["messages"], self.max_length)
+            if tokenized is None:
+                stats.dropped += 1
+                stats.dropped_ids.append(example["id"])
+                continue
+            stats.truncated += int(tokenized.truncated)
+            features.append(
+                {
+                    "input_ids": tokenized.input_ids,
+                    "labels": tokenized.labels,
+                    "prompt_ids": tokenized.prompt_ids,
+                    "index": index,
+                }
+            )
+        stats.warn(split, self.max_length)
+        if not features:
+            raise DataError(f"the {split} split is empty after tokenisation (max_length={self.max_length})")
+        return features
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, validate and tokenise everything once; later calls are no-ops (idempotent)."""
+        if self._ready:
+            return
+        if self._needs_demo() and self._demo_files is None:
+            self._demo_files = self._ensure_demo()  # non-zero ranks, or setup() called directly
+        self.train_examples = self._load(self.train_sources, "train")
+        self.eval_examples = self._load(self.eval_sources, "eval")
+        self.tokenizer = self._build_tokenizer()
+        self._train_features = self._tokenize_all(self.train_examples, "train")
+        self._eval_features = self._tokenize_all(self.eval_examples, "eval")
+        self._ready = True
+
+    # ------------------------------------------------------------- dataloaders
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            TokenizedDataset(self._train_features),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_padded, pad_token_id=self.pad_token_id),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            TokenizedDataset(self._eval_features),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=partial(_collate_with_prompts, pad_token_id=self.pad_token_id),
+        )
+
+    def attribution_dataloader(self, split: str = "train", batch_size: int | None = None) -> DataLoader:
+        """Unshuffled batches of a split, for attribution passes (index reassembles shards)."""
+        features = {"train": self._train_features, "eval": self._eval_features}[split]
+        return DataLoader(
+            TokenizedDataset(features),
+            batch_size=batch_size or self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_padded, pad_token_id=self.pad_token_id),
+        )
+
+    # ---------------------------------------------------------------- summary
+    def describe(self) -> str:
+        """Counts per split, domain and difficulty: what the user is about to train on."""
+        lines = []
+        for name, examples in (("train", self.train_examples), ("eval", self.eval_examples)):
+            counts = collections.Counter((e["domain"], e["difficulty"]) for e in examples)
+            per_domain = collections.Counter(e["domain"] for e in examples)
+            detail = ", ".join(
+                f"{domain}: {per_domain[domain]} (levels "
+                + " ".join(f"{lvl}:{n}" for (d, lvl), n in sorted(counts.items(), key=lambda kv: str(kv[0])) if d == domain)
+                + ")"
+                for domain in sorted(per_domain)
+            )
+            lines.append(f"{name}: {len(examples)} examples; {detail}")
+        return "\n".join(lines)

@@ -1,0 +1,302 @@
+"""``SFTModule``: supervised fine-tuning of a causal LM on reasoning traces, and its evaluation.
+
+Validation does two things: the teacher-forced loss on the reference answers (cheap, every
+validation epoch), and greedy generation scored for correctness (costly; always in
+``validate``, optional during ``fit``). Correctness is written per example because the
+attribution measurement is defined on the correctly answered items.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from torch.optim.lr_scheduler import LambdaLR
+
+from infra_pl.eval.sandbox import SandboxLimits
+from infra_pl.eval.scoring import Verdict, score_generations
+from infra_pl.losses import mean_token_nll, per_example_nll, target_log_probs
+from infra_pl.models import LoraOptions, apply_lora, build_causal_lm
+from infra_pl.schedule import ProgressClock, warmup_cosine
+
+DOMAINS = ("math", "code")
+
+
+class SFTModule(L.LightningModule):
+    """Causal-LM SFT with optional LoRA, warmup+cosine AdamW, and generation-based evaluation.
+
+    Args:
+        name_or_path: local path (or hub name where reachable) of a pretrained causal LM. If
+            unset, the model is built from ``model_config`` with random init (the demo).
+        model_config: ``transformers`` config fields, including ``model_type`` (e.g. ``llama``,
+            ``qwen2``, ``gpt2``); default: the small demo Llama. The vocabulary size and special
+            token ids come from the tokenizer.
+        dtype: parameter dtype: float32, bfloat16 or float16.
+        attn_implementation: ``sdpa`` or ``eager``.
+        init_seed: seed of the random init (so LoRA adapters reload onto identical base weights).
+        lora: enable LoRA adapters with these settings (only adapters train and are saved).
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup_fraction: share of the run spent in linear warmup.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        time_budget_s: if set, the LR schedule runs on wall-clock time too (progress = max of step
+            and time fractions) and training stops when the budget is used, so the LR always
+            anneals even on a slow or shared machine.
+        generate_during_fit: also generate and score answers in validation epochs during fit.
+        max_new_tokens: generation length limit.
+        correctness_file: where ``validate`` writes per-example correctness (JSONL); default
+            ``<log_dir>/correctness.jsonl``.
+        sandbox: limits for running generated code.
+        sandbox_workers: code checks run in parallel.
+        tokenizer: tokenizer path, only needed when no ReasoningDataModule provides one.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        init_seed: int = 0,
+        lora: LoraOptions | None = None,
+        learning_rate: float = 3e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.02,
+        time_budget_s: float | None = None,
+        generate_during_fit: bool = False,
+        max_new_tokens: int = 256,
+        correctness_file: str | None = None,
+        sandbox: SandboxLimits | None = None,
+        sandbox_workers: int = 2,
+        tokenizer: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.lora = lora
+        self.sandbox_limits = sandbox or SandboxLimits()
+        self._clock: ProgressClock | None = None
+        self._verdicts: list[Verdict] = []
+        self.last_correctness_path: Path | None = None
+        if lora is not None:
+            self.strict_loading = False  # adapter-only checkpoints omit the frozen base weights
+
+    # ------------------------------------------------------------------ model
+    def _resolve_tokenizer(self) -> Any:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
+            return datamodule.tokenizer
+        if self.hparams.tokenizer:
+            from infra_pl.data.tokenizer import load_tokenizer
+
+            return load_tokenizer(self.hparams.tokenizer)
+        if self.hparams.name_or_path:
+            from infra_pl.data.tokenizer import load_tokenizer
+
+            return load_tokenizer(self.hparams.name_or_path)
+        raise RuntimeError(
+            "SFTModule needs a tokenizer: use ReasoningDataModule (it provides one) or pass tokenizer=<path>"
+        )
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.tokenizer = self._resolve_tokenizer()
+        model = build_causal_lm(
+            name_or_path=self.hparams.name_or_path,
+            model_config=self.hparams.model_config,
+            vocab_size=len(self.tokenizer),
+            special_token_ids={
+                "pad_token_id": self.tokenizer.pad_token_id,
+                "bos_token_id": self.tokenizer.bos_token_id,
+                "eos_token_id": self.tokenizer.eos_token_id,
+            },
+            dtype=self.hparams.dtype,
+            attn_implementation=self.hparams.attn_implementation,
+            init_seed=self.hparams.init_seed,
+        )
+        if self.lora is not None:
+            model = apply_lora(model, self.lora)
+        self.model = model
+        vocab = int(model.get_input_embeddings().weight.shape[0])
+        self.train_token_acc = torchmetrics.classification.MulticlassAccuracy(
+            num_classes=vocab, ignore_index=-100, average="micro"
+        )
+        self.val_token_acc = self.train_token_acc.clone()
+        self.val_loss = torchmetrics.MeanMetric()
+        self.val_accuracy = torch.nn.ModuleDict({d: torchmetrics.MeanMetric() for d in DOMAINS})
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    # ------------------------------------- what attribution needs from a module
+    def per_example_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L(z) for each sequence of the batch: summed NLL over assistant tokens, shape [B]."""
+        return per_example_nll(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+    def token_log_probs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(z_t | z_<t) per target position and its mask, each [B, T-1]."""
+        return target_log_probs(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+    # --------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss, n_tokens = mean_token_nll(logits, batch["labels"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
+                "lower the learning rate or check the data for empty targets"
+            )
+        self.train_token_acc(logits[:, :-1].argmax(-1), batch["labels"][:, 1:])
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/perplexity", torch.exp(loss.detach()), batch_size=batch_size)
+        self.log("train/token_accuracy", self.train_token_acc, batch_size=batch_size)
+        self.log("train/target_tokens", n_tokens.float(), reduce_fx="sum", batch_size=batch_size)
+        return loss
+
+    def on_train_start(self) -> None:
+        if self._clock is not None:
+            self._clock.start()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._clock is not None and self._clock.time_budget_s:
+            if self._clock.progress(self.global_step) >= 1.0:
+                self.trainer.should_stop = True  # time budget used: the LR has fully annealed
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.learning_rate,
+            betas=tuple(self.hparams.betas),
+        )
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf") or total <= 0:
+            if not self.hparams.time_budget_s:
+                raise ValueError("set trainer.max_steps/max_epochs or model.time_budget_s so the LR schedule has an end")
+            total = 10**9
+        self._clock = ProgressClock(int(total), self.hparams.time_budget_s)
+        clock, warmup, floor = self._clock, self.hparams.warmup_fraction, self.hparams.min_lr_ratio
+        scheduler = LambdaLR(optimizer, lambda step: warmup_cosine(clock.progress(step), warmup, floor))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------- evaluation
+    def _generating(self) -> bool:
+        return self.trainer.state.fn == "validate" or self.hparams.generate_during_fit
+
+    @torch.no_grad()
+    def generate_answers(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:
+        """Greedy continuations of left-padded prompts, decoded without special tokens."""
+        was_training = self.model.training
+        self.model.eval()
+        # SDPA's fused kernels mis-handle fully masked rows of left padding; the math path is exact.
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            output = self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                max_new_tokens=self.hparams.max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        self.model.train(was_training)
+        new_tokens = output[:, prompt_ids.shape[1] :]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss, n_tokens = mean_token_nll(logits, batch["labels"])
+        self.val_loss.update(loss, weight=n_tokens)
+        self.val_token_acc(logits[:, :-1].argmax(-1), batch["labels"][:, 1:])
+        if not self._generating():
+            return
+        examples = [self.trainer.datamodule.eval_examples[int(i)] for i in batch["index"]]
+        texts = self.generate_answers(batch["prompt_input_ids"], batch["prompt_attention_mask"])
+        texts = [_strip_special(t, self.tokenizer) for t in texts]
+        verdicts = score_generations(examples, texts, self.sandbox_limits, self.hparams.sandbox_workers)
+        for verdict in verdicts:
+            if verdict.domain in self.val_accuracy:
+                self.val_accuracy[verdict.domain].update(torch.tensor(float(verdict.correct), device=self.device))
+        self._verdicts.extend(verdicts)
+
+    def on_validation_epoch_start(self) -> None:
+        self._verdicts = []
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/perplexity", torch.exp(loss))
+        self.log("val/token_accuracy", self.val_token_acc.compute())
+        self.val_loss.reset()
+        self.val_token_acc.reset()
+        if not self._generating():
+            return
+        for domain, metric in self.val_accuracy.items():
+            if metric.update_count:
+                self.log(f"val/accuracy_{domain}", metric.compute())
+            metric.reset()
+        self._write_correctness()
+
+    def _write_correctness(self) -> None:
+        rows = [v.to_dict() for v in self._verdicts]
+        if self.trainer.world_size > 1:
+            gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
+            torch.distributed.all_gather_object(gathered, rows)
+            by_id = {row["id"]: row for shard in gathered for row in shard}  # DDP pads with duplicates
+            rows = list(by_id.values())
+        if not self.trainer.is_global_zero:
+            return
+        path = Path(self.hparams.correctness_file or Path(self.trainer.log_dir or ".") / "correctness.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        self.last_correctness_path = path
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora is None:
+            return
+        trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["infra_pl_adapter_only"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lora is None:
+            return
+        trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+        missing = trainable - set(checkpoint["state_dict"])
+        if missing:
+            raise KeyError(f"LoRA checkpoint lacks {len(missing)} adapter weight(s), e.g. {sorted(missing)[:3]}")
+        if not checkpoint.get("infra_pl_adapter_only"):
+            warnings.warn("loading a full checkpoint into a LoRA module; base weights come from the checkpoint")
+
+
+def _strip_special(text: str, tokenizer: Any) -> str:
+    """Cut the generation at the end-of-turn token and drop padding."""
+    end = tokenizer.eos_token
+    if end and end in text:
+        text = text[: text.index(end)]
+    pad = tokenizer.pad_token
+    return text.replace(pad, "") if pad else text
