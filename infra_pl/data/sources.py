@@ -115,7 +115,7 @@ def read_raw_rows(source: Source, demo_files: Mapping[str, Path] | None = None) 
         path = Path(demo_files[split])
         return str(path), _read_jsonl(path)
     local = Path(source.path).expanduser()
-    if local.suffix.lower() in {".jsonl", ".json", ".parquet"}:
+    if local.suffix.lower() in {".jsonl", ".json", ".parquet"} or local.is_file():
         return str(local), _read_local(local)
     return source.path, _read_hub(source)
 
