@@ -1,0 +1,174 @@
+"""Forward/backward hooks that expose each tracked layer's input activations and output gradients.
+
+Why hooks on the *output tensor* rather than ``register_full_backward_hook``: a tensor hook fires
+whenever autograd computes d(loss)/d(output), whether the caller differentiates with respect to
+the layer outputs, the tracked weights, or calls ``loss.backward()``; and it never touches
+parameter ``.grad``. The drivers in this package call ``torch.autograd.grad`` with the captured
+outputs as inputs, so no weight gradient is ever formed (cheaper, and parameters stay clean).
+
+All per-layer data is handed to callbacks as soon as it exists instead of being stored, because
+holding every layer's output gradient for a batch at once costs as much memory as the model's
+activations again.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from infra_pl.ekfac.modules import LayerShape, layer_shape
+
+# (module name, activations [N, in(+1)] already masked, number of real tokens among the N rows)
+ActivationFn = Callable[[str, torch.Tensor, int], None]
+# (module name, output gradients [N, out] already masked, number of real tokens)
+GradientFn = Callable[[str, torch.Tensor, int], None]
+# (module name, activations [B, T, in(+1)], output gradients [B, T, out]) for per-sequence sums
+PairFn = Callable[[str, torch.Tensor, torch.Tensor], None]
+
+
+class Capture:
+    """Context manager that hooks the tracked layers and feeds callbacks, one batch at a time.
+
+    Padding positions (``attention_mask == 0``) are zeroed in both activations and gradients, so
+    they add nothing to any sum; the constant-1 bias column is zeroed there too. Token counts
+    passed to callbacks are the number of non-padding positions, as in kronfluence 1.0.1
+    (``TrackedLinear.get_flattened_activation``/``get_flattened_gradient``).
+
+    Usage per batch: ``capture.start_batch(attention_mask)``, run forward + autograd, then
+    ``capture.finish_batch()``, which checks every layer that ran also received its gradient.
+    """
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        *,
+        on_activation: ActivationFn | None = None,
+        on_gradient: GradientFn | None = None,
+        on_pair: PairFn | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.modules = dict(modules)
+        self.shapes: dict[str, LayerShape] = {name: layer_shape(m) for name, m in self.modules.items()}
+        self.on_activation = on_activation
+        self.on_gradient = on_gradient
+        self.on_pair = on_pair
+        self.dtype = dtype
+        self._handles: list[RemovableHandle] = []
+        self._mask: torch.Tensor | None = None
+        self._mask_count = 0
+        self._outputs: list[torch.Tensor] = []
+        self._pending: dict[str, torch.Tensor | None] = {}
+        self._done: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "Capture":
+        if self._handles:
+            raise RuntimeError("this Capture is already active; hooks would be registered twice")
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(partial(self._forward_hook, name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._reset()
+
+    def start_batch(self, attention_mask: torch.Tensor | None) -> None:
+        """Forget the previous batch and set the padding mask ([B, T]) for the next forward pass."""
+        self._reset()
+        if attention_mask is not None:
+            self._mask = attention_mask.to(self.dtype)
+            self._mask_count = int(attention_mask.sum().item())  # one host sync per batch, not per layer
+
+    def outputs(self) -> list[torch.Tensor]:
+        """Outputs of the tracked layers in this forward pass: pass them to ``torch.autograd.grad``."""
+        return list(self._outputs)
+
+    def finish_batch(self) -> None:
+        """Raise if some layer ran forward but never got its output gradient (it would skew counts)."""
+        missing = [name for name in self._pending if name not in self._done]
+        self._reset()
+        if missing:
+            raise RuntimeError(
+                f"tracked modules {missing} ran in the forward pass but received no gradient: "
+                "the loss does not depend on their output, so they cannot be tracked"
+            )
+
+    def _reset(self) -> None:
+        self._outputs.clear()
+        self._pending.clear()
+        self._done.clear()
+        self._mask = None
+        self._mask_count = 0
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _token_mask(self, leading_shape: torch.Size) -> torch.Tensor | None:
+        """The [B, T] padding mask if it lines up with this layer's leading dims, else None."""
+        if self._mask is not None and tuple(self._mask.shape) == tuple(leading_shape):
+            return self._mask
+        return None
+
+    def _forward_hook(self, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if not torch.is_grad_enabled():
+            return None  # evaluation passes run under no_grad: nothing to attribute
+        if name in self._pending:
+            raise RuntimeError(
+                f"tracked module {name!r} ran twice in one forward pass (shared weights); "
+                "EK-FAC here assumes each tracked layer is applied once per batch"
+            )
+        with torch.no_grad():
+            activation = self._prepare_activation(name, inputs[0])
+        replaced = None
+        if not output.requires_grad:
+            # Frozen model: make this output a leaf so gradients still reach the tracked layers.
+            output = replaced = output.detach().requires_grad_(True)
+        self._pending[name] = activation if self.on_pair is not None else None
+        self._outputs.append(output)
+        output.register_hook(partial(self._backward_hook, name))
+        return replaced
+
+    def _prepare_activation(self, name: str, raw: torch.Tensor) -> torch.Tensor:
+        """Cast, zero padding positions, append the bias column; returns [..., in(+1)]."""
+        activation = raw.detach().to(self.dtype)
+        mask = self._token_mask(activation.shape[:-1])
+        if mask is not None:
+            activation = activation * mask.unsqueeze(-1)
+        if self.shapes[name].has_bias:
+            ones = torch.ones(activation.shape[:-1] + (1,), dtype=self.dtype, device=activation.device)
+            if mask is not None:
+                ones = ones * mask.unsqueeze(-1)
+            activation = torch.cat([activation, ones], dim=-1)
+        if self.on_activation is not None:
+            flat = activation.reshape(-1, activation.shape[-1])
+            self.on_activation(name, flat, self._count(mask, flat.shape[0]))
+        return activation
+
+    def _backward_hook(self, name: str, grad: torch.Tensor) -> None:
+        with torch.no_grad():
+            gradient = grad.detach().to(self.dtype)
+            mask = self._token_mask(gradient.shape[:-1])
+            if mask is not None:
+                gradient = gradient * mask.unsqueeze(-1)
+            if self.on_gradient is not None:
+                flat = gradient.reshape(-1, gradient.shape[-1])
+                self.on_gradient(name, flat, self._count(mask, flat.shape[0]))
+            if self.on_pair is not None:
+                activation = self._pending[name]
+                self.on_pair(name, _as_sequences(activation), _as_sequences(gradient))
+                self._pending[name] = None  # free the activation as soon as it is used
+        self._done.add(name)
+
+    def _count(self, mask: torch.Tensor | None, rows: int) -> int:
+        return self._mask_count if mask is not None else rows
+
+
+def _as_sequences(x: torch.Tensor) -> torch.Tensor:
+    """View as [B, T, d]: 2-D inputs are one token per example, extra dims fold into tokens."""
+    if x.dim() == 2:
+        return x.unsqueeze(1)
+    return x.reshape(x.shape[0], -1, x.shape[-1])

@@ -1,0 +1,150 @@
+"""Phase 1: the K-FAC covariance factors A (activations) and S (pseudo-gradients) per layer.
+
+The state keeps raw sums and token counts, never normalised matrices, so states computed on
+different workers or ranks combine by plain addition (``merge`` here, or an all-reduce SUM over
+``tensors()``) and are normalised once at the end.
+
+Normalisation (matches kronfluence 1.0.1): A = sum_tokens a a^T / n_A and S = sum_tokens g g^T /
+n_S, where a is the (padding-masked, bias-augmented) layer input, g the gradient of the *summed*
+per-sequence losses w.r.t. the layer output, and n_A = n_S = the number of non-padding tokens
+(``attention_mask.sum()``), prompt tokens included. In kronfluence the sums are accumulated in
+``module/tracker/factor.py`` (``CovarianceTracker``), the counts come from
+``module/linear.py`` (``get_flattened_activation``/``get_flattened_gradient``), and the division
+happens just before the eigendecomposition in ``factor/eigen.py`` (``perform_eigendecomposition``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from infra_pl.ekfac.capture import Capture
+from infra_pl.ekfac.loss import LossFn, causal_lm_loss
+from infra_pl.ekfac.modules import LayerShape, layer_shape
+from infra_pl.ekfac.passes import batch_size, capture_pass, check_fisher, eval_mode, model_device
+from infra_pl.ekfac.progress import progress_bar
+
+
+@dataclass
+class CovarianceState:
+    """Un-normalised covariance sums and counts per module (all tensors, so they all-reduce)."""
+
+    shapes: dict[str, LayerShape]
+    activation_sums: dict[str, torch.Tensor]
+    gradient_sums: dict[str, torch.Tensor]
+    activation_counts: dict[str, torch.Tensor]  # int64 scalars: non-padding tokens seen
+    gradient_counts: dict[str, torch.Tensor]
+    n_sequences: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
+
+    @classmethod
+    def zeros(
+        cls, modules: Mapping[str, nn.Module], dtype: torch.dtype = torch.float32, device: torch.device | None = None
+    ) -> "CovarianceState":
+        shapes = {name: layer_shape(m) for name, m in modules.items()}
+
+        def counts() -> dict[str, torch.Tensor]:
+            return {n: torch.zeros((), dtype=torch.int64, device=device) for n in shapes}
+
+        return cls(
+            shapes=shapes,
+            activation_sums={n: torch.zeros(s.in_dim, s.in_dim, dtype=dtype, device=device) for n, s in shapes.items()},
+            gradient_sums={
+                n: torch.zeros(s.out_features, s.out_features, dtype=dtype, device=device) for n, s in shapes.items()
+            },
+            activation_counts=counts(),
+            gradient_counts=counts(),
+            n_sequences=torch.zeros((), dtype=torch.int64, device=device),
+        )
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the state in a fixed order: all-reduce each with SUM to combine ranks."""
+        out: list[torch.Tensor] = []
+        for name in self.shapes:
+            out += [self.activation_sums[name], self.gradient_sums[name]]
+            out += [self.activation_counts[name], self.gradient_counts[name]]
+        return out + [self.n_sequences]
+
+    def merge(self, other: "CovarianceState") -> "CovarianceState":
+        """Sum of two states over the same modules (e.g. two data shards)."""
+        if list(other.shapes) != list(self.shapes) or other.shapes != self.shapes:
+            raise ValueError("cannot merge covariance states over different modules or shapes")
+        return CovarianceState(
+            shapes=dict(self.shapes),
+            activation_sums={n: self.activation_sums[n] + other.activation_sums[n] for n in self.shapes},
+            gradient_sums={n: self.gradient_sums[n] + other.gradient_sums[n] for n in self.shapes},
+            activation_counts={n: self.activation_counts[n] + other.activation_counts[n] for n in self.shapes},
+            gradient_counts={n: self.gradient_counts[n] + other.gradient_counts[n] for n in self.shapes},
+            n_sequences=self.n_sequences + other.n_sequences,
+        )
+
+    def activation_covariance(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A for one module: activation sum divided by its token count (optionally upcast first)."""
+        total = self.activation_sums[name].to(dtype or self.activation_sums[name].dtype)
+        return total / _positive(self.activation_counts[name], name)
+
+    def gradient_covariance(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """S for one module: pseudo-gradient sum divided by its token count (optionally upcast first)."""
+        total = self.gradient_sums[name].to(dtype or self.gradient_sums[name].dtype)
+        return total / _positive(self.gradient_counts[name], name)
+
+
+def _positive(count: torch.Tensor, name: str) -> torch.Tensor:
+    if int(count) <= 0:
+        raise ValueError(f"module {name!r}: no tokens were accumulated, so its covariance is undefined")
+    return count
+
+
+class CovarianceAccumulator:
+    """Feeds batches through the model and adds their token outer products to a state.
+
+    A Lightning callback drives this itself (``step`` per batch, all-reduce ``state.tensors()``);
+    :func:`fit_covariance` is the same loop over a dataloader.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: Mapping[str, nn.Module],
+        loss_fn: LossFn = causal_lm_loss,
+        fisher: str = "true",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.sample_labels = check_fisher(fisher) == "true"
+        self.state = CovarianceState.zeros(modules, dtype=dtype, device=model_device(model))
+        self.capture = Capture(modules, on_activation=self._add_activation, on_gradient=self._add_gradient, dtype=dtype)
+
+    def _add_activation(self, name: str, activation: torch.Tensor, count: int) -> None:
+        self.state.activation_sums[name].addmm_(activation.t(), activation)
+        self.state.activation_counts[name] += count
+
+    def _add_gradient(self, name: str, gradient: torch.Tensor, count: int) -> None:
+        self.state.gradient_sums[name].addmm_(gradient.t(), gradient)
+        self.state.gradient_counts[name] += count
+
+    def step(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Accumulate one batch; returns its per-sequence losses (detached)."""
+        with eval_mode(self.model), self.capture:
+            losses = capture_pass(self.model, batch, self.loss_fn, self.capture, sample_labels=self.sample_labels)
+        self.state.n_sequences += batch_size(batch)
+        return losses
+
+
+def fit_covariance(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    modules: Mapping[str, nn.Module],
+    loss_fn: LossFn = causal_lm_loss,
+    fisher: str = "true",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> CovarianceState:
+    """Covariance phase over a whole dataloader; returns the (un-normalised) state."""
+    accumulator = CovarianceAccumulator(model, modules, loss_fn=loss_fn, fisher=fisher, dtype=dtype)
+    for batch in progress_bar(loader, "EK-FAC covariance", enabled=progress):
+        accumulator.step(batch)
+    return accumulator.state

@@ -1,0 +1,73 @@
+"""Cheap, deterministic fingerprints of model weights and training-set ids.
+
+Factors are only valid for the weights and data they were fitted on; a stale ``factors/``
+directory after re-training silently gives wrong scores. Hashing every weight would cost a pass
+over the model, so each parameter contributes its shape and a fixed, evenly strided sample of its
+values. The sample is picked with integer index arithmetic and hashed as float32 bytes, with no
+floating-point reductions, so the same weights give the same hash on CPU and GPU and in any
+dtype that represents them exactly. Any fine-tuning step changes essentially every weight, so a
+sample is enough to notice it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+TRACKED_SAMPLE = 1024  # values hashed per tracked parameter
+OTHER_SAMPLE = 16  # values hashed per untracked parameter (catches a changed LoRA base model)
+
+
+def _strided_sample(tensor: torch.Tensor, count: int) -> bytes:
+    flat = tensor.detach().reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return b""
+    k = min(n, count)
+    index = (torch.arange(k, dtype=torch.int64) * (n - 1)) // max(k - 1, 1)
+    values = flat[index.to(flat.device)].to(device="cpu", dtype=torch.float32)
+    return values.numpy().tobytes()
+
+
+def _hash_parameters(named: Iterable[tuple[str, torch.Tensor]], count: int) -> str:
+    digest = hashlib.sha256()
+    for name, param in named:
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
+        digest.update(_strided_sample(param, count))
+    return digest.hexdigest()
+
+
+def module_fingerprints(modules: Mapping[str, nn.Module]) -> dict[str, str]:
+    """One sha256 per tracked module over its parameters' shapes and sampled values."""
+    return {
+        name: _hash_parameters(sorted(module.named_parameters(recurse=False)), TRACKED_SAMPLE)
+        for name, module in modules.items()
+    }
+
+
+def untracked_fingerprint(model: nn.Module, modules: Mapping[str, nn.Module]) -> str:
+    """sha256 over every parameter of the model outside the tracked modules (small samples)."""
+    tracked_ids = {id(p) for m in modules.values() for p in m.parameters(recurse=False)}
+    named = [(n, p) for n, p in model.named_parameters() if id(p) not in tracked_ids]
+    return _hash_parameters(named, OTHER_SAMPLE)
+
+
+def model_fingerprint(model: nn.Module, modules: Mapping[str, nn.Module]) -> str:
+    """Single sha256 combining the per-module and untracked fingerprints (for the manifest)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module_fingerprints(modules).items()):
+        digest.update(f"{name}={value};".encode())
+    digest.update(f"untracked={untracked_fingerprint(model, modules)}".encode())
+    return digest.hexdigest()
+
+
+def data_fingerprint(ids: Iterable[object]) -> str:
+    """sha256 of the sorted training-example ids (order-independent, as the Fisher is)."""
+    digest = hashlib.sha256()
+    for value in sorted(str(i) for i in ids):
+        digest.update(value.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()

@@ -1,0 +1,57 @@
+"""The per-sequence training loss L(z) that the Fisher (and the training gradients) are built from.
+
+A loss callable maps ``(model, batch, sample_labels)`` to a [B] tensor of summed token NLLs. With
+``sample_labels=True`` the target tokens are drawn from the model's own predictive distribution,
+which turns the gradient outer products into an unbiased estimate of the *true* Fisher (the
+Gauss-Newton matrix for softmax outputs); with the data labels it is the *empirical* Fisher.
+Summing (not averaging) over tokens matters: it makes L(z) the log-likelihood of the whole
+sequence, so a gradient of L is a gradient of log p(z) up to sign.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+import torch
+from torch import nn
+
+from infra_pl.data.tokenize import IGNORE_INDEX
+from infra_pl.losses import per_example_nll
+
+
+class LossFn(Protocol):
+    """``loss_fn(model, batch, sample_labels) -> Tensor[B]``: summed NLL of each sequence's targets."""
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Any], sample_labels: bool) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def sample_target_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Replace every target token (label != -100) with a draw from the model's prediction for it.
+
+    ``labels`` are aligned with the inputs, so the label at position t+1 is predicted by the
+    logits at position t; non-target positions keep -100. Uses the global torch RNG, so callers
+    control reproducibility with ``torch.manual_seed``/``fork_rng``.
+    """
+    targets = labels[:, 1:]
+    mask = targets.ne(IGNORE_INDEX)
+    sampled = labels.clone()
+    if mask.any():
+        probs = torch.softmax(logits[:, :-1, :][mask].float(), dim=-1)
+        sampled[:, 1:][mask] = torch.multinomial(probs, num_samples=1).squeeze(-1).to(labels.dtype)
+    return sampled
+
+
+def causal_lm_loss(model: nn.Module, batch: Mapping[str, Any], sample_labels: bool) -> torch.Tensor:
+    """Default loss for Hugging Face causal LMs: summed target-token NLL per sequence, shape [B].
+
+    Logits are upcast to float32 inside :func:`infra_pl.losses.per_example_nll` (the same
+    definition SFT and the measurement use), so a bf16 model does not lose precision in the
+    log-softmax.
+    """
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+    labels = batch["labels"]
+    if sample_labels:
+        labels = sample_target_labels(logits.detach(), labels)
+    return per_example_nll(logits, labels)
