@@ -19,10 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from infra_pl.data.datamodule import ReasoningDataModule
 from infra_pl.module import SFTModule
 from infra_pl.threads import configure_threads
-
-
-class InfraTrainer(L.Trainer):
-    """The Lightning Trainer plus infra-pl's extra subcommands."""
+from infra_pl.trainer import InfraTrainer
 
 
 def _checkpoint_path(trainer: L.Trainer) -> str | None:
@@ -50,6 +47,10 @@ def correctness_table(verdicts: list[Any]) -> str:
 
 class InfraCLI(LightningCLI):
     """LightningCLI with infra-pl's model, data and trainer classes as defaults."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "attribute": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(
@@ -84,6 +85,17 @@ class InfraCLI(LightningCLI):
             print(correctness_table(verdicts))
         if getattr(model, "last_correctness_path", None):
             print(f"  correctness file : {model.last_correctness_path}")
+
+
+    def after_attribute(self) -> None:
+        state = getattr(self.trainer, "attribution_state", {})
+        print("\n[infra-pl] attribute finished")
+        if state.get("factors_dir"):
+            print(f"  EK-FAC factors   : {state['factors_dir']}")
+        for label, key in (("instance scores", "instance_scores_path"), ("token scores", "token_scores_path"),
+                           ("sentence scores", "sentence_scores_path"), ("report", "report_path")):
+            if state.get(key):
+                print(f"  {label:<16} : {state[key]}")
 
 
 def main(args: list[str] | None = None) -> InfraCLI:

@@ -148,6 +148,10 @@ class SFTModule(L.LightningModule):
         """log p(z_t | z_<t) per target position and its mask, each [B, T-1]."""
         return target_log_probs(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
 
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Attribution passes are predict runs whose work happens in the callbacks' batch hooks."""
+        return None
+
     # --------------------------------------------------------------- training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"])

@@ -23,3 +23,35 @@ def small_tokenizer():
         "You are a helpful assistant that reasons step by step.",
     ] * 20
     return train_bpe_tokenizer(texts, vocab_size=300)
+
+
+TINY_MODEL = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": True,
+}
+TINY_DEMO = {"seed": 0, "n_train": 60, "n_eval": 5, "n_pool": 10}
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """A cache dir holding a tiny demo and its tokenizer, shared by the end-to-end tests."""
+    from infra_pl.data.datamodule import DemoOptions, ReasoningDataModule
+
+    cache = tmp_path_factory.mktemp("infra_cache")
+    dm = ReasoningDataModule(cache_dir=str(cache), demo=DemoOptions(**TINY_DEMO))
+    dm.prepare_data()
+    dm.setup()
+    return cache
+
+
+@pytest.fixture()
+def tiny_datamodule(tiny_cache):
+    from infra_pl.data.datamodule import DemoOptions, ReasoningDataModule
+
+    return ReasoningDataModule(cache_dir=str(tiny_cache), demo=DemoOptions(**TINY_DEMO), batch_size=8, eval_batch_size=8)

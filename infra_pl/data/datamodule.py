@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from infra_pl.data.batching import LengthGroupedBatchSampler
 from infra_pl.data.schema import DataError
 from infra_pl.data.sources import Source, load_source
 from infra_pl.data.tokenize import TruncationStats, collate_padded, tokenize_chat
@@ -84,6 +85,7 @@ class ReasoningDataModule(L.LightningDataModule):
         max_length: longest sequence in tokens; longer examples are truncated (counted, warned).
         batch_size: training batch size.
         eval_batch_size: batch size for evaluation and generation.
+        group_by_length: batch training sequences of similar length (less padding; single process).
         num_workers: DataLoader worker processes.
         seed: shuffling seed.
         cache_dir: where the demo data and tokenizer are cached.
@@ -100,6 +102,7 @@ class ReasoningDataModule(L.LightningDataModule):
         max_length: int = 320,
         batch_size: int = 16,
         eval_batch_size: int = 64,
+        group_by_length: bool = True,
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str = ".cache/infra_pl",
@@ -115,6 +118,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        self.group_by_length = group_by_length
         self.num_workers = num_workers
         self.seed = seed
         self.cache_dir = Path(cache_dir)
@@ -126,6 +130,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self._eval_features: list[dict[str, Any]] = []
         self._demo_files: dict[str, Path] | None = None
         self._ready = False
+        self._predict_split, self._predict_batch_size = "train", None
 
     # ----------------------------------------------------------------- loading
     def _needs_demo(self) -> bool:
@@ -216,6 +221,16 @@ class ReasoningDataModule(L.LightningDataModule):
         return int(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
+        collate = partial(collate_padded, pad_token_id=self.pad_token_id)
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if self.group_by_length and not distributed:  # under DDP Lightning's DistributedSampler shards instead
+            lengths = [len(f["input_ids"]) for f in self._train_features]
+            return DataLoader(
+                TokenizedDataset(self._train_features),
+                batch_sampler=LengthGroupedBatchSampler(lengths, self.batch_size, self.seed),
+                num_workers=self.num_workers,
+                collate_fn=collate,
+            )
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             TokenizedDataset(self._train_features),
@@ -234,6 +249,15 @@ class ReasoningDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=partial(_collate_with_prompts, pad_token_id=self.pad_token_id),
         )
+
+    def set_predict_split(self, split: str, batch_size: int | None = None) -> None:
+        """Which split the next ``predict`` pass (an attribution pass) iterates, and in what batches."""
+        if split not in ("train", "eval"):
+            raise ValueError(f"unknown split '{split}' (train or eval)")
+        self._predict_split, self._predict_batch_size = split, batch_size
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.attribution_dataloader(self._predict_split, self._predict_batch_size)
 
     def attribution_dataloader(self, split: str = "train", batch_size: int | None = None) -> DataLoader:
         """Unshuffled batches of a split, for attribution passes (index reassembles shards)."""

@@ -27,7 +27,7 @@ ABBREVIATIONS = frozenset(
     {"e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "resp.", "fig.", "eq.", "mr.", "mrs.", "dr."}
 )
 _CLOSERS = "\"')]"  # may follow the end punctuation and still belong to the sentence
-_ENUMERATOR = re.compile(r"\d+\.|[a-z]\.|[ivx]+\.", re.IGNORECASE)  # "1." or "a." opening a list item
+_ENUMERATOR = re.compile(r"\d{1,2}\.")  # "1." opening a numbered list item
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,292 @@
+"""``EKFACFactors``: fit (or reuse) EK-FAC factors in dedicated Lightning passes.
+
+Phases: covariance pass -> eigendecomposition -> lambda pass. The math is in
+``infra_pl.ekfac``; this callback wires it to the trainer: it feeds predict batches to the
+accumulators (with autograd on), reduces the sums across ranks once per pass, spreads the
+eigendecompositions over ranks by module, writes each finished phase to disk (an interrupted run
+resumes from the last finished phase) and logs spectra to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from infra_pl.ekfac import (
+    CovarianceAccumulator,
+    Factors,
+    FactorsMismatchError,
+    LambdaAccumulator,
+    causal_lm_loss,
+    data_fingerprint,
+    eigendecompose,
+    model_fingerprint,
+)
+from infra_pl.ekfac import phase_store
+from infra_pl.ekfac.eigen import EigenBasis
+from infra_pl.ekfac.modules import layer_shape, resolve_modules
+from infra_pl.trainer import AttributionStep
+
+COVARIANCE, LAMBDA = "ekfac/covariance", "ekfac/lambda"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _log(message: str) -> None:
+    print(f"[infra-pl] {message}", file=sys.stderr)
+
+
+class EKFACFactors(AttributionStep):
+    """EK-FAC factors of the training-loss Fisher over the tracked (MLP) layers.
+
+    Args:
+        modules: regex or list of module names to track; default: the MLP projections of every block
+            (LoRA adapter layers inside MLPs when the model is a PEFT model).
+        fisher: ``true`` (labels sampled from the model, as in the paper) or ``empirical`` (data labels).
+        damping: fixed damping λ; default (null): 0.1 × mean(Λ) per module.
+        batch_size: batch size of the factor passes (default: the datamodule's eval batch size).
+        output_dir: where factors go (default: ``<default_root_dir>/attribution/factors``).
+        dtype: accumulation dtype of the factors (float32, or float64 for reference runs).
+        seed: seed of the label sampling for the true Fisher (both passes sample the same labels).
+        strict: refuse factors on disk that were fitted on another model or dataset (set false to
+            use them anyway, with a warning).
+        refit: ignore factors and phase results on disk and fit again.
+        log_spectra: log eigenvalue spectra and Λ histograms to TensorBoard.
+    """
+
+    order = 10
+
+    def __init__(
+        self,
+        modules: str | list[str] | None = None,
+        fisher: str = "true",
+        damping: float | None = None,
+        batch_size: int | None = None,
+        output_dir: str | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        strict: bool = True,
+        refit: bool = False,
+        log_spectra: bool = True,
+    ) -> None:
+        if fisher not in ("true", "empirical"):
+            raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.modules = modules
+        self.fisher = fisher
+        self.damping = damping
+        self.batch_size = batch_size
+        self.output_dir = output_dir
+        self.dtype = DTYPES[dtype]
+        self.seed = seed
+        self.strict = strict
+        self.refit = refit
+        self.log_spectra = log_spectra
+        self._accumulator: CovarianceAccumulator | LambdaAccumulator | None = None
+        self._eigen_for_pass: dict[str, EigenBasis] = {}
+        self._result: Any = None
+
+    # ------------------------------------------------------------- helpers
+    def factors_dir(self, trainer: Any) -> Path:
+        return Path(self.output_dir) if self.output_dir else trainer.attribution_dir() / "factors"
+
+    @staticmethod
+    def hf_model(pl_module: L.LightningModule) -> torch.nn.Module:
+        """The network to hook: the module's ``model`` attribute when it has one (SFTModule)."""
+        return getattr(pl_module, "model", None) or pl_module
+
+    def _phase_key(self, model: torch.nn.Module, tracked: dict[str, torch.nn.Module], train_ids: list[str]) -> dict[str, Any]:
+        return {
+            "modules": {name: layer_shape(m).to_dict() for name, m in tracked.items()},
+            "fisher": self.fisher,
+            "dtype": str(self.dtype),
+            "seed": self.seed,
+            "model_fingerprint": model_fingerprint(model, tracked),
+            "data_fingerprint": data_fingerprint(train_ids),
+        }
+
+    # --------------------------------------------------------- entry point
+    def run_attribution(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
+        out = self.factors_dir(trainer)
+        train_ids = [e["id"] for e in datamodule.train_examples]
+        self._ensure_model_ready(trainer, pl_module, datamodule)
+        factors = None
+        if (out / "manifest.json").exists() and not self.refit:
+            factors = self._reuse(pl_module, out, train_ids)
+        if factors is None:
+            factors = self._fit(trainer, pl_module, datamodule, out, train_ids)
+        trainer.attribution_state["factors"] = factors
+        trainer.attribution_state["factors_dir"] = out
+
+    @staticmethod
+    def _ensure_model_ready(trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
+        """Build the model and restore the checkpoint with a one-batch pass, before reading anything on disk.
+
+        Fingerprints of the model decide whether stored phases can be reused, so the checkpoint
+        weights must be in place first.
+        """
+        if trainer._pending_ckpt_path is None and getattr(pl_module, "model", None) is not None:
+            return
+        limit = trainer.limit_predict_batches
+        trainer.limit_predict_batches = 1
+        try:
+            trainer.run_attribution_pass("ekfac/setup", pl_module, datamodule, split="train", batch_size=1)
+        finally:
+            trainer.limit_predict_batches = limit
+
+    def _reuse(self, pl_module: L.LightningModule, out: Path, train_ids: list[str]) -> Factors:
+        model = self.hf_model(pl_module)
+        factors = Factors.load(out, device="cpu")
+        try:
+            factors.check_compatible(model, self.modules, train_ids=train_ids, strict=self.strict)
+        except FactorsMismatchError as err:
+            raise FactorsMismatchError(
+                f"{err}. The factors in {out} were fitted on another model or dataset: delete that folder, "
+                "set refit: true on EKFACFactors, or strict: false to use them anyway."
+            ) from None
+        if factors.fisher != self.fisher:
+            raise FactorsMismatchError(
+                f"factors in {out} use the {factors.fisher} Fisher but {self.fisher} was requested; set refit: true"
+            )
+        _log(f"EK-FAC: reusing factors from {out}")
+        return factors.with_damping(self.damping).to(pl_module.device)
+
+    def _fit(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any, out: Path, train_ids: list[str]) -> Factors:
+        model = self.hf_model(pl_module)
+        tracked = resolve_modules(model, self.modules)
+        key = self._phase_key(model, tracked, train_ids)
+        device = str(pl_module.device)
+
+        covariance, why = (None, "refit requested") if self.refit else phase_store.load_covariance(out, key, device)
+        if covariance is None:
+            _log(f"EK-FAC phase 1/3: covariance pass over {len(train_ids)} examples ({why})")
+            trainer.run_attribution_pass(COVARIANCE, pl_module, datamodule, batch_size=self.batch_size)
+            covariance = self._result
+            if trainer.is_global_zero:
+                phase_store.save_covariance(out, covariance, key)
+        else:
+            _log(f"EK-FAC phase 1/3: covariance {why} from {out / phase_store.PARTIAL}")
+
+        eigen, why = (None, "refit requested") if self.refit else phase_store.load_eigen(out, key, device)
+        if eigen is None:
+            _log(f"EK-FAC phase 2/3: eigendecomposition of {len(tracked)} modules")
+            eigen = self._distributed_eigen(trainer, covariance)
+            if trainer.is_global_zero:
+                phase_store.save_eigen(out, eigen, key)
+        else:
+            _log(f"EK-FAC phase 2/3: eigendecomposition {why}")
+
+        lambdas, why = (None, "refit requested") if self.refit else phase_store.load_lambda(out, key, device)
+        if lambdas is None:
+            _log("EK-FAC phase 3/3: lambda pass")
+            self._eigen_for_pass = eigen
+            trainer.run_attribution_pass(LAMBDA, pl_module, datamodule, batch_size=self.batch_size)
+            lambdas = self._result
+            if trainer.is_global_zero:
+                phase_store.save_lambda(out, lambdas, key)
+        else:
+            _log(f"EK-FAC phase 3/3: lambda {why}")
+
+        factors = Factors.from_states(
+            covariance, eigen, lambdas, fisher=self.fisher, damping=self.damping, model=model, tracked=tracked, train_ids=train_ids
+        )
+        if trainer.is_global_zero:
+            factors.save(out)
+            phase_store.clear_partial(out)
+            _log(f"EK-FAC factors written to {out}")
+            self._log_tensorboard(trainer, factors)
+        return factors
+
+    # ------------------------------------------------------- batch plumbing
+    def on_predict_start(self, trainer: Any, pl_module: L.LightningModule) -> None:
+        phase = getattr(trainer, "attribution_phase", None)
+        if phase not in (COVARIANCE, LAMBDA):
+            return
+        model = self.hf_model(pl_module)
+        tracked = resolve_modules(model, self.modules)
+        torch.manual_seed(self.seed + trainer.global_rank)  # true-Fisher label sampling, same in both passes
+        if phase == COVARIANCE:
+            self._accumulator = CovarianceAccumulator(model, tracked, causal_lm_loss, self.fisher, self.dtype)
+        else:
+            eigen = {n: _basis_to(b, pl_module.device) for n, b in self._eigen_for_pass.items()}
+            self._accumulator = LambdaAccumulator(model, tracked, eigen, causal_lm_loss, self.fisher, self.dtype)
+
+    def on_predict_batch_end(self, trainer: Any, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._accumulator is None or getattr(trainer, "attribution_phase", None) not in (COVARIANCE, LAMBDA):
+            return
+        with torch.enable_grad():  # predict hooks run under no_grad
+            self._accumulator.step(batch)
+
+    def on_predict_end(self, trainer: Any, pl_module: L.LightningModule) -> None:
+        if self._accumulator is None:
+            return
+        state = self._accumulator.state
+        self._accumulator = None
+        if trainer.world_size > 1:  # exactly once per pass: ranks may have seen different batch counts
+            for tensor in state.tensors():
+                tensor.copy_(trainer.strategy.reduce(tensor.clone(), reduce_op="sum"))
+        self._result = state
+
+    # ------------------------------------------------------- distribution
+    def _distributed_eigen(self, trainer: Any, covariance: Any) -> dict[str, EigenBasis]:
+        names = list(covariance.shapes)
+        world, rank = trainer.world_size, trainer.global_rank
+        mine = names[rank::world] if world > 1 else names
+        eigen = eigendecompose(covariance, names=mine, progress=trainer.is_global_zero)
+        if world == 1:
+            return eigen
+        import torch.distributed as dist
+
+        for index, name in enumerate(names):
+            owner = index % world
+            shape = covariance.shapes[name]
+            dtype = covariance.activation_sums[name].dtype
+            device = covariance.activation_sums[name].device
+            basis = eigen.get(name) or EigenBasis(
+                torch.empty(shape.in_dim, shape.in_dim, dtype=dtype, device=device),
+                torch.empty(shape.in_dim, dtype=dtype, device=device),
+                torch.empty(shape.out_features, shape.out_features, dtype=dtype, device=device),
+                torch.empty(shape.out_features, dtype=dtype, device=device),
+            )
+            for tensor in (basis.activation_eigenvectors, basis.activation_eigenvalues, basis.gradient_eigenvectors, basis.gradient_eigenvalues):
+                dist.broadcast(tensor, src=owner)
+            eigen[name] = basis
+        return eigen
+
+    # ---------------------------------------------------------- monitoring
+    def _log_tensorboard(self, trainer: Any, factors: Factors) -> None:
+        logger = trainer.logger
+        if not self.log_spectra or logger is None or not hasattr(getattr(logger, "experiment", None), "add_histogram"):
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        writer = logger.experiment
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for name, mod in factors.modules.items():
+            short = name.replace("model.", "").replace("layers.", "L")
+            for ax, values in zip(
+                axes,
+                (mod.eigen.activation_eigenvalues, mod.eigen.gradient_eigenvalues, mod.lambdas.flatten()),
+            ):
+                v = torch.sort(values.detach().double().cpu().clamp_min(1e-30), descending=True).values
+                ax.semilogy(v.numpy(), label=short, lw=0.8)
+            writer.add_histogram(f"ekfac/lambda_log10/{name}", torch.log10(mod.lambdas.detach().double().cpu().clamp_min(1e-30)), 0)
+            writer.add_scalar(f"ekfac/damping/{name}", mod.damping, 0)
+        for ax, title in zip(axes, ("eigenvalues of A", "eigenvalues of S", "Λ (eigenvalue correction)")):
+            ax.set_title(title)
+            ax.set_xlabel("rank")
+        axes[0].legend(fontsize=5, ncol=2)
+        fig.tight_layout()
+        writer.add_figure("ekfac/spectra", fig, 0)
+        plt.close(fig)
+
+
+def _basis_to(basis: EigenBasis, device: torch.device) -> EigenBasis:
+    return EigenBasis(*(t.to(device) for t in (basis.activation_eigenvectors, basis.activation_eigenvalues, basis.gradient_eigenvectors, basis.gradient_eigenvalues)))

@@ -1,0 +1,96 @@
+"""``InfraTrainer``: the Lightning Trainer plus the ``attribute`` subcommand.
+
+``attribute`` runs the attribution callbacks (factors, then scores, then reports) in order. Each
+callback asks the trainer for *dedicated passes* over a data split; a pass is a
+``trainer.predict`` run with a phase name the callbacks read. Predict is used (not a hand-written
+loop) because it keeps Lightning's device, precision and strategy handling and, under DDP, an
+unrepeated distributed sampler.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class AttributionStep(Callback):
+    """Base class of the callbacks that ``infra-pl attribute`` drives.
+
+    Subclasses implement :meth:`run_attribution`; ``order`` decides when they run (factors 10,
+    scores 20, reports 30). Outside ``attribute`` these callbacks do nothing, so they can sit in the
+    same YAML ``trainer.callbacks`` list that ``fit`` and ``validate`` use.
+    """
+
+    order: int = 50
+
+    def run_attribution(self, trainer: "InfraTrainer", pl_module: L.LightningModule, datamodule: Any) -> None:
+        raise NotImplementedError
+
+
+class InfraTrainer(L.Trainer):
+    """Trainer with ``attribute(model, datamodule, ckpt_path)``.
+
+    ``attribution_phase`` names the pass in progress (``None`` outside attribution passes);
+    ``attribution_state`` carries products between steps (e.g. ``"factors"``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attribution_phase: str | None = None
+        self.attribution_state: dict[str, Any] = {}
+        self._pending_ckpt_path: str | None = None
+
+    # ---------------------------------------------------------------- passes
+    def attribution_dir(self) -> Path:
+        """Stable output folder of attribution (not per logger version, so runs can resume)."""
+        return Path(self.default_root_dir) / "attribution"
+
+    def run_attribution_pass(
+        self, phase: str, model: L.LightningModule, datamodule: Any, split: str = "train", batch_size: int | None = None
+    ) -> None:
+        """One dedicated pass over ``split`` with callbacks listening for ``phase``."""
+        if datamodule is None or not hasattr(datamodule, "set_predict_split"):
+            raise TypeError("attribution passes need a datamodule with set_predict_split() (ReasoningDataModule)")
+        datamodule.set_predict_split(split, batch_size)
+        self.attribution_phase = phase
+        inference_mode = self.predict_loop.inference_mode
+        self.predict_loop.inference_mode = False  # callbacks need autograd inside the pass
+        ckpt_path, self._pending_ckpt_path = self._pending_ckpt_path, None
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*predict returned None.*")
+                self.predict(model, datamodule=datamodule, return_predictions=False, ckpt_path=ckpt_path)
+        finally:
+            self.predict_loop.inference_mode = inference_mode
+            self.attribution_phase = None
+
+    # ------------------------------------------------------------ subcommand
+    def attribute(self, model: L.LightningModule, datamodule: Any = None, ckpt_path: str | None = None) -> dict[str, Any]:
+        """Fit (or reuse) EK-FAC factors and compute influence scores with the attribution callbacks."""
+        steps = sorted((c for c in self.callbacks if isinstance(c, AttributionStep)), key=lambda c: c.order)
+        if not steps:
+            raise ValueError(
+                "`attribute` found no attribution callbacks; add infra_pl.callbacks.EKFACFactors (and the score "
+                "callbacks) to trainer.callbacks in the YAML"
+            )
+        if ckpt_path is not None and not Path(ckpt_path).exists():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+        if ckpt_path is None and not getattr(model, "hparams", {}).get("name_or_path"):
+            print(
+                "[infra-pl] warning: `attribute` without --ckpt_path scores the model as configured "
+                "(for the demo: untrained random weights)",
+                file=sys.stderr,
+            )
+        self._pending_ckpt_path = ckpt_path
+        if datamodule is not None:
+            datamodule.prepare_data()
+            datamodule.setup("predict")
+        self.attribution_state = {}
+        for step in steps:
+            step.run_attribution(self, model, datamodule)
+        return self.attribution_state

@@ -1,0 +1,53 @@
+"""The CLI in-process: --help, --print_config, fit then validate on a tiny demo."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infra_pl.cli import main
+from tests.conftest import TINY_DEMO, TINY_MODEL
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+
+
+def tiny_args(cache) -> list[str]:
+    args = ["-c", CONFIG, "--data.cache_dir", str(cache), "--model.max_new_tokens", "16", "--data.eval_batch_size", "10"]
+    for key, value in TINY_DEMO.items():
+        args += [f"--data.demo.{key}", str(value)]
+    args += ["--model.model_config", json.dumps(TINY_MODEL)]
+    return args
+
+
+def test_help_documents_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--model.time_budget_s", "--model.lora", "--data.max_length", "--data.train", "--threads"):
+        assert option in out
+    assert "wall-clock time" in out  # docstring help text reaches --help
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", CONFIG, "--print_config"])
+    out = capsys.readouterr().out
+    assert "time_budget_s: 240" in out and "class_path: infra_pl.module.SFTModule" not in out or "model:" in out
+
+
+def test_fit_then_validate_writes_checkpoint_logs_and_correctness(tmp_path, monkeypatch, tiny_cache, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *tiny_args(tiny_cache), "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false"])
+    ckpt = tmp_path / "runs/demo/checkpoints/last.ckpt"
+    assert ckpt.exists()
+    cli = main(["validate", *tiny_args(tiny_cache), "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false"])
+    out = capsys.readouterr().out
+    assert "correctness file" in out and "TensorBoard logs" in out and "checkpoint" in out
+    path = cli.model.last_correctness_path
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 2 * TINY_DEMO["n_eval"]
+    assert {r["domain"] for r in rows} == {"math", "code"}
+    assert set(rows[0]) >= {"id", "domain", "correct", "generated", "status"}
+    events = list((tmp_path / "runs/demo/tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard event files are written"
