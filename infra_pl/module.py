@@ -304,3 +304,8 @@ def _strip_special(text: str, tokenizer: Any) -> str:
         text = text[: text.index(end)]
     pad = tokenizer.pad_token
     return text.replace(pad, "") if pad else text
+
+
+# Checkpoints store these option dataclasses in their hyperparameters; allow-list them so
+# `weights_only` checkpoint loading (torch's default) accepts them.
+torch.serialization.add_safe_globals([LoraOptions, SandboxLimits])

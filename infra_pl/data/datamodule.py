@@ -285,3 +285,7 @@ class ReasoningDataModule(L.LightningDataModule):
             )
             lines.append(f"{name}: {len(examples)} examples; {detail}")
         return "\n".join(lines)
+
+
+# Datamodule hyperparameters in checkpoints hold these dataclasses (see module.py).
+torch.serialization.add_safe_globals([DemoOptions, Source])

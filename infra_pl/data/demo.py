@@ -157,7 +157,7 @@ class Problem:
 
 @dataclass
 class Step:
-    """A computation sentence ``{prefix}{lhs} = {result}{suffix}.``.
+    """A computation sentence ``{prefix}{lhs}={result}{suffix}.``.
 
     Only steps without a suffix can be backtracked: their correction sentence restates the whole
     fact, so the trace after it stays consistent.
@@ -170,7 +170,7 @@ class Step:
     subgoal: str | None = None  # planning sentence that may precede this step
 
     def text(self, value: int | None = None) -> str:
-        return f"{self.prefix}{self.lhs} = {self.result if value is None else value}{self.suffix}."
+        return f"{self.prefix}{self.lhs}={self.result if value is None else value}{self.suffix}."
 
 
 @dataclass
@@ -203,7 +203,7 @@ class Draft:
 
 OPENERS = ("Let me break this into steps.", "Let me split this into smaller steps.")
 VERIFY_MATH = ("Let me check: {check}, correct.", "To verify, {check}, which matches.")
-BACKTRACK_MATH = ("Wait, that is wrong, {lhs} = {right}, not {wrong}.", "Wait, I made a mistake, {lhs} is {right}.")
+BACKTRACK_MATH = ("Wait, that is wrong, {lhs}={right}, not {wrong}.", "Wait, I made a mistake, {lhs} is {right}.")
 EXTRA_BACKWARD = ("Undo the last step first.", "I undo the steps in reverse order.")
 
 
@@ -263,15 +263,15 @@ def _add_columns(x: int, y: int, first: bool = True) -> tuple[list[Step], int]:
     ones = x % 10 + y % 10
     digit, carry = ones % 10, ones // 10
     plan = "First, I add the ones digits." if first else "Next, I add the ones digits."
-    steps = [Step(f"{x % 10} + {y % 10}", ones, "Ones: ", f", carry {carry}", plan)]
+    steps = [Step(f"{x % 10}+{y % 10}", ones, "Ones: ", f", carry {carry}", plan)]
     if y < 10:
         tens = x // 10 + carry
-        steps.append(Step(f"{x // 10} + {carry}", tens, "Tens: ", subgoal="Next, I add the carry to the tens."))
+        steps.append(Step(f"{x // 10}+{carry}", tens, "Tens: ", subgoal="Next, I add the carry to the tens."))
     else:
         partial = x // 10 + y // 10
-        steps.append(Step(f"{x // 10} + {y // 10}", partial, "Tens: ", subgoal="Next, I add the tens digits."))
+        steps.append(Step(f"{x // 10}+{y // 10}", partial, "Tens: ", subgoal="Next, I add the tens digits."))
         tens = partial + carry
-        steps.append(Step(f"{partial} + {carry}", tens, "Add the carry: "))
+        steps.append(Step(f"{partial}+{carry}", tens, "Add the carry: "))
     return steps, int(f"{tens}{digit}")
 
 
@@ -281,12 +281,12 @@ def _sub_columns(x: int, y: int, first: bool = True) -> tuple[list[Step], int]:
     top = x % 10 + 10 * borrow
     digit = top - y % 10
     plan = "First, I subtract the ones digits." if first else "Next, I subtract the ones digits."
-    steps = [Step(f"{top} - {y % 10}", digit, "Ones: ", f", borrow {borrow}", plan)]
+    steps = [Step(f"{top}-{y % 10}", digit, "Ones: ", f", borrow {borrow}", plan)]
     tens = x // 10 - borrow
-    steps.append(Step(f"{x // 10} - {borrow}", tens, "Tens: ", subgoal="Next, I handle the tens."))
+    steps.append(Step(f"{x // 10}-{borrow}", tens, "Tens: ", subgoal="Next, I handle the tens."))
     if y >= 10:
         rest = tens - y // 10
-        steps.append(Step(f"{tens} - {y // 10}", rest))
+        steps.append(Step(f"{tens}-{y // 10}", rest))
         tens = rest
     return steps, int(f"{tens}{digit}")
 
@@ -294,20 +294,20 @@ def _sub_columns(x: int, y: int, first: bool = True) -> tuple[list[Step], int]:
 def _forward_operands(rng: random.Random, level: int) -> tuple[tuple[int, ...], str]:
     if level == 1:
         a, b = rng.randrange(10), rng.randrange(10)
-        return (a, b), f"{a} + {b}"
+        return (a, b), f"{a}+{b}"
     if level == 2:
         a = rng.randrange(10)
         b = rng.randrange(10 - a)  # a + b stays a single digit, so every step is a known fact
         c = rng.randrange(10)
-        return (a, b, c), f"{a} + {b} + {c}"
+        return (a, b, c), f"{a}+{b}+{c}"
     if level == 3:
         a, b = rng.randrange(10, 100), rng.randrange(1, 10)
-        return (a, b), f"{a} + {b}"
+        return (a, b), f"{a}+{b}"
     if level == 4:
         a, b = rng.randrange(10, 100), rng.randrange(10, 100)
-        return (a, b), f"{a} + {b}"
+        return (a, b), f"{a}+{b}"
     a, b, c = rng.randrange(2, 10), rng.randrange(2, 10), rng.randrange(10, 100)
-    return (a, b, c), f"{a} * {b} + {c}"
+    return (a, b, c), f"{a}*{b}+{c}"
 
 
 def _forward_draft(level: int, ops: tuple[int, ...], expr: str) -> tuple[Draft, int]:
@@ -316,26 +316,26 @@ def _forward_draft(level: int, ops: tuple[int, ...], expr: str) -> tuple[Draft, 
     if level == 1:
         a, b = ops
         s = a + b
-        explore = [f"Alternatively, counting up from {a} by {b} also gives {s}.", f"Another way: {b} + {a} also gives {s}."]
-        return Draft(lead, [Step(f"{a} + {b}", s)], f"{s} - {b} = {a}", explore), s
+        explore = [f"Alternatively, counting up from {a} by {b} also gives {s}.", f"Another way: {b}+{a} also gives {s}."]
+        return Draft(lead, [Step(f"{a}+{b}", s)], f"{s}-{b}={a}", explore), s
     if level == 2:
         a, b, c = ops
         t = a + b
         s = t + c
-        core: list[Step | Plain] = [Step(f"{a} + {b}", t, subgoal="First, I add the first two numbers."), Step(f"{t} + {c}", s)]
-        explore = [f"Alternatively, adding {c} first also gives {s}.", f"Another way: {c} + {b} + {a} also gives {s}."]
-        return Draft(lead, core, f"{s} - {c} = {t}", explore), s
+        core: list[Step | Plain] = [Step(f"{a}+{b}", t, subgoal="First, I add the first two numbers."), Step(f"{t}+{c}", s)]
+        explore = [f"Alternatively, adding {c} first also gives {s}.", f"Another way: {c}+{b}+{a} also gives {s}."]
+        return Draft(lead, core, f"{s}-{c}={t}", explore), s
     if level in (3, 4):
         a, b = ops
         steps, s = _add_columns(a, b)
-        explore = [f"Alternatively, adding in the other order, {b} + {a}, also gives {s}.", f"Another way: {b} + {a} also gives {s}."]
-        return Draft(lead, [*steps, Plain(f"So {expr} = {s}.")], f"{s} - {b} = {a}", explore), s
+        explore = [f"Alternatively, adding in the other order, {b}+{a}, also gives {s}.", f"Another way: {b}+{a} also gives {s}."]
+        return Draft(lead, [*steps, Plain(f"So {expr}={s}.")], f"{s}-{b}={a}", explore), s
     a, b, c = ops
     p = a * b
     steps, r = _add_columns(p, c, first=False)
-    core = [Step(f"{a} * {b}", p, subgoal="First, I multiply."), *steps, Plain(f"So {expr} = {r}.")]
-    explore = [f"Alternatively, {b} * {a} + {c} gives the same {r}.", f"Another way: {c} + {a} * {b} also gives {r}."]
-    return Draft(lead, core, f"{r} - {c} = {p} and {p} / {a} = {b}", explore), r
+    core = [Step(f"{a}*{b}", p, subgoal="First, I multiply."), *steps, Plain(f"So {expr}={r}.")]
+    explore = [f"Alternatively, {b}*{a}+{c} gives the same {r}.", f"Another way: {c}+{a}*{b} also gives {r}."]
+    return Draft(lead, core, f"{r}-{c}={p} and {p}/{a}={b}", explore), r
 
 
 RE_NAMES = ("Sam", "Ana", "Li", "Omar", "Mia", "Ben")
@@ -371,9 +371,9 @@ def _inverse_problem(rng: random.Random, level: int) -> tuple[str, Draft, int, s
         question = f"A number times {a} plus {c} equals {r}. What is the number?"
         steps, p = _sub_columns(r, c)
         found = p // a
-        core: list[Step | Plain] = [*steps, Plain(f"So {r} - {c} = {p}."), Step(f"{p} / {a}", found, subgoal="Then I undo the multiplication.")]
+        core: list[Step | Plain] = [*steps, Plain(f"So {r}-{c}={p}."), Step(f"{p}/{a}", found, subgoal="Then I undo the multiplication.")]
         explore = [f"Alternatively, trying numbers until one times {a} plus {c} gives {r} also leads to {found}."]
-        return question, Draft([_backward_start(rng, r)], core, f"{found} * {a} + {c} = {r}", explore), found, f"({r} - {c}) // {a}"
+        return question, Draft([_backward_start(rng, r)], core, f"{found}*{a}+{c}={r}", explore), found, f"({r}-{c}) // {a}"
     if level == 2:
         x = rng.randrange(10)
         b = rng.randrange(10 - x)
@@ -381,9 +381,9 @@ def _inverse_problem(rng: random.Random, level: int) -> tuple[str, Draft, int, s
         s = x + b + c
         question = f"A number plus {b} plus {c} equals {s}. What is the number?"
         t = s - c
-        core = [Step(f"{s} - {c}", t), Step(f"{t} - {b}", t - b)]
+        core = [Step(f"{s}-{c}", t), Step(f"{t}-{b}", t - b)]
         explore = [f"Alternatively, trying numbers until one plus {b} plus {c} gives {s} also leads to {t - b}."]
-        return question, Draft([_backward_start(rng, s)], core, f"{t - b} + {b} + {c} = {s}", explore), t - b, f"{s} - {c} - {b}"
+        return question, Draft([_backward_start(rng, s)], core, f"{t - b}+{b}+{c}={s}", explore), t - b, f"{s}-{c}-{b}"
     if level == 1:
         x, b = rng.randrange(10), rng.randrange(10)
     elif level == 3:
@@ -394,12 +394,12 @@ def _inverse_problem(rng: random.Random, level: int) -> tuple[str, Draft, int, s
     question = f"A number plus {b} equals {s}. What is the number?"
     if level == 1:
         found = s - b
-        core = [Step(f"{s} - {b}", found)]
+        core = [Step(f"{s}-{b}", found)]
     else:
         steps, found = _sub_columns(s, b)
         core = [*steps, Plain(f"So the number is {found}.")]
     explore = [f"Alternatively, trying numbers until one plus {b} gives {s} also leads to {found}."]
-    return question, Draft([_backward_start(rng, s)], core, f"{found} + {b} = {s}", explore), found, f"{s} - {b}"
+    return question, Draft([_backward_start(rng, s)], core, f"{found}+{b}={s}", explore), found, f"{s}-{b}"
 
 
 def make_math_problem(rng: random.Random, level: int, category: str) -> Problem:
@@ -450,17 +450,17 @@ ClauseMaker = Callable[[random.Random], Clause]
 
 def _c_add(rng: random.Random) -> Clause:
     c = rng.randrange(1, 10)
-    return Clause(f"add {c}", (f"x = x + {c}",), f"add {c + 1}")
+    return Clause(f"add {c}", (f"x += {c}",), f"add {c + 1}")
 
 
 def _c_sub(rng: random.Random) -> Clause:
     c = rng.randrange(1, 10)
-    return Clause(f"subtract {c}", (f"x = x - {c}",), f"subtract {c + 1}")
+    return Clause(f"subtract {c}", (f"x -= {c}",), f"subtract {c + 1}")
 
 
 def _c_mul(rng: random.Random) -> Clause:
     c = rng.randrange(2, 5)
-    return Clause(f"multiply by {c}", (f"x = x * {c}",), f"multiply by {c + 1}")
+    return Clause(f"multiply by {c}", (f"x *= {c}",), f"multiply by {c + 1}")
 
 
 def _c_abs(rng: random.Random) -> Clause:
@@ -469,31 +469,31 @@ def _c_abs(rng: random.Random) -> Clause:
 
 def _c_if_above(rng: random.Random) -> Clause:
     c, d = rng.randrange(1, 10), rng.randrange(1, 10)
-    return Clause(f"if above {c}, subtract {d}", (f"if x > {c}:", f"    x = x - {d}"), f"if above {c + 1}, subtract {d}")
+    return Clause(f"if above {c}, subtract {d}", (f"if x > {c}:", f"    x -= {d}"), f"if above {c + 1}, subtract {d}")
 
 
 def _c_if_below(rng: random.Random) -> Clause:
     c, d = rng.randrange(1, 10), rng.randrange(1, 10)
-    return Clause(f"if below {c}, add {d}", (f"if x < {c}:", f"    x = x + {d}"), f"if below {c + 1}, add {d}")
+    return Clause(f"if below {c}, add {d}", (f"if x < {c}:", f"    x += {d}"), f"if below {c + 1}, add {d}")
 
 
 def _c_if_even(rng: random.Random) -> Clause:
-    return Clause("if even, halve it", ("if x % 2 == 0:", "    x = x // 2"))
+    return Clause("if even, halve it", ("if x % 2 == 0:", "    x //= 2"))
 
 
 def _c_sum_range(rng: random.Random) -> Clause:
     c = rng.randrange(2, 6)
-    return Clause(f"add each i below {c}", (f"for i in range({c}):", "    x = x + i"), f"add each i below {c + 1}")
+    return Clause(f"add each i below {c}", (f"for i in range({c}):", "    x += i"), f"add each i below {c + 1}")
 
 
 def _c_repeat_add(rng: random.Random) -> Clause:
     c, d = rng.randrange(2, 5), rng.randrange(1, 10)
-    return Clause(f"add {d}, {c} times", (f"for _ in range({c}):", f"    x = x + {d}"), f"add {d}, {c + 1} times")
+    return Clause(f"add {d}, {c} times", (f"for _ in range({c}):", f"    x += {d}"), f"add {d}, {c + 1} times")
 
 
 def _c_double(rng: random.Random) -> Clause:
     c = rng.randrange(2, 4)
-    return Clause(f"double it {c} times", (f"for _ in range({c}):", "    x = x * 2"), f"double it {c + 1} times")
+    return Clause(f"double it {c} times", (f"for _ in range({c}):", "    x *= 2"), f"double it {c + 1} times")
 
 
 def _l_add(rng: random.Random) -> Clause:

@@ -1,0 +1,356 @@
+"""Rule-based tagging of the five cognitive behaviours of paper §4.3 / Appendix E, per sentence.
+
+Why rules (and not only the paper's LLM classifier, :class:`~infra_pl.data.llm_judge.LLMJudgeTagger`):
+sequence-level attribution (Eq. 7) needs *which sentence* shows a behaviour, for every trace of
+the training set, offline and in seconds. The phrases are the discourse markers the paper itself
+highlights ("Wait", "Verify", "First", "Alternatively", §4.4) and the examples of its Appendix E
+prompts. All of them live in :data:`RULES`, the one place to edit.
+
+Definitions (paper §4.3, following Gandhi et al. 2025):
+
+* ``verification``: the writer checks their own work ("Let me check", "To verify", "which matches").
+* ``exploration``: searching for another approach *after the answer has been reached*; the same
+  phrase before the answer is just choosing a method, so it is not counted (see below).
+* ``backtracking``: abandoning a path ("I made a mistake", "Let me try again", a leading "Wait"
+  unless the sentence is a verification, as in "But wait, let's verify this.").
+* ``subgoal_setting``: announcing a plan or the next step ("First, I ...", "step by step").
+* ``backward_chaining``: reasoning from the goal to the inputs ("Working backward", "undo each step").
+
+When is the answer reached? At the first sentence of the thought that (a) states a result with an
+answer phrase (``\\boxed{}``, "the answer is", "So the code would be", "That's one way to get the
+result"), or (b) states the final answer's value ("= 42" / "is 42"), the value being taken from
+``answer`` or the solution section, or the last "So ... = X" of the thought. Independently, a
+trace that *ends* with a run of only verification / alternative-approach sentences has reached
+its answer before that run (this covers code traces whose program is only in the solution).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from infra_pl.data.schema import BEHAVIOURS
+from infra_pl.data.sentences import Sentence, split_sentences
+from infra_pl.data.traces import split_trace
+
+__all__ = [
+    "RULES",
+    "BehaviourMetrics",
+    "RuleTagger",
+    "count_behaviours",
+    "evaluate_tagger",
+    "tag_sentences",
+]
+
+_LEAD = r"^(?:(?:so|ok(?:ay)?|hmm+|well|alright|and|but|oh|ah|now)\b[\s,]*)*"  # filler before a sentence opener
+_SELF = r"(?:let(?:'s| me| us)|i(?:'ll| will)?|we(?:'ll| will)?)"  # the writer as the subject
+
+# ONE editable place: behaviour -> regular expressions (case-insensitive, searched in a sentence).
+# Two auxiliary entries: "backtracking_weak" (backtracking unless the sentence is a verification)
+# and "answer_reached" (sentences after which alternative approaches count as exploration).
+RULES: dict[str, tuple[str, ...]] = {
+    "verification": (
+        rf"\b{_SELF} (?:just )?(?:double[- ])?(?:check|verify|confirm|test)\b",
+        r"\bto (?:double[- ])?(?:verify|check|confirm|ensure)\b",
+        r"\bdouble[- ]check",
+        r"\bsanity check\b",
+        r"\bverif(?:y|ied|ies|ying|ication)\b",
+        r"\bwhich (?:matches|checks out|is consistent|confirms)\b",
+        r"\bmatch(?:es)? (?:the|our|my) (?:expected|original|given|known)\b",
+        r"\bchecks out\b",
+        r"\b(?:substitut|plugg?)\w* [^.]*\bback\b",
+        r"^(?:yes,?\s*)?(?:that(?:'s| is) |this is |it(?:'s| is) )?correct[.!]?$",
+        r"\b(?:the|this|that|my|our) (?:code|answer|result|solution|approach|formula) (?:is|seems|looks) (?:correct|right)\b",
+    ),
+    "exploration": (
+        rf"{_LEAD}alternatively\b",
+        r"\banother (?:way|approach|method|solution|strategy|idea|perspective|angle)\b",
+        r"\b(?:different|alternative|other) (?:way|approach|method|solution|strategy|perspective|angle)s?\b",
+        r"\bcan (?:also|alternatively) (?:derive|solve|compute|get|obtain|show|prove|write|do|approach|find)\b",
+        r"\b(?:one more|a second) (?:way|approach|method)\b",
+    ),
+    "backtracking": (
+        r"\b(?:i|we) (?:made|make|have made|'ve made) (?:a |an )?(?:mistake|error)\b",
+        r"\b(?:that|this|it)(?:'s| is| was) (?:wrong|incorrect|not right|a mistake)\b",
+        r"\bwrong (?:formula|approach|method|assumption|answer|sign|value|step|equation)\b",
+        r"\bmis(?:read|calculated|computed|counted|understood|applied|took)\b",
+        r"\b(?:try|do (?:it|this)|start) (?:again|over)\b",
+        r"\b(?:redo|recalculate|recompute)\b",
+        r"\b(?:go|going|went) back to\b",
+        r"\b(?:see|found|spot(?:ted)?|notice) (?:the|an|my) (?:error|mistake)\b",
+        r"\berror in (?:my|the|our) (?:calculation|reasoning|logic|work|derivation)\b",
+        r"\bleads? to a contradiction\b",
+        r"\b(?:doesn't|does not|won't|will not|didn't|did not|isn't|is not) (?:work|working|simplifying|right|correct)\b",
+        r"\btry (?:a |an )?(?:different|another|new) (?:sequence|approach|method|way|strategy|formula)\b",
+        rf"\b{_SELF} (?:use|try) [^.]*\binstead\b",
+        r"\btry [^.]*\bdifferently\b",
+        r"\bscratch that\b",
+        r"\bactually,? no\b",
+        r"\bon second thought\b",
+    ),
+    "backtracking_weak": (rf"{_LEAD}wait\b",),
+    "subgoal_setting": (
+        _LEAD
+        + r"(?:first(?:ly)?|next|then|finally|second(?:ly)?|third(?:ly)?|after that)\b[\s,]*(?:(?:maybe|perhaps|probably)\s+)?"
+        + rf"{_SELF}\b(?!\s*(?:get|got|have|had|obtain|see|saw|notice|realize|know|found)\b)",
+        r"^now,?\s+(?:i|we|let(?:'s| me| us))\b(?!\s*(?:get|got|have|had|obtain|see|saw|notice|realize|know|found)\b)",
+        r"\b(?:break|split|divide|decompose) (?:this|it|the (?:problem|task))(?: down)? into\b",
+        r"\bstep[- ]by[- ]step\b",
+        r"\blet(?:'s| me| us) (?:start|begin) by\b",
+        r"\b(?:the|my|our) plan (?:is|will be)\b",
+        r"\bsub-?(?:goal|problem|task)s?\b",
+        r"\b(?:i|we) (?:need|have|want) to (?:first|start by)\b",
+        r"\bin (?:smaller|separate|manageable) (?:steps|parts|pieces)\b",
+    ),
+    "backward_chaining": (
+        r"\bwork(?:ing|ed|s)? backwards?\b",
+        r"\bbackwards? from\b",
+        r"\bstart(?:ing)? (?:from|with) (?:what (?:we|i) (?:want|need) to (?:prove|show|find|get)"
+        r"|the (?:desired|final|target|goal|end|expected) (?:result|state|outcome|value|answer)"
+        r"|the (?:result|goal|answer|end|target)\b)",
+        r"\bundo (?:each|every|all|the last|the) (?:of the )?steps?\b",
+        r"\bin reverse order\b",
+        r"\breverse (?:the|each|all) (?:steps|operations)\b",
+        r"\bstart(?:ing)? by assuming\b",
+        r"\b(?:maximum|minimum|optimum|optimal value)\b[^.]*\b(?:occurs|is (?:achieved|attained|reached|obtained))\s+(?:when|if|at|where)\b",
+        r"\bwhat (?:would|must) (?:be|hold) (?:true )?(?:for|if|so that)\b",
+    ),
+    "answer_reached": (
+        r"\\boxed\s*\{",
+        r"\b(?:the )?(?:final )?answer (?:is|should be|would be)\b",
+        r"\bfinal answer\b",
+        r"\bso (?:the|our) (?:answer|result|total|number|value) (?:is|should be|would be)\b",
+        r"\bthat(?:'s| is) (?:one|a) way to (?:get|find|solve|reach|obtain|derive)\b",
+        r"\b(?:we|i) (?:have|'ve) (?:found|solved|got(?:ten)?|obtained) (?:the|it|our)\b",
+        r"\b(?:so|thus|hence|therefore),? the (?:code|function|program) (?:would be|is|should be|becomes)\b",
+        r"\b(?:the )?(?:final|complete) (?:code|program)\b",
+        r"\bputting it all together\b",
+    ),
+}
+_AUXILIARY = ("backtracking_weak", "answer_reached")
+_RESULT_RE = re.compile(r"^(?:so|therefore|thus|hence)\b[^=]*=\s*(-?[\w.\\{}/^]+?)[.,;:]?(?:\s|$)", re.IGNORECASE)
+_COMPLETE_CODE_RE = re.compile(r"^\s*(?:def|class)\s+\w+", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    patterns: dict[str, tuple[re.Pattern[str], ...]]
+
+    @classmethod
+    def from_rules(cls, rules: Mapping[str, Sequence[str]]) -> "_Compiled":
+        missing = [key for key in (*BEHAVIOURS, *_AUXILIARY) if key not in rules]
+        if missing:
+            raise ValueError(f"behaviour rules are missing entries for {missing}")
+        unknown = set(rules) - set(BEHAVIOURS) - set(_AUXILIARY)
+        if unknown:
+            raise ValueError(f"behaviour rules have unknown entries {sorted(unknown)}; known: {BEHAVIOURS + _AUXILIARY}")
+        compiled = {}
+        for key, patterns in rules.items():
+            try:
+                compiled[key] = tuple(re.compile(p, re.IGNORECASE) for p in patterns)
+            except re.error as err:
+                raise ValueError(f"behaviour rule for {key!r} is not a valid regex: {err}") from None
+        return cls(compiled)
+
+    def hit(self, key: str, text: str) -> bool:
+        return any(p.search(text) for p in self.patterns[key])
+
+
+@dataclass
+class RuleTagger:
+    """Sentence-level behaviour tagger driven by :data:`RULES` (or your own rules of the same shape).
+
+    Args:
+        rules: behaviour -> regexes, plus ``backtracking_weak`` and ``answer_reached``.
+        thought_only: tag only the thought section when the trace has thought markers (the
+            solution is a write-up of the result, not the reasoning process).
+    """
+
+    rules: Mapping[str, Sequence[str]] = field(default_factory=lambda: RULES)
+    thought_only: bool = True
+
+    def __post_init__(self) -> None:
+        self._compiled = _Compiled.from_rules(self.rules)
+
+    def tag(self, text: str, answer: str | None = None) -> list[tuple[Sentence, set[str]]]:
+        """Every sentence of ``text`` (as :func:`split_sentences` gives them) with its behaviours.
+
+        ``answer`` is the final answer when known (a math example's ``answer``); otherwise it is
+        read from the solution section. It only helps to place the point where the answer is
+        reached, which gates exploration.
+        """
+        sentences = split_sentences(text)
+        region = self._region(text, sentences)
+        tags: list[set[str]] = [set() for _ in sentences]
+        candidates: dict[int, bool] = {}
+        for i in region:
+            sentence = sentences[i]
+            if sentence.kind != "text":
+                continue
+            found = {b for b in BEHAVIOURS if b != "exploration" and self._compiled.hit(b, sentence.text)}
+            if "verification" not in found and self._compiled.hit("backtracking_weak", sentence.text):
+                found.add("backtracking")
+            tags[i] = found
+            candidates[i] = self._compiled.hit("exploration", sentence.text)
+        start = self._exploration_start(text, sentences, region, tags, candidates, answer)
+        for i, is_candidate in candidates.items():
+            if is_candidate and i >= start:
+                tags[i].add("exploration")
+        return list(zip(sentences, tags))
+
+    def count(self, text: str, answer: str | None = None) -> dict[str, int]:
+        """Number of sentences showing each behaviour (a sentence may show several)."""
+        counts = {b: 0 for b in BEHAVIOURS}
+        for _, found in self.tag(text, answer):
+            for behaviour in found:
+                counts[behaviour] += 1
+        return counts
+
+    # ------------------------------------------------------------------ helpers
+    def _region(self, text: str, sentences: list[Sentence]) -> list[int]:
+        """Indices of the sentences to tag: the thought's, or all when there is no thought."""
+        span = split_trace(text).thought if self.thought_only else None
+        return [
+            i
+            for i, s in enumerate(sentences)
+            if s.kind != "marker" and (span is None or (s.start >= span[0] and s.end <= span[1]))
+        ]
+
+    def _exploration_start(
+        self,
+        text: str,
+        sentences: list[Sentence],
+        region: list[int],
+        tags: list[set[str]],
+        candidates: dict[int, bool],
+        answer: str | None,
+    ) -> float:
+        """First sentence index at which an alternative approach counts as exploration."""
+        reached = self._answer_reached(text, sentences, region, answer)
+        start = float("inf") if reached is None else reached + 1
+        # A trailing run of checks / alternatives: the work was done before it.
+        tail = None
+        for i in reversed(region):
+            s = sentences[i]
+            if s.kind == "text" and (candidates.get(i) or tags[i] == {"verification"}):
+                tail = i
+                continue
+            break
+        return start if tail is None else min(start, tail)
+
+    def _answer_reached(self, text: str, sentences: list[Sentence], region: list[int], answer: str | None) -> int | None:
+        value = answer if answer not in (None, "") else _solution_answer(text)
+        if value is None:
+            value = self._last_result(sentences, region)
+        value_re = _value_pattern(value) if value is not None else None
+        for i in region:
+            s = sentences[i]
+            if s.kind == "code":
+                if _COMPLETE_CODE_RE.search(s.text):
+                    return i
+                continue
+            if self._compiled.hit("answer_reached", s.text) or (value_re is not None and value_re.search(s.text)):
+                return i
+        return None
+
+    @staticmethod
+    def _last_result(sentences: list[Sentence], region: list[int]) -> str | None:
+        """The value of the last "So ... = X" sentence: the result the writer settled on."""
+        for i in reversed(region):
+            match = _RESULT_RE.match(sentences[i].text) if sentences[i].kind == "text" else None
+            if match:
+                return match.group(1)
+        return None
+
+
+def _solution_answer(text: str) -> str | None:
+    """The final answer stated in the solution section, if the trace has one."""
+    parts = split_trace(text)
+    if parts.solution is None:
+        return None
+    from infra_pl.eval.math_answer import extract_answer
+
+    return extract_answer(text[slice(*parts.solution)])
+
+
+def _value_pattern(value: str) -> re.Pattern[str] | None:
+    """Matches a sentence stating ``value`` as a result: ``= 42``, ``is 42``, ``gives 42``."""
+    value = value.strip().strip("$").strip()
+    if not value or len(value) > 40:
+        return None
+    return re.compile(
+        r"(?:=|\bis|\bequals|\bgives?|\bget|\bgot|\bbe)\s*\$?\s*" + re.escape(value) + r"(?!\d)(?!\.\d)",
+        re.IGNORECASE,
+    )
+
+
+_DEFAULT: tuple[tuple, RuleTagger] | None = None
+
+
+def _default() -> RuleTagger:
+    """A tagger for the current :data:`RULES`, recompiled if they were edited at run time."""
+    global _DEFAULT
+    key = tuple((name, tuple(patterns)) for name, patterns in RULES.items())
+    if _DEFAULT is None or _DEFAULT[0] != key:
+        _DEFAULT = (key, RuleTagger(rules=dict(RULES)))
+    return _DEFAULT[1]
+
+
+def tag_sentences(text: str, answer: str | None = None) -> list[tuple[Sentence, set[str]]]:
+    """Sentences of ``text`` with the behaviours each one shows (default :data:`RULES`)."""
+    return _default().tag(text, answer)
+
+
+def count_behaviours(text: str, answer: str | None = None) -> dict[str, int]:
+    """Sentence counts per behaviour, in the schema's ``behaviours`` shape."""
+    return _default().count(text, answer)
+
+
+@dataclass
+class BehaviourMetrics:
+    """Sentence-level agreement of a tagger with reference labels for one behaviour."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    def __str__(self) -> str:
+        return f"P={self.precision:.3f} R={self.recall:.3f} (tp={self.tp} fp={self.fp} fn={self.fn})"
+
+
+def evaluate_tagger(records: Iterable[Mapping[str, Any]], tagger: RuleTagger | None = None) -> dict[str, BehaviourMetrics]:
+    """Precision / recall per behaviour against records carrying ``sentence_labels`` (the demo).
+
+    Labels are aligned with ``split_sentences`` of the last assistant turn; a record whose
+    sentences do not line up is an error (the comparison would be meaningless).
+    """
+    tagger = tagger or _default()
+    metrics = {b: BehaviourMetrics() for b in BEHAVIOURS}
+    for number, record in enumerate(records, start=1):
+        labels = record.get("sentence_labels")
+        if labels is None:
+            raise ValueError(f"record {number} ({record.get('id', '?')}) has no sentence_labels to evaluate against")
+        text = [m["content"] for m in record["messages"] if m["role"] == "assistant"][-1]
+        tagged = tagger.tag(text, record.get("answer"))
+        if [s.text for s, _ in tagged] != [label["text"] for label in labels]:
+            raise ValueError(f"record {number} ({record.get('id', '?')}): sentence_labels do not align with split_sentences")
+        for (_, predicted), label in zip(tagged, labels):
+            truth = set(label["behaviours"])
+            for behaviour in BEHAVIOURS:
+                metric = metrics[behaviour]
+                if behaviour in predicted and behaviour in truth:
+                    metric.tp += 1
+                elif behaviour in predicted:
+                    metric.fp += 1
+                elif behaviour in truth:
+                    metric.fn += 1
+    return metrics
