@@ -51,12 +51,18 @@ class InfraTrainer(L.Trainer):
         return Path(self.default_root_dir) / "attribution"
 
     def run_attribution_pass(
-        self, phase: str, model: L.LightningModule, datamodule: Any, split: str = "train", batch_size: int | None = None
+        self,
+        phase: str,
+        model: L.LightningModule,
+        datamodule: Any,
+        split: str = "train",
+        batch_size: int | None = None,
+        indices: list[int] | None = None,
     ) -> None:
-        """One dedicated pass over ``split`` with callbacks listening for ``phase``."""
+        """One dedicated pass over ``split`` (or the examples at ``indices``) with callbacks listening for ``phase``."""
         if datamodule is None or not hasattr(datamodule, "set_predict_split"):
             raise TypeError("attribution passes need a datamodule with set_predict_split() (ReasoningDataModule)")
-        datamodule.set_predict_split(split, batch_size)
+        datamodule.set_predict_split(split, batch_size, indices)
         self.attribution_phase = phase
         inference_mode = self.predict_loop.inference_mode
         self.predict_loop.inference_mode = False  # callbacks need autograd inside the pass

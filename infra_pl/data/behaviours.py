@@ -39,6 +39,7 @@ __all__ = [
     "BehaviourMetrics",
     "RuleTagger",
     "count_behaviours",
+    "default_tagger",
     "evaluate_tagger",
     "tag_sentences",
 ]
@@ -207,6 +208,10 @@ class RuleTagger:
                 counts[behaviour] += 1
         return counts
 
+    def matches(self, key: str, text: str) -> bool:
+        """Whether a rule of ``key`` (a behaviour, ``backtracking_weak`` or ``answer_reached``) matches."""
+        return self._compiled.hit(key, text)
+
     # ------------------------------------------------------------------ helpers
     def _region(self, text: str, sentences: list[Sentence]) -> list[int]:
         """Indices of the sentences to tag: the thought's, or all when there is no thought."""
@@ -288,7 +293,7 @@ def _value_pattern(value: str) -> re.Pattern[str] | None:
 _DEFAULT: tuple[tuple, RuleTagger] | None = None
 
 
-def _default() -> RuleTagger:
+def default_tagger() -> RuleTagger:
     """A tagger for the current :data:`RULES`, recompiled if they were edited at run time."""
     global _DEFAULT
     key = tuple((name, tuple(patterns)) for name, patterns in RULES.items())
@@ -299,12 +304,12 @@ def _default() -> RuleTagger:
 
 def tag_sentences(text: str, answer: str | None = None) -> list[tuple[Sentence, set[str]]]:
     """Sentences of ``text`` with the behaviours each one shows (default :data:`RULES`)."""
-    return _default().tag(text, answer)
+    return default_tagger().tag(text, answer)
 
 
 def count_behaviours(text: str, answer: str | None = None) -> dict[str, int]:
     """Sentence counts per behaviour, in the schema's ``behaviours`` shape."""
-    return _default().count(text, answer)
+    return default_tagger().count(text, answer)
 
 
 @dataclass
@@ -333,7 +338,7 @@ def evaluate_tagger(records: Iterable[Mapping[str, Any]], tagger: RuleTagger | N
     Labels are aligned with ``split_sentences`` of the last assistant turn; a record whose
     sentences do not line up is an error (the comparison would be meaningless).
     """
-    tagger = tagger or _default()
+    tagger = tagger or default_tagger()
     metrics = {b: BehaviourMetrics() for b in BEHAVIOURS}
     for number, record in enumerate(records, start=1):
         labels = record.get("sentence_labels")

@@ -130,7 +130,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self._eval_features: list[dict[str, Any]] = []
         self._demo_files: dict[str, Path] | None = None
         self._ready = False
-        self._predict_split, self._predict_batch_size = "train", None
+        self._predict: tuple[str, int | None, list[int] | None] = ("train", None, None)
 
     # ----------------------------------------------------------------- loading
     def _needs_demo(self) -> bool:
@@ -250,18 +250,28 @@ class ReasoningDataModule(L.LightningDataModule):
             collate_fn=partial(_collate_with_prompts, pad_token_id=self.pad_token_id),
         )
 
-    def set_predict_split(self, split: str, batch_size: int | None = None) -> None:
-        """Which split the next ``predict`` pass (an attribution pass) iterates, and in what batches."""
+    def set_predict_split(self, split: str, batch_size: int | None = None, indices: list[int] | None = None) -> None:
+        """What the next ``predict`` pass (an attribution pass) iterates: a split, or a subset of it.
+
+        ``indices`` are positions in ``train_examples``/``eval_examples`` (the ``index`` carried in
+        batches), e.g. the D_correct items, the top-K examples, or what an interrupted pass left.
+        """
         if split not in ("train", "eval"):
             raise ValueError(f"unknown split '{split}' (train or eval)")
-        self._predict_split, self._predict_batch_size = split, batch_size
+        self._predict = (split, batch_size, None if indices is None else list(indices))
 
     def predict_dataloader(self) -> DataLoader:
-        return self.attribution_dataloader(self._predict_split, self._predict_batch_size)
+        split, batch_size, indices = self._predict
+        return self.attribution_dataloader(split, batch_size, indices)
 
-    def attribution_dataloader(self, split: str = "train", batch_size: int | None = None) -> DataLoader:
-        """Unshuffled batches of a split, for attribution passes (index reassembles shards)."""
+    def attribution_dataloader(
+        self, split: str = "train", batch_size: int | None = None, indices: list[int] | None = None
+    ) -> DataLoader:
+        """Unshuffled batches of a split (or of the examples at ``indices``), for attribution passes."""
         features = {"train": self._train_features, "eval": self._eval_features}[split]
+        if indices is not None:
+            wanted = set(indices)
+            features = [f for f in features if f["index"] in wanted]
         return DataLoader(
             TokenizedDataset(features),
             batch_size=batch_size or self.eval_batch_size,
