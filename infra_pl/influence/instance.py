@@ -1,0 +1,172 @@
+"""Instance scores S(z) = vᵀ∇log p(z) for a whole batch from one hooked forward + backward.
+
+For a tracked layer y_t = W a_t, ∇_W log p(z) = −Σ_t g_t a_tᵀ with g_t = ∂L/∂y_t of the summed
+loss, so S(z) = −Σ_layers Σ_t g_tᵀ V a_t (V = that layer's slice of v). Two ways to contract:
+
+* ``"sequence"``: form G_b = Σ_t g_t a_tᵀ ([B, out, in]), then ⟨V_m, G_b⟩ for every m.
+  Cost ≈ B·out·in·(T + M) multiply-adds, memory B·out·in.
+* ``"token"``: form V_m a_t for every token ([B, T, M, out]), then dot with g_t.
+  Cost ≈ B·T·M·out·in, memory B·T·M·out. It also yields the per-position contributions
+  g_tᵀ V a_t (see :func:`position_contributions`).
+
+``"auto"`` picks the one with fewer multiply-adds: tokens iff T·M < T + M, which in practice
+means a single measurement (then the token path also never materialises an [out, in] matrix per
+sequence, the larger buffer for wide MLPs); with two or more measurements the per-sequence
+gradient is shared by all of them and wins.
+
+Why output-tensor hooks (``infra_pl.ekfac.Capture``) and ``autograd.grad`` on the layer outputs:
+no weight gradient is ever formed and no parameter ``.grad`` is written, so scoring can run on a
+model that is also being trained or checkpointed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from infra_pl.ekfac.capture import Capture
+from infra_pl.ekfac.factors import Factors
+from infra_pl.ekfac.gradients import per_example_gradients
+from infra_pl.ekfac.loss import LossFn, causal_lm_loss
+from infra_pl.ekfac.passes import capture_pass, eval_mode
+from infra_pl.influence.measurement import Directions, Modules
+
+Contraction = Literal["auto", "sequence", "token"]
+
+
+def choose_contraction(n_tokens: int, n_measurements: int) -> Literal["sequence", "token"]:
+    """The cheaper contraction by multiply-adds: per-token costs T·M, per-sequence T + M (× B·out·in)."""
+    return "token" if n_tokens * n_measurements < n_tokens + n_measurements else "sequence"
+
+
+def _check_grad_mode() -> None:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "instance scores need a backward pass, which inference_mode forbids; "
+            "call them under torch.no_grad() or outside inference_mode (Lightning: "
+            "trainer.predict_loop.inference_mode = False)"
+        )
+
+
+def _score_pass(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    directions: Directions,
+    modules: Modules,
+    loss_fn: LossFn,
+    contraction: Contraction,
+    per_position: bool,
+) -> torch.Tensor:
+    """One hooked pass; returns S as [B, M] or, with ``per_position``, the [M, B, T] contributions."""
+    if contraction not in ("auto", "sequence", "token"):
+        raise ValueError(f"contraction must be 'auto', 'sequence' or 'token', got {contraction!r}")
+    _check_grad_mode()
+    tracked = directions.modules_of(model, modules)
+    dtype = directions.dtype
+    result: dict[str, torch.Tensor] = {}
+
+    def contract(name: str, activations: torch.Tensor, output_grads: torch.Tensor) -> None:
+        v = directions.per_module[name].to(device=activations.device, dtype=dtype)
+        mode = "token" if per_position else contraction
+        if mode == "auto":
+            mode = choose_contraction(activations.shape[1], v.shape[0])
+        if mode == "sequence":
+            term = -torch.einsum("boi,moi->bm", torch.einsum("bto,bti->boi", output_grads, activations), v)
+        else:
+            # V a_t or g_tᵀ V: keep the narrower of out/in as the intermediate's last dim.
+            if v.shape[1] <= v.shape[2]:
+                term = -torch.einsum("btmo,bto->mbt", torch.einsum("bti,moi->btmo", activations, v), output_grads)
+            else:
+                term = -torch.einsum("btmi,bti->mbt", torch.einsum("bto,moi->btmi", output_grads, v), activations)
+            if not per_position:
+                term = term.sum(dim=-1).t()
+        result["total"] = term if "total" not in result else result["total"] + term
+
+    capture = Capture(tracked, on_pair=contract, dtype=dtype)
+    with eval_mode(model), capture:
+        capture_pass(model, batch, loss_fn, capture, sample_labels=False)
+    return result["total"]
+
+
+def instance_scores(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    directions: Directions,
+    modules: Modules = None,
+    loss_fn: LossFn = causal_lm_loss,
+    contraction: Contraction = "auto",
+) -> torch.Tensor:
+    """S(z) = v_mᵀ∇log p(z) for every sequence b and measurement m: [B, M].
+
+    Positive = up-weighting the sequence raises f_m. ``modules=None`` uses the directions' own
+    module names. Works under a caller's ``torch.no_grad()`` (grad is enabled inside), not under
+    ``inference_mode``. Computed in the directions' dtype.
+    """
+    return _score_pass(model, batch, directions, modules, loss_fn, contraction, per_position=False)
+
+
+def position_contributions(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    directions: Directions,
+    modules: Modules = None,
+    loss_fn: LossFn = causal_lm_loss,
+) -> torch.Tensor:
+    """Split of S(z) by the *input position where the weights are applied*: [M, B, T].
+
+    Entry t is −Σ_layers g_tᵀ V a_t: the part of S that flows through the layer applications at
+    position t (kronfluence's per-token decomposition). It is NOT the Eq. 9 target-token score:
+    position t's contribution mixes the effect on every later target through attention. Summed
+    over t it gives :func:`instance_scores`. Costs one instance pass with the token contraction.
+    """
+    return _score_pass(model, batch, directions, modules, loss_fn, "token", per_position=True)
+
+
+def query_directions(
+    model: nn.Module,
+    query_batches: Iterable[Mapping[str, Any]],
+    factors: Factors,
+    modules: Modules = None,
+    loss_fn: LossFn = causal_lm_loss,
+    dtype: torch.dtype = torch.float32,
+) -> Directions:
+    """One direction per query sequence: v_q = H⁻¹∇log p(q) = −H⁻¹∇L(q), named ``"query_<k>"``.
+
+    Compute once and pass to :func:`instance_scores` for every training batch (that is all
+    :func:`pairwise_scores` does); memory is Q × the tracked parameters.
+    """
+    if modules is None:
+        named = dict(model.named_modules())
+        modules = {n: named[n] for n in factors.modules}
+    stacks: dict[str, list[torch.Tensor]] = {}
+    for batch in query_batches:
+        grads = per_example_gradients(model, batch, loss_fn, modules, dtype=dtype)
+        for name, value in factors.precondition(grads).items():
+            stacks.setdefault(name, []).append(-value.to(dtype))
+    if not stacks:
+        raise ValueError("no query sequences given")
+    per_module = {name: torch.cat(parts) for name, parts in stacks.items()}
+    count = next(iter(per_module.values())).shape[0]
+    return Directions([f"query_{k}" for k in range(count)], per_module)
+
+
+def pairwise_scores(
+    model: nn.Module,
+    query_batches: Iterable[Mapping[str, Any]],
+    train_batch: Mapping[str, Any],
+    factors: Factors,
+    modules: Modules = None,
+    loss_fn: LossFn = causal_lm_loss,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Score of every training sequence for every query taken as its own measurement: [Q, B].
+
+    score[q, b] = ∇log p(q)ᵀ H⁻¹ ∇log p(z_b), the instance score with f = log p(q). Because both
+    gradients flip sign relative to the losses, this equals ∇L(q)ᵀ H⁻¹ ∇L(z_b), which is exactly
+    kronfluence's pairwise score when its measurement is the query's summed NLL (and minus
+    kronfluence's score when its measurement is the query's log-likelihood).
+    """
+    directions = query_directions(model, query_batches, factors, modules, loss_fn, dtype)
+    return instance_scores(model, train_batch, directions, modules, loss_fn).t()

@@ -1,0 +1,232 @@
+"""Sentence-level scores (paper Eq. 7): token spans of sentences, removal variants, re-scoring.
+
+Eq. 7 is counterfactual: I(y) = S(z) − S(z∖y), where z∖y is the conversation with sentence y
+erased and *re-tokenised*. Removing a sentence shifts every later token, changes how its
+neighbours tokenise and changes the context of every later token, so it is not a sum of token
+scores. :func:`sentence_scores` re-scores each variant with :func:`instance_scores`; the cheap
+sum of Eq. 9 token scores over the sentence's span is reported beside it only as an
+approximation (it ignores the sentence's role as context for later tokens).
+
+Sentence → token mapping: the chat template is rendered to text, the assistant content is
+located in it, and each token's character span comes from the offsets mapping of a fast
+tokenizer on that text; the token ids are checked against :func:`tokenize_chat` so the positions
+are those the model is trained and scored on. Tokenizers without offsets fall back to
+incremental prefix tokenisation (tokenise the text up to each boundary; the tokens shared with
+the full tokenisation lie before it). With offsets, a token that overlaps several sentences goes
+to the one it overlaps most and tokens lying wholly in the whitespace between sentences belong to
+none; with the prefix fallback a token belongs to the sentence in which it ends (the two agree
+unless one token straddles a sentence boundary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from infra_pl.data.sentences import Sentence, remove_span
+from infra_pl.data.tokenize import IGNORE_INDEX, TokenizedExample, collate_padded, tokenize_chat
+from infra_pl.ekfac.loss import LossFn, causal_lm_loss
+from infra_pl.influence.instance import instance_scores
+from infra_pl.influence.measurement import Directions, Modules
+from infra_pl.influence.tokens import token_scores
+
+Messages = Sequence[Mapping[str, Any]]
+UNLIMITED = 1 << 30
+
+
+def last_assistant_turn(messages: Messages) -> int:
+    """Index in ``messages`` of the last assistant message (the one SFT labels matter most for)."""
+    turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+    if not turns:
+        raise ValueError("the conversation has no assistant message")
+    return turns[-1]
+
+
+def _check_turn(messages: Messages, turn: int | None) -> int:
+    turn = last_assistant_turn(messages) if turn is None else turn
+    if not 0 <= turn < len(messages) or messages[turn]["role"] != "assistant":
+        raise ValueError(f"messages[{turn}] is not an assistant message")
+    return turn
+
+
+def _render(tokenizer: Any, messages: Messages, add_generation_prompt: bool) -> str:
+    if not messages:
+        return ""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def content_offset(tokenizer: Any, messages: Messages, turn: int) -> tuple[str, int]:
+    """The rendered conversation and the character offset of ``messages[turn]``'s content in it.
+
+    The content is searched for right after the rendered prefix (earlier turns + generation
+    prompt), so identical text in an earlier turn cannot be mistaken for it.
+    """
+    rendered = _render(tokenizer, messages, add_generation_prompt=False)
+    content = messages[turn]["content"]
+    prefix = _render(tokenizer, messages[:turn], add_generation_prompt=True)
+    start_at = len(prefix) if rendered.startswith(prefix) else 0
+    offset = rendered.find(content, start_at)
+    if offset < 0:
+        raise ValueError(
+            "the chat template does not render the assistant content verbatim; "
+            "sentence offsets cannot be mapped to tokens"
+        )
+    return rendered, offset
+
+
+def _token_char_spans_offsets(tokenizer: Any, rendered: str, ids: list[int]) -> list[tuple[int, int]] | None:
+    """Character span of every token via the fast tokenizer's offsets; None if unusable."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    encoded = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    if list(encoded["input_ids"]) != ids:
+        return None
+    return [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _token_ranges_by_prefix(tokenizer: Any, rendered: str, ids: list[int], bounds: list[tuple[int, int]]) -> list[range]:
+    """Token index range of each character span by tokenising the text up to its two ends."""
+
+    def tokens_before(char: int) -> int:
+        prefix_ids = tokenizer(rendered[:char], add_special_tokens=False)["input_ids"]
+        return _common_prefix(list(prefix_ids), ids)
+
+    return [range(tokens_before(start), tokens_before(end)) for start, end in bounds]
+
+
+def _assign_by_overlap(char_spans: list[tuple[int, int]], bounds: list[tuple[int, int]]) -> list[list[int]]:
+    """Token indices per sentence; each token goes to the sentence it overlaps most (ties: earlier)."""
+    out: list[list[int]] = [[] for _ in bounds]
+    for k, (s, e) in enumerate(char_spans):
+        overlaps = [max(0, min(e, end) - max(s, start)) for start, end in bounds]
+        best = max(range(len(bounds)), key=lambda i: (overlaps[i], -i)) if bounds else 0
+        if bounds and overlaps[best] > 0:
+            out[best].append(k)
+    return out
+
+
+def token_spans_for_sentences(
+    tokenizer: Any,
+    messages: Messages,
+    sentences: Sequence[Sentence],
+    assistant_turn_index: int | None = None,
+    max_length: int | None = None,
+    method: Literal["auto", "offsets", "prefix"] = "auto",
+) -> list[list[int]]:
+    """For each sentence of ``messages[assistant_turn_index]["content"]``, its target positions.
+
+    Positions index the output of :func:`infra_pl.losses.target_log_probs` (and of
+    :func:`token_scores`): position p scores input token p+1. Only target tokens (label ≠ -100)
+    within ``max_length`` are listed. ``assistant_turn_index`` indexes ``messages`` (default: the
+    last assistant message).
+    """
+    turn = _check_turn(messages, assistant_turn_index)
+    example = tokenize_chat(tokenizer, messages, UNLIMITED)
+    if example is None:
+        return [[] for _ in sentences]
+    rendered, offset = content_offset(tokenizer, messages, turn)
+    bounds = [(offset + s.start, offset + s.end) for s in sentences]
+    content = messages[turn]["content"]
+    for sentence in sentences:
+        if content[sentence.start : sentence.end] != sentence.text:
+            raise ValueError(f"sentence at {sentence.start}:{sentence.end} does not match the assistant content")
+    char_spans = _token_char_spans_offsets(tokenizer, rendered, example.input_ids) if method != "prefix" else None
+    if char_spans is not None:
+        indices = _assign_by_overlap(char_spans, bounds)
+    elif method == "offsets":
+        raise ValueError("offsets tokenisation unavailable or differs from the chat template's token ids")
+    else:
+        indices = [list(r) for r in _token_ranges_by_prefix(tokenizer, rendered, example.input_ids, bounds)]
+    limit = len(example.labels) if max_length is None else min(max_length, len(example.labels))
+    return [[k - 1 for k in ks if 1 <= k < limit and example.labels[k] != IGNORE_INDEX] for ks in indices]
+
+
+def removal_variants(
+    messages: Messages, sentences: Sequence[Sentence], assistant_turn_index: int | None = None
+) -> list[list[dict[str, Any]]]:
+    """One conversation per sentence, with that sentence cut from the assistant content.
+
+    Messages are copied (the input is never modified); the cut uses
+    :func:`infra_pl.data.sentences.remove_span`, which keeps the stronger separator between the
+    neighbours.
+    """
+    turn = _check_turn(messages, assistant_turn_index)
+    content = messages[turn]["content"]
+    variants = []
+    for sentence in sentences:
+        copy = [dict(message) for message in messages]
+        copy[turn]["content"] = remove_span(content, sentence)
+        variants.append(copy)
+    return variants
+
+
+@dataclass
+class SentenceScores:
+    """Sentence scores of one example, for M measurements and S sentences.
+
+    ``removal`` is Eq. 7 (re-scored counterfactual); ``token_sum`` is the approximation
+    Σ_{t ∈ span} s_t (None when not requested); ``full`` is S(z).
+    """
+
+    full: torch.Tensor  # [M]
+    removal: torch.Tensor  # [S, M]: S(z) − S(z without sentence k)
+    token_sum: torch.Tensor | None  # [S, M]: approximation, NOT Eq. 7
+    spans: list[list[int]]
+
+
+def sentence_scores(
+    model: nn.Module,
+    tokenizer: Any,
+    messages: Messages,
+    sentences: Sequence[Sentence],
+    directions: Directions,
+    modules: Modules = None,
+    *,
+    max_length: int,
+    assistant_turn_index: int | None = None,
+    batch_size: int = 8,
+    with_token_sum: bool = True,
+    loss_fn: LossFn = causal_lm_loss,
+) -> SentenceScores:
+    """Eq. 7 for every sentence: the example and its S removal variants, each tokenised on its own.
+
+    Variants are padded into batches of ``batch_size`` and scored with :func:`instance_scores`.
+    A variant with no target token left (the sentence was the whole answer) scores 0: an example
+    without targets contributes nothing to training.
+    """
+    turn = _check_turn(messages, assistant_turn_index)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    conversations = [list(messages), *removal_variants(messages, sentences, turn)]
+    tokenized: list[TokenizedExample | None] = [tokenize_chat(tokenizer, c, max_length) for c in conversations]
+    if tokenized[0] is None:
+        raise ValueError("the example has no target token within max_length")
+    features = [
+        {"input_ids": tok.input_ids, "labels": tok.labels, "index": k}
+        for k, tok in enumerate(tokenized)
+        if tok is not None
+    ]
+    scores = torch.zeros(len(conversations), len(directions), dtype=torch.float64)
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        batch = collate_padded(chunk, pad_id)
+        part = instance_scores(model, batch, directions, modules, loss_fn).detach().double().cpu()
+        scores[batch["index"]] = part
+    spans = token_spans_for_sentences(tokenizer, messages, sentences, turn, max_length)
+    token_sum = None
+    if with_token_sum:
+        full_batch = collate_padded(features[:1], pad_id)
+        per_token = token_scores(model, full_batch, directions, modules)[:, 0].detach().double().cpu()  # [M, T-1]
+        token_sum = torch.stack([per_token[:, span].sum(dim=1) for span in spans]) if spans else torch.zeros(0, len(directions))
+    return SentenceScores(full=scores[0], removal=scores[0] - scores[1:], token_sum=token_sum, spans=spans)
