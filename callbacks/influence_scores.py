@@ -92,10 +92,7 @@ class InfluenceScores(AttributionStep):
     def _correctness(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> list[dict[str, Any]] | None:
         path = Path(self.correctness_file) if self.correctness_file else latest_correctness_file(trainer.default_root_dir)
         if path is None or not path.exists():
-            if self.fallback == "reference" and self.correctness_file is None:
-                _log("no correctness file found; running validate to produce one")
-            else:
-                _log("no correctness file found; running validate (greedy generation) to produce one")
+            _log("no correctness file found; running validate (greedy generation) to produce one")
             trainer.validate(pl_module, datamodule=datamodule, verbose=False)
             path = getattr(pl_module, "last_correctness_path", None)
             if path is None:
@@ -177,7 +174,7 @@ class InfluenceScores(AttributionStep):
 
         # Sentence scores for the top examples (rank 0, direct: a small set).
         if trainer.is_global_zero and self.sentence_top_k > 0:
-            sentence_df = self._sentence_scores(pl_module, datamodule, tracked, directions, instance_df, token_df, names)
+            sentence_df = self._sentence_scores(pl_module, datamodule, tracked, directions, instance_df, names)
             trainer.attribution_state["sentence_scores"] = sentence_df
             trainer.attribution_state["sentence_scores_path"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
         trainer.attribution_state["scores_dir"] = out
@@ -187,7 +184,7 @@ class InfluenceScores(AttributionStep):
         phase = getattr(trainer, "attribution_phase", None)
         if phase not in (MEASURE, INSTANCE, TOKENS):
             return
-        from infra_pl.influence import instance_scores, measurement_gradient, token_scores
+        from infra_pl.influence import instance_scores, measurement_gradient
 
         model, data = self._model(pl_module), self._phase_data
         with torch.enable_grad():
@@ -239,21 +236,17 @@ class InfluenceScores(AttributionStep):
                     )
 
     # ----------------------------------------------------------------- sentences
-    def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, token_df, names) -> pd.DataFrame:
+    def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, names) -> pd.DataFrame:
         from infra_pl.data.sentences import split_sentences
-        from infra_pl.data.tokenize import collate_padded, tokenize_chat
-        from infra_pl.influence import instance_scores, removal_variants, token_spans_for_sentences
+        from infra_pl.influence import sentence_scores
 
         model = self._model(pl_module)
-        device = pl_module.device
-        dirs = directions.to(device)
-        tokenizer = datamodule.tokenizer
-        rows = []
-        chosen = {}
-        for m, name in enumerate(names):
+        dirs = directions.to(pl_module.device)
+        chosen: dict[int, list[str]] = {}
+        for name in names:
             for index in instance_df.nlargest(self.sentence_top_k, f"score_{name}")["index"]:
                 chosen.setdefault(int(index), []).append(name)
-        by_index = token_df.groupby(["index", "measurement"]) if len(token_df) else None
+        rows = []
         for index, measured in chosen.items():
             example = datamodule.train_examples[index]
             messages = example["messages"]
@@ -261,29 +254,13 @@ class InfluenceScores(AttributionStep):
             sentences = [s for s in split_sentences(messages[turn]["content"]) if s.kind != "marker"]
             if not sentences:
                 continue
-            variants = removal_variants(messages, sentences)
-            features = []
-            for k, conversation in enumerate([messages, *variants]):
-                tok = tokenize_chat(tokenizer, conversation, datamodule.max_length)
-                if tok is None:
-                    tok = tokenize_chat(tokenizer, messages, datamodule.max_length)  # sentence was everything
-                features.append({"input_ids": tok.input_ids, "labels": tok.labels, "index": k})
-            scores = []
-            for start in range(0, len(features), 16):
-                batch = collate_padded(features[start : start + 16], datamodule.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with torch.enable_grad():
-                    scores.append(instance_scores(model, batch, dirs, tracked).detach().cpu())
-            scores = torch.cat(scores)  # [1 + n_sentences, M]
-            spans = token_spans_for_sentences(tokenizer, messages, sentences, turn)
+            result = sentence_scores(
+                model, datamodule.tokenizer, messages, sentences, dirs, tracked,
+                max_length=datamodule.max_length, assistant_turn_index=turn,
+            )
             labels = _sentence_labels(example, sentences)
             for m, name in enumerate(names):
-                token_scores = None
-                if by_index is not None and (index, name) in by_index.groups:
-                    group = by_index.get_group((index, name))
-                    token_scores = dict(zip(group["position"], group["score"]))
                 for k, sentence in enumerate(sentences):
-                    span = spans[k]
                     rows.append(
                         {
                             "id": example["id"],
@@ -294,9 +271,9 @@ class InfluenceScores(AttributionStep):
                             "text": sentence.text,
                             "kind": sentence.kind,
                             "behaviours": labels[k],
-                            "score_removal": float(scores[0, m] - scores[k + 1, m]),
-                            "score_token_sum": float(sum(token_scores.get(p, 0.0) for p in span)) if token_scores else float("nan"),
-                            "n_tokens": len(span),
+                            "score_removal": float(result.removal[k, m]),
+                            "score_token_sum": float(result.token_sum[k, m]) if result.token_sum is not None else float("nan"),
+                            "n_tokens": len(result.spans[k]),
                         }
                     )
         return pd.DataFrame(rows)
