@@ -1,0 +1,198 @@
+"""What the report says, independent of how it is rendered (HTML or Markdown).
+
+Why a content model: the HTML and Markdown reports must state the same numbers, the same sign
+convention and the same fallback warnings. Building them once here, and rendering twice, keeps the
+two from drifting apart and keeps the renderers free of pandas logic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from infra_pl.report.aggregate import SENTENCE_COLUMNS, sentence_behaviours, without_behaviour_table
+from infra_pl.report.formatting import is_missing
+from infra_pl.report.tokens import TOKEN_COLUMNS, example_tokens
+from infra_pl.report.validate import require_columns, require_finite, resolve_measurements, score_column
+
+__all__ = ["ExampleView", "MeasurementRow", "ReportContent", "build_content", "score_meaning"]
+
+_META = ("domain", "source", "category", "difficulty", "n_target_tokens")
+FEW_ITEMS = 10  # below this many items in D_correct, f (and every score) is noisy
+
+
+def score_meaning(n_train: int) -> list[str]:
+    """The paragraphs that tell a reader what a score is and how to read its sign and size."""
+    return [
+        "Each training example z has one influence score S(z) per measurement. A measurement f is the "
+        "mean log-likelihood of the correctly answered evaluation items of one domain (paper Eq. 6); "
+        "S(z) = df/d\u03b5 is the first-order change in f when z is up-weighted by \u03b5 in the "
+        "training objective, computed with EK-FAC influence functions (Eq. 4).",
+        "Sign: S(z) > 0 means the example helps (up-weighting it raises the likelihood of correct "
+        "answers); S(z) < 0 means it hurts. 'Share positive' is the fraction of examples with S(z) > 0.",
+        f"Size: removing z from the N training examples changes f by about \u2212S(z)/N (here N = {n_train} "
+        "scored examples); up-weighting it by \u03b5 changes f by about \u03b5\u00b7S(z). Magnitudes "
+        "depend on the measurement (different items, different n), so compare signs, rankings and "
+        "ratios across measurements rather than raw values.",
+        "Intervals are percentile-bootstrap confidence intervals (resampling examples within a group).",
+    ]
+
+
+@dataclass
+class MeasurementRow:
+    """One measurement's D_correct bookkeeping, with a warning when it is not what it seems."""
+
+    name: str
+    n_available: Any
+    n_used: Any
+    fallback: Any
+    f_value: Any
+    warning: str | None = None
+
+
+@dataclass
+class ExampleView:
+    """One top-influential example of one measurement, with its token and sentence scores."""
+
+    measurement: str
+    rank: int
+    id: str
+    score: float
+    meta: dict[str, Any]
+    tokens: list[str] = field(default_factory=list)
+    token_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sentences: pd.DataFrame | None = None
+    without: pd.DataFrame | None = None
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.tokens)
+
+
+@dataclass
+class ReportContent:
+    """Everything both renderers print, in reading order."""
+
+    title: str
+    n_train: int
+    measurements: list[str]
+    meaning: list[str]
+    measurement_rows: list[MeasurementRow]
+    tables: dict[str, pd.DataFrame]
+    examples: dict[str, list[ExampleView]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [row.warning for row in self.measurement_rows if row.warning]
+
+    def fallback_label(self, measurement: str) -> str:
+        """``"REFERENCE FALLBACK"`` (or the fallback's name) for a fallback measurement, else ``""``,
+        so every heading of that measurement carries the label, not only the banner."""
+        for row in self.measurement_rows:
+            if row.name == measurement and row.fallback:
+                return f"{str(row.fallback).upper()} FALLBACK"
+        return ""
+
+
+def _value(info: Any, key: str) -> Any:
+    """A field of one measurement's info: a dict (from JSON / Parquet metadata) or an object with
+    attributes (``infra_pl.eval.dcorrect.MeasurementSet``)."""
+    value = info.get(key) if isinstance(info, Mapping) else getattr(info, key, None)
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _measurement_rows(measurements: list[str], info: Mapping[str, Any] | None) -> list[MeasurementRow]:
+    info = dict(info or {})
+    rows = []
+    for name in list(dict.fromkeys([*measurements, *info])):
+        entry = info.get(name) or {}  # a dict or a MeasurementSet-like object
+        row = MeasurementRow(name, _value(entry, "n_available"), _value(entry, "n_used"),
+                             _value(entry, "fallback"), _value(entry, "f_value"))
+        if not entry:
+            row.warning = f"Measurement '{name}': no measurement info was provided (D_correct size unknown)."
+        elif row.fallback == "reference":
+            row.warning = (
+                f"REFERENCE FALLBACK for measurement '{name}': only {row.n_available} correctly answered "
+                f"item(s) were available, so f is the likelihood of the REFERENCE answers of {row.n_used} "
+                "evaluation items (teacher-forced), not of answers the model got right. Its scores say which "
+                "training data makes the reference solutions likely, which is not the paper's measurement."
+            )
+        elif row.fallback:
+            row.warning = f"Measurement '{name}' uses fallback '{row.fallback}': it is not the paper's D_correct."
+        elif isinstance(row.n_used, (int, np.integer)) and row.n_used < FEW_ITEMS:
+            row.warning = (f"Measurement '{name}' uses only {row.n_used} item(s): f and its scores are noisy "
+                           f"(the paper uses n = 100).")
+        if name not in measurements and entry:
+            row.warning = (row.warning + " " if row.warning else "") + \
+                f"(No score_{name} column in the instance scores.)"
+        rows.append(row)
+    return rows
+
+
+def _meta(row: pd.Series) -> dict[str, Any]:
+    """The example's descriptive columns that exist (null values kept as None)."""
+    return {key: (None if is_missing(row[key]) else row[key]) for key in _META if key in row.index}
+
+
+def build_content(
+    instance_df: pd.DataFrame,
+    token_df: pd.DataFrame | None,
+    sentence_df: pd.DataFrame | None,
+    measurement_info: Mapping[str, Mapping[str, Any]] | None,
+    tables: Mapping[str, pd.DataFrame],
+    top_k: int = 10,
+    title: str = "Influence attribution report",
+) -> ReportContent:
+    """Validate the inputs and gather the report's content: top-``top_k`` examples per measurement
+    (highest score first) with their token scores, sentence scores and per-behaviour removal."""
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    measurements = resolve_measurements(instance_df, None)
+    require_columns(instance_df, ["id", "domain"], "instance scores")
+    require_finite(instance_df, [score_column(m) for m in measurements], "instance scores")
+    has_tokens = token_df is not None and len(token_df) > 0
+    has_sentences = sentence_df is not None and len(sentence_df) > 0
+    if has_tokens:
+        require_columns(token_df, TOKEN_COLUMNS, "token scores")
+    if has_sentences:
+        require_columns(sentence_df, SENTENCE_COLUMNS, "sentence scores")
+        require_finite(sentence_df, ["score_removal"], "sentence scores")
+
+    examples: dict[str, list[ExampleView]] = {}
+    for m in measurements:
+        top = instance_df.sort_values(score_column(m), ascending=False, kind="stable").head(top_k)
+        views = []
+        for rank, (_, row) in enumerate(top.iterrows(), start=1):
+            view = ExampleView(m, rank, str(row["id"]), float(row[score_column(m)]), _meta(row))
+            if has_tokens:
+                view.tokens, view.token_scores = example_tokens(token_df, view.id, m)
+            if has_sentences:
+                rows = sentence_df[(sentence_df["id"].astype(str) == view.id) & (sentence_df["measurement"].astype(str) == m)]
+                if len(rows):
+                    rows = rows.sort_values("sentence_index", kind="stable").copy()
+                    rows["behaviours"] = rows["behaviours"].map(sentence_behaviours)
+                    view.sentences = rows
+                    view.without = without_behaviour_table(rows, view.score)
+            views.append(view)
+        examples[m] = views
+
+    notes = []
+    if not has_tokens:
+        notes.append("No token scores were provided: token heatmaps are omitted.")
+    if not has_sentences:
+        notes.append("No sentence scores were provided: sentence tables are omitted.")
+    return ReportContent(
+        title=title,
+        n_train=len(instance_df),
+        measurements=measurements,
+        meaning=score_meaning(len(instance_df)),
+        measurement_rows=_measurement_rows(measurements, measurement_info),
+        tables=dict(tables),
+        examples=examples,
+        notes=notes,
+    )
