@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from infra_pl.data.difficulty import DifficultyTable
 from infra_pl.data.schema import DataError, RowLocation, validate_example
@@ -228,12 +228,20 @@ class OptionAdapter:
         body: ``fn(row, where, context) -> example dict``; raises :class:`RowProblem` /
             :class:`RowFiltered`.
         options: this adapter's own options and their defaults (besides :data:`COMMON_OPTIONS`).
+        choices: allowed values of enumerated options, checked when binding (not at every row).
     """
 
-    def __init__(self, name: str, body: Body, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        body: Body,
+        options: Mapping[str, Any] | None = None,
+        choices: Mapping[str, Sequence[Any]] | None = None,
+    ) -> None:
         self.name = name
         self.body = body
         self.defaults = {**COMMON_OPTIONS, **(options or {})}
+        self.choices = {"bad_rows": BAD_ROWS, **(choices or {})}
         self.__doc__ = body.__doc__
         self._default: BoundAdapter | None = None
 
@@ -245,8 +253,9 @@ class OptionAdapter:
         if unknown:
             raise DataError(f"{where}adapter '{self.name}' has no option(s) {unknown}; known: {sorted(self.defaults)}")
         merged = {**self.defaults, **options}
-        if merged["bad_rows"] not in BAD_ROWS:
-            raise DataError(f"{where}option bad_rows must be one of {BAD_ROWS}, got {merged['bad_rows']!r}")
+        for key, allowed in self.choices.items():
+            if merged[key] not in allowed:
+                raise DataError(f"{where}adapter '{self.name}': option {key} must be one of {tuple(allowed)}, got {merged[key]!r}")
         if isinstance(merged.get("system"), str):
             resolve_system(merged["system"])  # an unknown preset fails here, not at the first row
         return BoundAdapter(self.name, self.body, merged, source_name)
@@ -268,11 +277,13 @@ class OptionAdapter:
         return example
 
 
-def register(name: str, options: Mapping[str, Any] | None = None) -> Callable[[Body], Body]:
+def register(
+    name: str, options: Mapping[str, Any] | None = None, choices: Mapping[str, Sequence[Any]] | None = None
+) -> Callable[[Body], Body]:
     """Decorator: register an adapter body (``fn(row, where, context)``) under ``name`` with its options."""
 
     def wrap(body: Body) -> Body:
-        ADAPTERS[name] = OptionAdapter(name, body, options)
+        ADAPTERS[name] = OptionAdapter(name, body, options, choices)
         return body
 
     return wrap

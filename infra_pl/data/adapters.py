@@ -10,7 +10,8 @@ adapter             hub dataset (columns used)                       domain / ca
 metamathqa          meta-math/MetaMathQA (type, query, response,     math / ``type`` (GSM_FOBAR..)
                     original_question)
 magicoder           ise-uiuc/Magicoder-OSS-Instruct-75K (lang,       code / ``lang``
-                    problem, solution)
+                    problem, solution); Evol-Instruct-110K
+                    (instruction, response)
 bespoke_stratos     bespokelabs/Bespoke-Stratos-17k (system,         inferred from the prompt /
                     conversations[{from, value}])                    stdin, call_based, math
 openthoughts        open-thoughts/OpenThoughts-114k: ``default``     as bespoke_stratos, or
@@ -101,12 +102,16 @@ def metamathqa(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext) 
 
 @register("magicoder", {"languages": None})
 def magicoder(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext) -> dict[str, Any]:
-    """Magicoder-OSS-Instruct-75K: ``lang`` is the category; option ``languages`` keeps only those."""
-    lang = str(require(row, "lang")).strip().lower()
+    """Magicoder-OSS-Instruct-75K: ``lang`` is the category; option ``languages`` keeps only those.
+
+    Also reads Magicoder-Evol-Instruct-110K (``instruction``, ``response``, no ``lang``: category
+    ``unspecified``), a larger code pool for the difficulty flip of the MetaMathQA recipe.
+    """
+    lang = str(row.get("lang") or "unspecified").strip().lower()
     keep = ctx.option("languages")
     if keep and lang not in {str(x).lower() for x in keep}:
         raise RowFiltered(f"language not in {sorted({str(x).lower() for x in keep})}")
-    problem, solution = require(row, "problem"), require(row, "solution")
+    problem, solution = require(row, "problem", "instruction"), require(row, "solution", "response")
     return {
         "domain": "code",
         "category": lang,
@@ -121,7 +126,8 @@ _ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "ass
 _CODE_PROMPT = re.compile(
     r"executable Python function|Return the function body|\bstdin\b|standard input"
     r"|\b(?:write|implement|complete|create|generate)\s+(?:a|an|the)\s+(?:\w+\s+)?(?:program|function|class|script)\b"
-    r"|-{3,}\s*Input\s*-{3,}|^\s*Input:?\s*$[\s\S]*^\s*Output:?\s*$|\bclass Solution\b",
+    r"|-{3,}\s*Input\s*-{3,}|^\s*Input:?\s*$[\s\S]*^\s*Output:?\s*$|^\s*Input:[^\n]*\n\s*Output:"
+    r"|\bclass Solution\b",
     re.IGNORECASE | re.MULTILINE,
 )
 _STDIN_PROMPT = re.compile(r"\bstdin\b|standard input|-{3,}\s*Input\s*-{3,}", re.IGNORECASE)
@@ -146,8 +152,6 @@ def _long_cot_example(messages: list[dict[str, str]], ctx: AdapterContext, categ
     user = next(m["content"] for m in messages if m["role"] == "user")
     assistant = messages[-1]["content"]
     forced = ctx.option("domain")
-    if forced not in ("infer", "math", "code"):
-        raise RowProblem("bad option", f"option domain must be infer, math or code, got {forced!r}")
     domain = domain or (infer_domain(user) if forced == "infer" else forced)
     answer = _final_answer(solution_text(assistant)) if domain == "math" else None
     example: dict[str, Any] = {
@@ -185,15 +189,17 @@ def _conversation_messages(row: Mapping[str, Any], ctx: AdapterContext) -> list[
     return messages
 
 
-_LONG_COT_OPTIONS = {"domain": "infer", "tag_behaviours": True}
+# Tagging long traces costs ~0.1 s each (see behaviours.annotate_behaviours): opt-in at load time.
+_LONG_COT_OPTIONS = {"domain": "infer", "tag_behaviours": False}
+_LONG_COT_CHOICES = {"domain": ("infer", "math", "code")}
 
 
-@register("bespoke_stratos", _LONG_COT_OPTIONS)
+@register("bespoke_stratos", _LONG_COT_OPTIONS, _LONG_COT_CHOICES)
 def bespoke_stratos(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext) -> dict[str, Any]:
     """Bespoke-Stratos-17k: ``system`` + ``conversations``; the domain is inferred from the prompt.
 
     Options: ``domain`` (``infer``/``math``/``code``), ``tag_behaviours`` (rule-tagger counts
-    into ``behaviours``, default on).
+    into ``behaviours``; off by default because it costs ~0.1 s per long trace).
     """
     return _long_cot_example(_conversation_messages(row, ctx), ctx)
 
@@ -227,6 +233,7 @@ def apps_tests(raw: Any, starter_code: str | None, max_tests: int | None) -> tup
 @register(
     "openthoughts",
     {**_LONG_COT_OPTIONS, "other_domains": "skip", "math_prompt": "{problem}", "code_prompt": "{problem}", "max_tests": None},
+    {**_LONG_COT_CHOICES, "other_domains": ("skip", "math")},
 )
 def openthoughts(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext) -> dict[str, Any]:
     """OpenThoughts-114k, either config.

@@ -2,7 +2,7 @@
 
 Why rules (and not only the paper's LLM classifier, :class:`~infra_pl.data.llm_judge.LLMJudgeTagger`):
 sequence-level attribution (Eq. 7) needs *which sentence* shows a behaviour, for every trace of
-the training set, offline and in seconds. The phrases are the discourse markers the paper itself
+the training set, offline, deterministically and without a 32B judge model. The phrases are the discourse markers the paper itself
 highlights ("Wait", "Verify", "First", "Alternatively", §4.4) and the examples of its Appendix E
 prompts. All of them live in :data:`RULES`, the one place to edit.
 
@@ -18,8 +18,9 @@ Definitions (paper §4.3, following Gandhi et al. 2025):
 
 When is the answer reached? At the first sentence of the thought that (a) states a result with an
 answer phrase (``\\boxed{}``, "the answer is", "So the code would be", "That's one way to get the
-result"), or (b) states the final answer's value ("= 42" / "is 42"), the value being taken from
-``answer`` or the solution section, or the last "So ... = X" of the thought. Independently, a
+result"), (b) states the final answer's value ("= 42" / "is 42"), the value being taken from
+``answer`` or the solution section, or the last "So ... = X" of the thought, or (c) is a complete
+program (a fenced block defining a function or class). Independently, a
 trace that *ends* with a run of only verification / alternative-approach sentences has reached
 its answer before that run (this covers code traces whose program is only in the solution).
 """
@@ -30,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from infra_pl.data.llm_judge import LLMJudgeTagger  # the paper's LLM classifier, offered next to the rules
 from infra_pl.data.schema import BEHAVIOURS
 from infra_pl.data.sentences import Sentence, split_sentences
 from infra_pl.data.traces import split_trace
@@ -37,7 +39,9 @@ from infra_pl.data.traces import split_trace
 __all__ = [
     "RULES",
     "BehaviourMetrics",
+    "LLMJudgeTagger",
     "RuleTagger",
+    "annotate_behaviours",
     "count_behaviours",
     "default_tagger",
     "evaluate_tagger",
@@ -136,7 +140,9 @@ _COMPLETE_CODE_RE = re.compile(r"^\s*(?:def|class)\s+\w+", re.MULTILINE)
 
 @dataclass(frozen=True)
 class _Compiled:
-    patterns: dict[str, tuple[re.Pattern[str], ...]]
+    """One alternation per rule key: a single regex search per key and sentence (traces are long)."""
+
+    patterns: dict[str, re.Pattern[str]]
 
     @classmethod
     def from_rules(cls, rules: Mapping[str, Sequence[str]]) -> "_Compiled":
@@ -148,14 +154,17 @@ class _Compiled:
             raise ValueError(f"behaviour rules have unknown entries {sorted(unknown)}; known: {BEHAVIOURS + _AUXILIARY}")
         compiled = {}
         for key, patterns in rules.items():
-            try:
-                compiled[key] = tuple(re.compile(p, re.IGNORECASE) for p in patterns)
-            except re.error as err:
-                raise ValueError(f"behaviour rule for {key!r} is not a valid regex: {err}") from None
+            for pattern in patterns:  # compile one by one first, so an error names its rule
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"behaviour rule for {key!r} is not a valid regex: {pattern!r}: {err}") from None
+            joined = "|".join(f"(?:{p})" for p in patterns) or r"(?!x)x"
+            compiled[key] = re.compile(joined, re.IGNORECASE)
         return cls(compiled)
 
     def hit(self, key: str, text: str) -> bool:
-        return any(p.search(text) for p in self.patterns[key])
+        return self.patterns[key].search(text) is not None
 
 
 @dataclass
@@ -282,7 +291,9 @@ def _solution_answer(text: str) -> str | None:
 def _value_pattern(value: str) -> re.Pattern[str] | None:
     """Matches a sentence stating ``value`` as a result: ``= 42``, ``is 42``, ``gives 42``."""
     value = value.strip().strip("$").strip()
-    if not value or len(value) > 40:
+    # A one-character answer ("2") shows up in intermediate steps long before it is the answer;
+    # such traces rely on answer phrases and the trailing-checks rule instead.
+    if len(value) < 2 or len(value) > 40:
         return None
     return re.compile(
         r"(?:=|\bis|\bequals|\bgives?|\bget|\bgot|\bbe)\s*\$?\s*" + re.escape(value) + r"(?!\d)(?!\.\d)",
@@ -310,6 +321,35 @@ def tag_sentences(text: str, answer: str | None = None) -> list[tuple[Sentence, 
 def count_behaviours(text: str, answer: str | None = None) -> dict[str, int]:
     """Sentence counts per behaviour, in the schema's ``behaviours`` shape."""
     return default_tagger().count(text, answer)
+
+
+def _count_one(args: tuple[RuleTagger, str, str | None]) -> dict[str, int]:
+    tagger, text, answer = args
+    return tagger.count(text, answer)
+
+
+def annotate_behaviours(
+    examples: Sequence[Mapping[str, Any]], tagger: RuleTagger | None = None, workers: int = 1
+) -> list[dict[str, Any]]:
+    """Copies of ``examples`` whose ``behaviours`` are the rule tagger's counts on the last assistant turn.
+
+    Why a dataset-level function (and ``workers``): long-CoT traces take ~0.1 s each, mostly
+    sentence splitting, so tagging all of BS-17k at every data load would cost many minutes; call
+    this once where behaviour groups are needed (attribution reports), in parallel processes.
+    """
+    tagger = tagger or default_tagger()
+    jobs = [
+        (tagger, [m["content"] for m in e["messages"] if m["role"] == "assistant"][-1], e.get("answer"))
+        for e in examples
+    ]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            counts = list(pool.map(_count_one, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+    else:
+        counts = [_count_one(job) for job in jobs]
+    return [{**e, "behaviours": c} for e, c in zip(examples, counts)]
 
 
 @dataclass

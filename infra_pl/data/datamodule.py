@@ -272,6 +272,9 @@ class ReasoningDataModule(L.LightningDataModule):
         if indices is not None:
             wanted = set(indices)
             features = [f for f in features if f["index"] in wanted]
+        # Attribution sums and per-example scores do not depend on order, so batch similar lengths
+        # together: less padding, faster passes. ``index`` in every batch keeps the bookkeeping.
+        features = sorted(features, key=lambda f: len(f["input_ids"]))
         return DataLoader(
             TokenizedDataset(features),
             batch_size=batch_size or self.eval_batch_size,

@@ -244,6 +244,43 @@ class DifficultySummary:
         return {d: dict(sorted(s.items())) for d, s in sorted(self.counts.items())}
 
 
+@dataclass
+class DifficultyOptions:
+    """How to fill the difficulty column (``data.difficulty`` in YAML).
+
+    Args:
+        signals: tried in order per example: ``given`` (the adapter's level), ``table`` (needs
+            ``table``), ``length``.
+        table: path of a JSONL/JSON/CSV/Parquet table of levels keyed by problem text.
+        table_key: the table's problem-text column.
+        table_level: the table's level column (numbers, "Level N", easy/medium/hard, APPS names).
+        k: number of length-quantile levels.
+    """
+
+    signals: list[str] = field(default_factory=lambda: ["given", "length"])
+    table: str | None = None
+    table_key: str = "problem"
+    table_level: str = "level"
+    k: int = 5
+
+
+def apply_difficulty(
+    examples: Sequence[Mapping[str, Any]], options: DifficultyOptions
+) -> tuple[list[dict[str, Any]], DifficultySummary]:
+    """:func:`assign_difficulty` configured by ``options`` (a missing table is an error, not a skip).
+
+    Pass everything whose levels will be compared in one call (training set and flip pool), so
+    length-quantile thresholds are shared.
+    """
+    if ("table" in options.signals) != bool(options.table):
+        raise DataError(
+            "data.difficulty: the 'table' signal and a table path go together "
+            f"(signals={list(options.signals)}, table={options.table!r})"
+        )
+    table = DifficultyTable.load(options.table, options.table_key, options.table_level) if options.table else None
+    return assign_difficulty(examples, options.signals, table=table, k=options.k)
+
+
 def assign_difficulty(
     examples: Sequence[Mapping[str, Any]],
     signals: Sequence[str] = SIGNALS,

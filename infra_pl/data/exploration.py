@@ -29,12 +29,14 @@ class ExplorationCut:
     examples: list[dict[str, Any]]
     removed_sentences: int = 0
     changed_examples: int = 0
+    merged: int = 0  # examples dropped because, once cut, they equal an example already kept
     id_map: dict[str, str] = field(default_factory=dict)  # old id -> new id, for changed examples
 
     def describe(self) -> str:
+        merged = f"; {self.merged} became duplicates of other examples and were dropped" if self.merged else ""
         return (
             f"removed {self.removed_sentences} exploration sentence(s) from {self.changed_examples} "
-            f"of {len(self.examples)} example(s)"
+            f"example(s), {len(self.examples)} example(s) kept{merged}"
         )
 
 
@@ -83,10 +85,13 @@ def remove_exploration(
     """Copies of ``examples`` with exploration cut from the last assistant turn.
 
     Changed examples get a new ``id`` (content hash) and ``parent_id`` (the original id);
-    ``behaviours`` is recounted and demo ``sentence_labels`` are kept aligned.
+    ``behaviours`` is recounted and demo ``sentence_labels`` are kept aligned. Two traces that
+    differed only in their exploration become the same example: the later one is dropped
+    (``merged``), because duplicate ids would break the joins of attribution scores.
     """
     tagger = tagger or default_tagger()
     cut = ExplorationCut(examples=[])
+    kept_ids: set[str] = {e["id"] for e in examples if e.get("id")}
     for example in examples:
         new = dict(example)
         messages = [dict(m) for m in example["messages"]]
@@ -118,5 +123,9 @@ def remove_exploration(
         cut.removed_sentences += len(indices)
         cut.changed_examples += 1
         cut.id_map[old_id] = new["id"]
+        if new["id"] in kept_ids:
+            cut.merged += 1
+            continue
+        kept_ids.add(new["id"])
         cut.examples.append(new)
     return cut

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from infra_pl.data.schema import DOMAINS
+
 MODES = ("flip", "reverse", "reweight")
 HARDER, EASIER = "harder", "easier"
 # The paper's direction per domain (Finding 2); ``reverse`` swaps every direction.
@@ -109,15 +111,24 @@ def _ranked(items: list[tuple[int, Mapping[str, Any]]], hardest_first: bool, rng
     return sorted(items, key=lambda pair: pair[1]["difficulty"], reverse=hardest_first)
 
 
+def _prompt_key(example: Mapping[str, Any]) -> str:
+    """The problem as asked (last user turn, whitespace-normalised): what makes two items "the same question"."""
+    users = [m["content"] for m in example["messages"] if m["role"] == "user"]
+    return " ".join(users[-1].split()) if users else ""
+
+
 def flip_difficulty(
     train: Sequence[Mapping[str, Any]],
     pool: Sequence[Mapping[str, Any]],
     options: FlipOptions | None = None,
+    exclude: Sequence[Mapping[str, Any]] = (),
 ) -> FlipResult:
     """The flipped (or reverse-flipped) training set: same size, same count per domain.
 
-    Pool examples already in ``train`` (same id) are never added; each pool example is used at
-    most once. Replacements take the removed example's position, so order is preserved.
+    A pool example is never added if its id or its question is already in ``train`` (the paper's
+    pool, OpenThoughts-114k, shares question sources with BS-17k) or in ``exclude`` (pass the
+    evaluation examples, so resampling cannot leak test questions into training). Each pool
+    example is used at most once; replacements take the removed example's position.
     """
     options = options or FlipOptions()
     if options.mode == "reweight":
@@ -126,6 +137,7 @@ def flip_difficulty(
     rng = random.Random(f"infra-flip:{options.seed}")
     out = [dict(e) for e in train]
     train_ids = {e["id"] for e in train}
+    taken = {_prompt_key(e) for e in (*train, *exclude)}
     result = FlipResult(out, {})
     for domain in sorted({e["domain"] for e in train}):
         direction = directions.get(domain)
@@ -140,6 +152,7 @@ def flip_difficulty(
         candidates = [
             (j, p) for j, p in enumerate(pool)
             if p["domain"] == domain and p.get("difficulty") is not None and p["id"] not in train_ids
+            and _prompt_key(p) not in taken
         ]
         in_order = _ranked(candidates, hardest_first=harder, rng=rng)
         flip = DomainFlip(direction, planned, 0, len(members) - len(known), _mean(before), None)
@@ -147,22 +160,23 @@ def flip_difficulty(
         incoming = iter(in_order)
         for position, removed in out_order:
             added = next(incoming, None)
-            while added is not None and added[1]["id"] in used:  # duplicate ids inside the pool
+            while added is not None and _prompt_key(added[1]) in used:  # the same question twice in the pool
                 added = next(incoming, None)
             if added is None:
                 break
             better = added[1]["difficulty"] > removed["difficulty"] if harder else added[1]["difficulty"] < removed["difficulty"]
             if not better:
                 break  # both lists are sorted: no later pair can improve either
-            used.add(added[1]["id"])
+            used.add(_prompt_key(added[1]))
             out[position] = dict(added[1])
             flip.pairs.append((removed["id"], added[1]["id"]))
         flip.swapped = len(flip.pairs)
         flip.mean_after = _mean([e["difficulty"] for e in out if e["domain"] == domain and e.get("difficulty") is not None])
         if flip.swapped < planned:
             warnings.warn(
-                f"difficulty flip, {domain}: only {flip.swapped} of {planned} planned swaps; the pool has too few "
-                f"{'harder' if harder else 'easier'} {domain} examples with a known difficulty",
+                f"difficulty flip, {domain}: only {flip.swapped} of {planned} planned swaps; the pool has no further "
+                f"{domain} examples (with a known level, not in the training set) "
+                f"{'harder' if harder else 'easier'} than the ones left to replace",
                 stacklevel=2,
             )
         result.domains[domain] = flip
@@ -203,12 +217,15 @@ def difficulty_weights(
 
 
 def apply_flip(
-    train: Sequence[Mapping[str, Any]], pool: Sequence[Mapping[str, Any]] | None, options: FlipOptions
+    train: Sequence[Mapping[str, Any]],
+    pool: Sequence[Mapping[str, Any]] | None,
+    options: FlipOptions,
+    exclude: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[list[dict[str, Any]], list[float] | None, str]:
     """One entry point for the DataModule: (training examples, sampling weights or None, summary).
 
-    ``flip``/``reverse`` resample from ``pool`` (required); ``reweight`` keeps the examples and
-    returns weights.
+    ``flip``/``reverse`` resample from ``pool`` (required), never adding a question in
+    ``exclude`` (the evaluation examples); ``reweight`` keeps the examples and returns weights.
     """
     if options.mode == "reweight":
         weights = difficulty_weights(train, options.beta, options.directions)
@@ -220,7 +237,7 @@ def apply_flip(
         return [dict(e) for e in train], weights, f"difficulty reweight (beta={options.beta}): expected level {text}"
     if not pool:
         raise ValueError(f"difficulty flip mode '{options.mode}' needs pool examples (data.pool)")
-    result = flip_difficulty(train, pool, options)
+    result = flip_difficulty(train, pool, options, exclude)
     return result.examples, None, result.describe()
 
 
@@ -266,7 +283,8 @@ def write_difficulty_histograms(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {labels[0]: difficulty_counts(before), labels[1]: difficulty_counts(after, after_weights)}
-    domains = sorted(set(counts[labels[0]]) | set(counts[labels[1]]))
+    present = set(counts[labels[0]]) | set(counts[labels[1]])
+    domains = [d for d in DOMAINS if d in present] + sorted(present - set(DOMAINS))
     payload = {
         "labels": list(labels),
         "counts": counts,
