@@ -98,7 +98,8 @@ class InfraCLI(LightningCLI):
                 print(f"  {label:<16} : {state[key]}")
 
 
-def main(args: list[str] | None = None) -> InfraCLI:
+def run_cli(args: list[str] | None = None) -> InfraCLI:
+    """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
     return InfraCLI(
         SFTModule,
         ReasoningDataModule,
@@ -107,6 +108,11 @@ def main(args: list[str] | None = None) -> InfraCLI:
         parser_kwargs={"description": "infra-pl: SFT on math/code reasoning data + influence attribution."},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (``infra-pl``); returns nothing so the exit status is 0 on success."""
+    run_cli(args)
 
 
 if __name__ == "__main__":

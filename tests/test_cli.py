@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from infra_pl.cli import main
+from infra_pl.cli import run_cli as main
 from tests.conftest import TINY_DEMO, TINY_MODEL
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")

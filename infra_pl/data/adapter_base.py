@@ -138,11 +138,12 @@ class AdapterReport:
     skipped: collections.Counter = field(default_factory=collections.Counter)
     filtered: collections.Counter = field(default_factory=collections.Counter)
     first_row: dict[str, int] = field(default_factory=dict)
+    table: str | None = None  # difficulty table coverage, e.g. "math_train.jsonl: 812 joined, 188 not found"
 
     def message(self) -> str | None:
-        if not self.skipped and not self.filtered:
+        if not self.skipped and not self.filtered and not self.table:
             return None
-        parts = []
+        parts = [f"difficulty_table {self.table}"] if self.table else []
         if self.skipped:
             detail = ", ".join(f"{reason} ({n}; first at row {self.first_row[reason]})" for reason, n in sorted(self.skipped.items()))
             parts.append(f"skipped {sum(self.skipped.values())} bad row(s): {detail}")
@@ -211,9 +212,11 @@ class BoundAdapter:
         return example
 
     def finish(self, file: str | None = None) -> AdapterReport:
-        """Emit one summary warning if rows were skipped or filtered; return the counts."""
+        """Emit one summary warning if rows were skipped or filtered (or a table joined); return the counts."""
         if file:
             self.report.file = file
+        if self.table is not None:
+            self.report.table = f"{self.table.name}: {self.table.hits} row(s) joined, {self.table.misses} not found"
         message = self.report.message()
         if message:
             warnings.warn(message, stacklevel=2)

@@ -93,7 +93,7 @@ def metamathqa(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext) 
         "category": kind,
         "messages": chat(ctx.system(SYSTEM_PRESETS["@short_math"]), query, response),
         "answer": answer,
-        JOIN_KEY: row.get("original_question"),
+        JOIN_KEY: row.get("original_question") if kind.startswith("MATH_") else None,  # GSM rows have no level
     }
 
 

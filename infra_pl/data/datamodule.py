@@ -14,9 +14,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from infra_pl.data.batching import LengthGroupedBatchSampler
+from infra_pl.data.difficulty import DifficultyOptions, apply_difficulty
+from infra_pl.data.exploration import remove_exploration as cut_exploration
+from infra_pl.data.flip import FlipOptions, apply_flip, write_difficulty_histograms
 from infra_pl.data.schema import DataError
 from infra_pl.data.sources import Source, load_source
 from infra_pl.data.tokenize import TruncationStats, collate_padded, tokenize_chat
@@ -78,7 +82,8 @@ class ReasoningDataModule(L.LightningDataModule):
     Args:
         train: training sources (default: the embedded demo's training mixture).
         eval: evaluation sources, scored by generation in ``validate`` (default: demo math + code).
-        pool: extra same-distribution sources for difficulty-flip resampling (default: demo pool).
+        pool: extra same-distribution sources for difficulty-flip resampling (default: the demo
+            pool when every training source is a demo split; required otherwise).
         tokenizer: path of a Hugging Face tokenizer; ``None`` trains a small digit-splitting BPE on
             the training and evaluation text (cached under ``cache_dir``).
         tokenizer_vocab_size: vocabulary size of the locally trained tokenizer.
@@ -90,6 +95,12 @@ class ReasoningDataModule(L.LightningDataModule):
         seed: shuffling seed.
         cache_dir: where the demo data and tokenizer are cached.
         demo: size of the embedded demo (used only by ``demo:`` sources).
+        difficulty: fill the difficulty column from signals (given level, table, length quantiles),
+            on train and pool together so both share one scale; ``None`` keeps the adapters' levels.
+        flip: difficulty-mix change of the training set (paper §4.2): ``flip`` / ``reverse``
+            resample from ``pool`` keeping size and per-domain counts, ``reweight`` samples with
+            per-example weights. Before/after histograms go to the log dir (Figure 5b).
+        remove_exploration: cut post-answer exploration from training traces (Appendix D ablation).
     """
 
     def __init__(
@@ -107,12 +118,22 @@ class ReasoningDataModule(L.LightningDataModule):
         seed: int = 0,
         cache_dir: str = ".cache/infra_pl",
         demo: DemoOptions | None = None,
+        difficulty: DifficultyOptions | None = None,
+        flip: FlipOptions | None = None,
+        remove_exploration: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.train_sources = train if train is not None else _default_train()
         self.eval_sources = eval if eval is not None else _default_eval()
+        resampling = flip is not None and flip.mode != "reweight"
+        if pool is None and resampling and all(s.path.startswith("demo:") for s in self.train_sources):
+            pool = [Source("demo:pool")]
         self.pool_sources = pool
+        self.difficulty = difficulty
+        self.flip = flip
+        self.remove_exploration = remove_exploration
+        self.train_weights: list[float] | None = None  # per training example, set by flip mode "reweight"
         self.tokenizer_name = tokenizer
         self.tokenizer_vocab_size = tokenizer_vocab_size
         self.max_length = max_length
@@ -210,10 +231,48 @@ class ReasoningDataModule(L.LightningDataModule):
             self._demo_files = self._ensure_demo()  # non-zero ranks, or setup() called directly
         self.train_examples = self._load(self.train_sources, "train")
         self.eval_examples = self._load(self.eval_sources, "eval")
+        self.train_examples = self._prepare_train(self.train_examples)
         self.tokenizer = self._build_tokenizer()
         self._train_features = self._tokenize_all(self.train_examples, "train")
         self._eval_features = self._tokenize_all(self.eval_examples, "eval")
         self._ready = True
+
+    def _prepare_train(self, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Difficulty levels, the difficulty flip and the exploration cut, in that order."""
+        resampling = self.flip is not None and self.flip.mode != "reweight"
+        if resampling and not self.pool_sources:
+            raise DataError(f"data.flip mode '{self.flip.mode}' needs data.pool sources to draw replacements from")
+        pool = self._load(self.pool_sources, "pool") if resampling else []
+        if self.difficulty is not None:
+            both, summary = apply_difficulty(train + pool, self.difficulty)
+            summary.warn()
+            rank_zero_info(summary.describe())
+            train, pool = both[: len(train)], both[len(train) :]
+        if self.flip is not None:
+            before = train
+            train, self.train_weights, text = apply_flip(train, pool, self.flip, exclude=self.eval_examples)
+            rank_zero_info(text)
+            self._write_flip_plot(before, train)
+        if self.remove_exploration:
+            cut = cut_exploration(train)
+            rank_zero_info(f"exploration cut: {cut.describe()}")
+            if self.train_weights is not None:  # keep weights aligned when merged examples were dropped
+                kept = {e.get("parent_id", e["id"]) for e in cut.examples}
+                self.train_weights = [w for e, w in zip(train, self.train_weights) if e["id"] in kept]
+            train = cut.examples
+        return train
+
+    def _write_flip_plot(self, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> None:
+        """Figure 5b (before/after level histograms, PNG + JSON) into the run's log dir, rank 0 only."""
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        labels = ("original", {"flip": "flipped", "reverse": "reverse-flipped", "reweight": "reweighted"}[self.flip.mode])
+        png, _ = write_difficulty_histograms(
+            before, after, out_dir, name=f"difficulty_{self.flip.mode}", after_weights=self.train_weights, labels=labels
+        )
+        rank_zero_info(f"difficulty histograms (Figure 5b): {png}")
 
     # ------------------------------------------------------------- dataloaders
     @property
@@ -222,6 +281,18 @@ class ReasoningDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         collate = partial(collate_padded, pad_token_id=self.pad_token_id)
+        if self.train_weights is not None:  # flip mode "reweight": sample by difficulty weight
+            weights = [self.train_weights[f["index"]] for f in self._train_features]
+            sampler = WeightedRandomSampler(
+                weights, num_samples=len(weights), replacement=True, generator=torch.Generator().manual_seed(self.seed)
+            )
+            return DataLoader(
+                TokenizedDataset(self._train_features),
+                batch_size=self.batch_size,
+                sampler=sampler,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+            )
         distributed = self.trainer is not None and self.trainer.world_size > 1
         if self.group_by_length and not distributed:  # under DDP Lightning's DistributedSampler shards instead
             lengths = [len(f["input_ids"]) for f in self._train_features]
@@ -301,4 +372,4 @@ class ReasoningDataModule(L.LightningDataModule):
 
 
 # Datamodule hyperparameters in checkpoints hold these dataclasses (see module.py).
-torch.serialization.add_safe_globals([DemoOptions, Source])
+torch.serialization.add_safe_globals([DemoOptions, Source, DifficultyOptions, FlipOptions])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from infra_pl.data.schema import DOMAINS
+from infra_pl.data.traces import problem_from_prompt
 
 MODES = ("flip", "reverse", "reweight")
 HARDER, EASIER = "harder", "easier"
@@ -112,9 +113,10 @@ def _ranked(items: list[tuple[int, Mapping[str, Any]]], hardest_first: bool, rng
 
 
 def _prompt_key(example: Mapping[str, Any]) -> str:
-    """The problem as asked (last user turn, whitespace-normalised): what makes two items "the same question"."""
+    """What makes two items "the same question": the last user turn without an answer-format
+    instruction (BS-17k prompts carry one, OpenThoughts metadata problems do not), whitespace-normalised."""
     users = [m["content"] for m in example["messages"] if m["role"] == "user"]
-    return " ".join(users[-1].split()) if users else ""
+    return " ".join(problem_from_prompt(users[-1]).split()) if users else ""
 
 
 def flip_difficulty(

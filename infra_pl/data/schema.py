@@ -111,6 +111,8 @@ def validate_example(raw: Mapping[str, Any], where: RowLocation | None = None) -
         "test_setup_code": raw.get("test_setup_code") or "",
         "behaviours": {b: int(behaviours.get(b, 0)) for b in BEHAVIOURS},
     }
+    if raw.get("difficulty_source") is not None:  # which signal gave the level (infra_pl.data.difficulty)
+        example["difficulty_source"] = str(raw["difficulty_source"])
     if "sentence_labels" in raw:
         example["sentence_labels"] = raw["sentence_labels"]
     return example

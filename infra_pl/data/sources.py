@@ -47,7 +47,9 @@ class Source:
         config_name: hub dataset configuration (e.g. ``main`` for GSM8K).
         revision: pinned hub revision, for reproducible runs.
         limit: keep only the first ``limit`` examples (after adaptation).
-        options: adapter-specific settings (e.g. ``{"domain": "math"}``).
+        options: adapter-specific settings (e.g. ``{"bad_rows": "skip"}``; see each adapter).
+        data_files: files for a packaged ``datasets`` builder (``path: json`` / ``parquet``), local
+            or ``hf://datasets/...`` (e.g. one LiveCodeBench release file).
     """
 
     path: str = "demo:train"
@@ -57,6 +59,7 @@ class Source:
     revision: str | None = None
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    data_files: str | list[str] | None = None
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -96,8 +99,9 @@ def _read_hub(source: Source) -> Iterator[tuple[int, Any]]:
     import datasets
 
     try:
+        extra = {} if source.data_files is None else {"data_files": source.data_files}
         dataset = datasets.load_dataset(
-            source.path, source.config_name, split=source.split, revision=source.revision
+            source.path, source.config_name, split=source.split, revision=source.revision, **extra
         )
     except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs the cause
         raise DataError(f"could not load dataset '{source.path}' (split {source.split}): {err}") from err
@@ -115,16 +119,34 @@ def read_raw_rows(source: Source, demo_files: Mapping[str, Path] | None = None) 
         path = Path(demo_files[split])
         return str(path), _read_jsonl(path)
     local = Path(source.path).expanduser()
-    if local.suffix.lower() in {".jsonl", ".json", ".parquet"} or local.is_file():
+    if source.data_files is None and (local.suffix.lower() in {".jsonl", ".json", ".parquet"} or local.is_file()):
         return str(local), _read_local(local)
     return source.path, _read_hub(source)
 
 
-def load_source(source: Source, demo_files: Mapping[str, Path] | None = None) -> list[dict[str, Any]]:
-    """Load, adapt and validate one source. Errors name the file, the row and the field."""
+def bind_adapter(source: Source) -> Adapter:
+    """The adapter for one source, with the source's ``options`` applied.
+
+    Adapters with options (``infra_pl.data.adapter_base.OptionAdapter``) get a fresh instance per
+    source, holding its options and its own count of skipped rows. Plain functions take no
+    options, so options given to them are an error rather than silently ignored.
+    """
+    import infra_pl.data.adapters  # noqa: F401 - registers the public-dataset adapters (lazy: they import us)
+
     if source.adapter not in ADAPTERS:
         raise DataError(f"unknown adapter '{source.adapter}' for source '{source.path}'; known: {sorted(ADAPTERS)}")
     adapter = ADAPTERS[source.adapter]
+    bind = getattr(adapter, "bind", None)
+    if bind is not None:
+        return bind(source.options, source.path)
+    if source.options:
+        raise DataError(f"adapter '{source.adapter}' takes no options, got {sorted(source.options)} (source '{source.path}')")
+    return adapter
+
+
+def load_source(source: Source, demo_files: Mapping[str, Path] | None = None) -> list[dict[str, Any]]:
+    """Load, adapt and validate one source. Errors name the file, the row and the field."""
+    adapter = bind_adapter(source)
     name, rows = read_raw_rows(source, demo_files)
     adapted: list[tuple[int, dict[str, Any]]] = []
     for row_number, raw in rows:
@@ -137,6 +159,9 @@ def load_source(source: Source, demo_files: Mapping[str, Path] | None = None) ->
         adapted.append((row_number, row))
         if source.limit is not None and len(adapted) >= source.limit:
             break
+    finish = getattr(adapter, "finish", None)
+    if finish is not None:
+        finish(name)  # one summary warning: rows skipped or left out, per reason
     examples = validate_examples(adapted, name)
     if not examples:
         raise DataError(f"{name}: no examples (empty source or split)")

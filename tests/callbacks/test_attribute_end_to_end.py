@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from infra_pl.cli import main
+from infra_pl.cli import run_cli as main
 from infra_pl.scores_store import read_metadata
 from tests.conftest import TINY_DEMO, TINY_MODEL
 

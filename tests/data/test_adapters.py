@@ -51,7 +51,8 @@ def test_metamathqa_same_examples_from_jsonl_parquet_and_datasets(tmp_path, monk
 
 
 def test_metamathqa_math_level_join_through_original_question():
-    examples, report = load_bound("metamathqa.jsonl", "metamathqa", {"difficulty_table": str(fixture("math_train_levels.jsonl"))})
+    with pytest.warns(UserWarning, match=r"difficulty_table math_train_levels.jsonl: 2 row\(s\) joined, 0 not found"):
+        examples, report = load_bound("metamathqa.jsonl", "metamathqa", {"difficulty_table": str(fixture("math_train_levels.jsonl"))})
     levels = {e["category"]: e["difficulty"] for e in examples}
     assert levels == {"GSM_AnsAug": None, "MATH_FOBAR": 1, "GSM_SV": None, "MATH_Rephrased": 3}
     assert report.seen == 4 and not report.skipped
@@ -76,7 +77,8 @@ def test_metamathqa_bad_rows_skip_counts_each_reason():
 def test_metamathqa_options_through_load_source():
     with pytest.warns(UserWarning, match="skipped 4 bad row"):
         assert len(load("metamathqa_bad.jsonl", "metamathqa", options={"bad_rows": "skip"})) == 2
-    joined = load("metamathqa.jsonl", "metamathqa", options={"difficulty_table": str(fixture("math_train_levels.jsonl"))})
+    with pytest.warns(UserWarning, match="2 row"):
+        joined = load("metamathqa.jsonl", "metamathqa", options={"difficulty_table": str(fixture("math_train_levels.jsonl"))})
     assert [e["difficulty"] for e in joined] == [None, 1, None, 3]
     assert joined[1].get("difficulty_source", "table:math_train_levels.jsonl") == "table:math_train_levels.jsonl"
     with pytest.raises(DataError, match="has no option.*'bad_row'"):
@@ -88,6 +90,8 @@ def test_unknown_option_and_bad_policy_are_errors():
         ADAPTERS["metamathqa"].bind({"langauges": ["python"]})
     with pytest.raises(DataError, match="bad_rows must be one of"):
         ADAPTERS["magicoder"].bind({"bad_rows": "ignore"})
+    with pytest.raises(DataError, match=r"adapter 'openthoughts': option other_domains must be one of \('skip', 'math'\)"):
+        ADAPTERS["openthoughts"].bind({"other_domains": "science"})
     with pytest.raises(DataError, match="unknown system prompt preset"):
         ADAPTERS["gsm8k"].bind({"system": "@nope"})
 
@@ -117,7 +121,8 @@ def test_magicoder_language_filter_is_counted():
 
 
 def test_bespoke_stratos_domains_categories_answers_and_behaviours(small_tokenizer):
-    examples = load("bespoke_stratos.jsonl", "bespoke_stratos")
+    assert all(sum(e["behaviours"].values()) == 0 for e in load("bespoke_stratos.jsonl", "bespoke_stratos"))  # opt-in
+    examples, _ = load_bound("bespoke_stratos.jsonl", "bespoke_stratos", {"tag_behaviours": True})
     assert [(e["domain"], e["category"]) for e in examples] == [("math", "math"), ("code", "stdin"), ("code", "call_based")]
     math, stdin, call = examples
     assert math["answer"] == "21" and stdin["answer"] is None
@@ -162,7 +167,7 @@ def test_bespoke_stratos_options_system_and_domain():
 
 
 def test_openthoughts_default_config_reads_like_stratos(small_tokenizer):
-    examples = load("openthoughts_default.jsonl", "openthoughts")
+    examples, _ = load_bound("openthoughts_default.jsonl", "openthoughts", {"tag_behaviours": True})
     assert [(e["domain"], e["category"], e["source"]) for e in examples] == [
         ("math", "math", "openthoughts"),
         ("code", "stdin", "openthoughts"),
@@ -182,13 +187,19 @@ def test_openthoughts_metadata_config_domains_tests_and_filter(small_tokenizer, 
     assert math["answer"] == "25"
     assistant = math["messages"][-1]["content"]
     assert assistant.startswith(BEGIN_THOUGHT) and "Working backward" in assistant and BEGIN_SOLUTION in assistant
-    assert math["behaviours"]["backward_chaining"] == 1 and math["behaviours"]["exploration"] == 1
     assert apps["tests"] == ["check_stdio('abc\\n', 'cba\\n')", "check_stdio('racecar\\n', 'racecar\\n')", "check_stdio('hello\\n', 'olleh\\n')"]
     assert "_stdio_feed('abc\\n')" in apps["test_setup_code"] and apps["entry_point"] is None
     assert taco["tests"] == ["check_call(add_up, [2, 3], [5], wrapped=True)", "check_call(add_up, [-1, 1], [0], wrapped=True)"]
     assert taco["entry_point"] == "add_up" and "def add_up(a, b)" in taco["messages"][1]["content"]
     for example in examples:
         assert_prompt_masked(small_tokenizer, example)
+
+
+def test_openthoughts_metadata_behaviours_when_asked():
+    with pytest.warns(UserWarning, match="left out 1 row"):
+        examples, _ = load_bound("openthoughts_metadata.jsonl", "openthoughts", {"tag_behaviours": True})
+    assert examples[0]["behaviours"]["backward_chaining"] == 1 and examples[0]["behaviours"]["exploration"] == 1
+    assert examples[0]["behaviours"]["verification"] == 1
 
 
 def test_openthoughts_metadata_options():
@@ -199,3 +210,12 @@ def test_openthoughts_metadata_options():
     assert [e["domain"] for e in examples] == ["math", "code", "code", "math"] and not report.filtered
     assert examples[0]["messages"][1]["content"].startswith("Return your final response within \\boxed{}. Let $a$")
     assert len(examples[1]["tests"]) == 1
+
+
+@pytest.mark.skipif(
+    "data_files" not in Source.__dataclass_fields__, reason="Source.data_files not added yet (sources.py change proposed with issue 5)"
+)
+def test_packaged_builder_with_data_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    source = Source("json", adapter="livecodebench", split="train", data_files=str(fixture("livecodebench.jsonl")))
+    assert [e["category"] for e in load_source(source)] == ["atcoder", "leetcode"]
