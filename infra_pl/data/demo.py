@@ -4,18 +4,24 @@ Why a generator instead of a real dataset: nothing can be downloaded at run time
 model trained for minutes on CPU must still solve a measurable share of held-out items, so the
 attribution pipeline has a non-empty set of correct answers (paper Eq. 6) to explain.
 
-Why it looks the way it does:
+Why it looks the way it does (every choice below trades realism for learnability in a few
+hundred optimiser steps):
 
 * Every trace follows the Bespoke-Stratos layout (thought markers, then solution markers).
-* Math decomposes every level into single-digit facts ("7 + 8 = 15") written identically at all
-  levels, so a small model learns a closed set of about a hundred facts and reuses them, instead
-  of memorising whole sums. Levels add steps: one fact, two facts, a column with a carry, a full
-  two-column addition, then a product plus a two-digit number.
-* Code specs are chains of ``level`` clauses, each translated into one or two lines, so harder
-  items really need more translation; test expectations come from executing the reference.
-* The five behaviours of the paper (§4.3, Appendix E) are inserted as whole sentences, sampled
-  with seeded probabilities, and recorded per sentence (``sentence_labels``) so sequence-level
-  influence and a behaviour tagger can be checked against ground truth.
+* Questions end with the expression (math) or list the clauses as numbered steps (code), and
+  every trace opens by restating them verbatim, because copying at a fixed distance is the first
+  thing a tiny model learns to condition on.
+* Math reduces every level to single-digit facts ("7+8=15") written the same way everywhere,
+  so a small model learns a closed set of about a hundred facts instead of memorising whole sums.
+  Numbers carry no spaces ("7+8"): with one token per digit that keeps the operands of a fact
+  adjacent. Levels add steps: one fact, two facts, a column with a carry, a full two-column
+  addition, then a product plus a two-digit number.
+* Code specs are chains of ``level`` clauses of a few kinds, each translated into one or two
+  lines, so harder items need more translation; test expectations come from running the
+  reference.
+* The five behaviours of the paper (§4.3, Appendix E) are whole sentences with few, fixed
+  phrasings, sampled with seeded probabilities and recorded per sentence (``sentence_labels``),
+  so sequence-level influence and a behaviour tagger can be checked against ground truth.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ MANIFEST = "manifest.json"
 VERIFICATION, EXPLORATION, BACKTRACKING, SUBGOAL, BACKWARD = BEHAVIOURS
 
 # Behaviour rates. Subgoal setting grows with the level (harder items get planned); the others
-# are level-independent so that their effect is not confounded with difficulty.
+# are per item or per step, so they are not tied to difficulty beyond the number of steps.
 P_OPENER = {1: 0.0, 2: 0.2, 3: 0.3, 4: 0.4, 5: 0.5}
 P_SUBGOAL_SLOT = 0.25
 P_VERIFY = 0.25
@@ -311,8 +317,8 @@ def _forward_operands(rng: random.Random, level: int) -> tuple[tuple[int, ...], 
 
 
 def _forward_draft(level: int, ops: tuple[int, ...], expr: str) -> tuple[Draft, int]:
-    """Steps computing ``expr`` forwards (levels 2+ restate it first), plus check and explorations."""
-    lead = [Plain(f"I need {expr}.")] if level >= 2 else []
+    """Steps computing ``expr`` forwards after restating it, plus check and explorations."""
+    lead = [Plain(f"I need {expr}.")]
     if level == 1:
         a, b = ops
         s = a + b
@@ -324,7 +330,7 @@ def _forward_draft(level: int, ops: tuple[int, ...], expr: str) -> tuple[Draft, 
         s = t + c
         core: list[Step | Plain] = [Step(f"{a}+{b}", t, subgoal="First, I add the first two numbers."), Step(f"{t}+{c}", s)]
         explore = [f"Alternatively, adding {c} first also gives {s}.", f"Another way: {c}+{b}+{a} also gives {s}."]
-        return Draft(lead, core, f"{s}-{c}={t}", explore), s
+        return Draft(lead, core, f"{c}+{t}={s}", explore), s
     if level in (3, 4):
         a, b = ops
         steps, s = _add_columns(a, b)
@@ -422,7 +428,6 @@ def make_math_problem(
             question = _pick(rng, VERIFY_Q).format(e=expr)
         elif category == "rephrased":
             question = _rephrased_question(rng, level, ops)
-            draft.lead = [Plain(f"I need {expr}.")]  # extracting the expression is the rephrased task
         else:
             raise ValueError(f"unknown math category {category!r}; choose from {MATH_CATEGORIES}")
     thought = _realise(plan_rng or rng, draft, level, category == "self_verification", category == "inverse")
@@ -455,12 +460,12 @@ ClauseMaker = Callable[[random.Random], Clause]
 
 
 def _c_add(rng: random.Random) -> Clause:
-    c = rng.randrange(1, 30)
+    c = rng.randrange(1, 20)
     return Clause(f"add {c}", (f"x += {c}",), f"add {c + 1}")
 
 
 def _c_sub(rng: random.Random) -> Clause:
-    c = rng.randrange(1, 30)
+    c = rng.randrange(1, 20)
     return Clause(f"subtract {c}", (f"x -= {c}",), f"subtract {c + 1}")
 
 
@@ -473,10 +478,6 @@ def _c_abs(rng: random.Random) -> Clause:
     return Clause("drop the sign", ("x = abs(x)",))
 
 
-def _c_neg(rng: random.Random) -> Clause:
-    return Clause("flip the sign", ("x = -x",))
-
-
 def _c_if_above(rng: random.Random) -> Clause:
     c, d = rng.randrange(1, 10), rng.randrange(1, 10)
     return Clause(f"if above {c}, subtract {d}", (f"if x > {c}:", f"    x -= {d}"), f"if above {c + 1}, subtract {d}")
@@ -487,33 +488,25 @@ def _c_if_below(rng: random.Random) -> Clause:
     return Clause(f"if below {c}, add {d}", (f"if x < {c}:", f"    x += {d}"), f"if below {c + 1}, add {d}")
 
 
-def _c_if_even(rng: random.Random) -> Clause:
-    return Clause("if even, halve it", ("if x % 2 == 0:", "    x //= 2"))
-
-
 def _c_sum_range(rng: random.Random) -> Clause:
     c = rng.randrange(2, 10)
     return Clause(f"add each i below {c}", (f"for i in range({c}):", "    x += i"), f"add each i below {c + 1}")
 
 
 def _c_repeat_add(rng: random.Random) -> Clause:
-    c, d = rng.randrange(2, 5), rng.randrange(1, 30)
-    return Clause(f"add {d}, {c} times", (f"for _ in range({c}):", f"    x += {d}"), f"add {d}, {c + 1} times")
-
-
-def _c_double(rng: random.Random) -> Clause:
-    c = rng.randrange(2, 4)
-    return Clause(f"double it {c} times", (f"for _ in range({c}):", "    x *= 2"), f"double it {c + 1} times")
+    c, d = rng.randrange(2, 5), rng.randrange(1, 20)
+    # Constants in the order the code needs them: "repeat 3 times, add 8" -> range(3), += 8.
+    return Clause(f"repeat {c} times, add {d}", (f"for _ in range({c}):", f"    x += {d}"), f"repeat {c + 1} times, add {d}")
 
 
 def _l_add(rng: random.Random) -> Clause:
-    c = rng.randrange(1, 30)
+    c = rng.randrange(1, 20)
     return Clause(f"add {c} to each", (f"xs = [v + {c} for v in xs]",), f"add {c + 1} to each")
 
 
 def _l_sub(rng: random.Random) -> Clause:
-    c = rng.randrange(1, 30)
-    return Clause(f"subtract {c} from each", (f"xs = [v - {c} for v in xs]",), f"subtract {c + 1} from each")
+    c = rng.randrange(1, 20)
+    return Clause(f"take {c} from each", (f"xs = [v - {c} for v in xs]",), f"take {c + 1} from each")
 
 
 def _l_mul(rng: random.Random) -> Clause:
@@ -523,39 +516,27 @@ def _l_mul(rng: random.Random) -> Clause:
 
 def _l_keep(rng: random.Random) -> Clause:
     c = rng.randrange(0, 9)
-    return Clause(f"keep items above {c}", (f"xs = [v for v in xs if v > {c}]",), f"keep items above {c + 1}")
-
-
-def _l_drop(rng: random.Random) -> Clause:
-    c = rng.randrange(0, 10)
-    return Clause(f"remove each {c}", (f"xs = [v for v in xs if v != {c}]",), f"remove each {c + 1}")
+    return Clause(f"keep above {c}", (f"xs = [v for v in xs if v > {c}]",), f"keep above {c + 1}")
 
 
 def _l_reverse(rng: random.Random) -> Clause:
     return Clause("reverse it", ("xs = xs[::-1]",))
 
 
-def _l_sort(rng: random.Random) -> Clause:
-    return Clause("sort it", ("xs = sorted(xs)",))
-
-
-def _l_tail(rng: random.Random) -> Clause:
-    return Clause("drop the first", ("xs = xs[1:]",))
-
-
-ARITHMETIC: tuple[ClauseMaker, ...] = (_c_add, _c_sub, _c_mul, _c_abs, _c_neg)
-BRANCHES: tuple[ClauseMaker, ...] = (_c_if_above, _c_if_below, _c_if_even)
-LOOPS: tuple[ClauseMaker, ...] = (_c_sum_range, _c_repeat_add, _c_double)
-LIST_OPS: tuple[ClauseMaker, ...] = (_l_add, _l_sub, _l_mul, _l_keep, _l_drop, _l_reverse, _l_sort, _l_tail)
+# Few clause kinds on purpose: each kind is one more phrase-to-code rule the tiny model must learn.
+ARITHMETIC: tuple[ClauseMaker, ...] = (_c_add, _c_sub, _c_mul, _c_abs)
+BRANCHES: tuple[ClauseMaker, ...] = (_c_if_above, _c_if_below)
+LOOPS: tuple[ClauseMaker, ...] = (_c_sum_range, _c_repeat_add)
+LIST_OPS: tuple[ClauseMaker, ...] = (_l_add, _l_sub, _l_mul, _l_keep, _l_reverse)
 # How many distinct clauses each maker can produce. Single-clause (level 1) items are drawn in
 # proportion to it, i.e. uniformly over distinct questions: otherwise a parameterless clause
 # ("sort it") would repeat so often that the uniqueness check would resample it away, and the
 # resampling would skew the behaviour rates of the items that remain.
 VARIANTS: dict[ClauseMaker, int] = {
-    _c_add: 29, _c_sub: 29, _c_mul: 3, _c_abs: 1, _c_neg: 1,
-    _c_if_above: 81, _c_if_below: 81, _c_if_even: 1,
-    _c_sum_range: 8, _c_repeat_add: 87, _c_double: 2,
-    _l_add: 29, _l_sub: 29, _l_mul: 8, _l_keep: 9, _l_drop: 10, _l_reverse: 1, _l_sort: 1, _l_tail: 1,
+    _c_add: 19, _c_sub: 19, _c_mul: 3, _c_abs: 1,
+    _c_if_above: 81, _c_if_below: 81,
+    _c_sum_range: 8, _c_repeat_add: 57,
+    _l_add: 19, _l_sub: 19, _l_mul: 8, _l_keep: 9, _l_reverse: 1,
 }
 FAMILY: dict[str, tuple[tuple[ClauseMaker, ...], tuple[ClauseMaker, ...]]] = {
     # category -> (clause makers that must appear once, makers for the remaining clauses)
@@ -565,7 +546,7 @@ FAMILY: dict[str, tuple[tuple[ClauseMaker, ...], tuple[ClauseMaker, ...]]] = {
     "list": ((), LIST_OPS),
 }
 ENTRY_POINT = "f"
-CODE_VERBS = ("Write", "Define", "Implement")
+CODE_VERBS = ("Write", "Define", "Implement", "Code", "Create")  # prompt-only variety, free to learn
 
 VERIFY_CODE_VALUE = ("Let me check: {call} = {value}, correct.", "To verify, I trace {call} and get {value}.")
 VERIFY_CODE_SHAPE = ("Let me verify: each step has its own line, correct.",)
@@ -623,7 +604,7 @@ def make_code_problem(
     tests = [f"assert {name}({arg!r}) == {out!r}" for arg, out in zip(inputs, outputs)]
 
     steps = " ".join(f"Step {i}: {clause.phrase}." for i, clause in enumerate(clauses, start=1))
-    signature = f"{name}({var}) for a list {var}" if category == "list" else f"{name}({var})"
+    signature = f"{name}({var}) for a list" if category == "list" else f"{name}({var})"
     question = f"{_pick(rng, CODE_VERBS)} {signature}. {steps} Return {var}."
 
     plan = plan_rng or rng
