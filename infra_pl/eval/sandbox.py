@@ -531,9 +531,14 @@ def _dirs_to_hide(interpreter: str) -> list[str]:
     longer exists to mount on).
     """
     needed = [os.path.realpath(interpreter), os.path.abspath(interpreter)]
+    # Directories under the world-writable ones are already replaced by the private tmpfs (a
+    # project cloned under /tmp, say): there is nothing left there to mount on.
+    replaced = [os.path.realpath(w) for w in ("/tmp", *_EXTRA_WRITABLE_DIRS)]
     chosen: list[str] = []
     for d in sorted({os.path.realpath(p) for p in (*_HIDDEN_DIRS, str(_PROJECT_ROOT))}):
         if d == "/" or not os.path.isdir(d):
+            continue
+        if any(d == w or d.startswith(w + "/") for w in replaced):
             continue
         if any(n == d or n.startswith(d + "/") for n in needed):
             continue
