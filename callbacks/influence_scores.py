@@ -49,6 +49,8 @@ class InfluenceScores(AttributionStep):
         token_top_k: token scores for the top-K examples per measurement (by instance score).
         token_all: token scores for every training example instead of the top-K.
         sentence_top_k: sentence scores for the top examples per measurement.
+        pairwise: also write per-query scores (every D_correct item x every training example) to
+            ``pairwise_scores.parquet``, for analyses beyond the mean measurement.
         output_dir: where scores go (default: ``<default_root_dir>/attribution/scores``).
     """
 
@@ -65,6 +67,7 @@ class InfluenceScores(AttributionStep):
         token_top_k: int = 100,
         token_all: bool = False,
         sentence_top_k: int = 10,
+        pairwise: bool = False,
         output_dir: str | None = None,
     ) -> None:
         self.n_correct = n_correct
@@ -76,6 +79,7 @@ class InfluenceScores(AttributionStep):
         self.token_top_k = token_top_k
         self.token_all = token_all
         self.sentence_top_k = sentence_top_k
+        self.pairwise = pairwise
         self.output_dir = output_dir
         self._phase_data: dict[str, Any] = {}
 
@@ -134,22 +138,8 @@ class InfluenceScores(AttributionStep):
         key = _directions_key(directions, factors)
 
         # Instance scores, resumable.
-        parts = out / "instance_parts"
         all_indices = list(range(len(datamodule.train_examples)))
-        done = done_indices(parts, key)
-        todo = [i for i in all_indices if i not in done]
-        if done:
-            _log(f"instance scores: resuming, {len(done)} of {len(all_indices)} already scored")
-        if todo:
-            self._phase_data = {
-                "tracked": tracked,
-                "directions": directions.to(pl_module.device),
-                "writer": PartWriter(parts, key, rank=trainer.global_rank),
-                "names": names,
-            }
-            trainer.run_attribution_pass(INSTANCE, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=todo)
-            trainer.strategy.barrier()
-        scored = read_parts(parts, key).to_pandas().drop_duplicates("index").set_index("index").sort_index()
+        scored = self._score_training_set(trainer, pl_module, datamodule, tracked, directions, out / "instance_parts", key, "instance")
         instance_df = _instance_table(datamodule, scored, names)
         meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key}
         if trainer.is_global_zero:
@@ -157,6 +147,8 @@ class InfluenceScores(AttributionStep):
             trainer.attribution_state["instance_scores_path"] = path
             (out / "measurement_info.json").write_text(json.dumps(info, indent=2))
         trainer.attribution_state.update({"instance_scores": instance_df, "measurement_info": info, "directions": directions})
+        if self.pairwise:
+            self._pairwise(trainer, pl_module, datamodule, tracked, factors, sets, out, meta)
 
         # Token scores for the top-K examples per measurement (or all).
         if self.token_all:
@@ -178,6 +170,46 @@ class InfluenceScores(AttributionStep):
             trainer.attribution_state["sentence_scores"] = sentence_df
             trainer.attribution_state["sentence_scores_path"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
         trainer.attribution_state["scores_dir"] = out
+
+    def _score_training_set(self, trainer, pl_module, datamodule, tracked, directions, parts: Path, key: str, what: str) -> pd.DataFrame:
+        """Scores of every training example for ``directions`` (columns ``score_<name>``), resumable."""
+        all_indices = list(range(len(datamodule.train_examples)))
+        done = done_indices(parts, key)
+        todo = [i for i in all_indices if i not in done]
+        if done:
+            _log(f"{what} scores: resuming, {len(done)} of {len(all_indices)} already scored")
+        if todo:
+            self._phase_data = {
+                "tracked": tracked,
+                "directions": directions.to(pl_module.device),
+                "writer": PartWriter(parts, key, rank=trainer.global_rank),
+                "names": list(directions.names),
+            }
+            trainer.run_attribution_pass(INSTANCE, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=todo)
+            trainer.strategy.barrier()
+        return read_parts(parts, key).to_pandas().drop_duplicates("index").set_index("index").sort_index()
+
+    def _pairwise(self, trainer, pl_module, datamodule, tracked, factors, sets, out: Path, meta: dict[str, Any]) -> None:
+        """Per-query scores (n_query x n_train) for the D_correct items, in long format."""
+        from infra_pl.influence import query_directions
+
+        queries = sorted({i for s in sets.values() for i in s.indices})
+        loader = datamodule.attribution_dataloader("eval", self.batch_size, queries)
+        order = [int(i) for batch in loader for i in batch["index"]]  # query_k = k-th item in loader order
+        directions = query_directions(self._model(pl_module), loader, factors, tracked)
+        key = _directions_key(directions, factors)
+        scored = self._score_training_set(trainer, pl_module, datamodule, tracked, directions, out / "pairwise_parts", key, "pairwise")
+        rows = []
+        for k, eval_index in enumerate(order):
+            query = datamodule.eval_examples[eval_index]
+            column = scored[f"score_query_{k}"]
+            for train_index, value in column.items():
+                rows.append({"query_id": query["id"], "query_domain": query["domain"],
+                             "train_id": datamodule.train_examples[int(train_index)]["id"], "score": float(value)})
+        if trainer.is_global_zero:
+            path = write_table(out / "pairwise_scores.parquet", pd.DataFrame(rows), meta)
+            trainer.attribution_state["pairwise_scores_path"] = path
+            _log(f"pairwise scores: {len(order)} queries x {len(scored)} training examples -> {path}")
 
     # ------------------------------------------------------------ batch plumbing
     def on_predict_batch_end(self, trainer: Any, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -26,7 +26,7 @@ def tiny_config(tmp_path: Path, cache: Path) -> Path:
     config["trainer"]["enable_progress_bar"] = False
     for callback in config["trainer"]["callbacks"]:
         if callback["class_path"].endswith("InfluenceScores"):
-            callback["init_args"].update({"fallback": "reference", "token_top_k": 3, "sentence_top_k": 1})
+            callback["init_args"].update({"fallback": "reference", "token_top_k": 3, "sentence_top_k": 1, "pairwise": True})
         if callback["class_path"].endswith("AttributionReport"):
             callback["init_args"].update({"top_k": 3, "n_boot": 200})
     path = tmp_path / "tiny.yaml"
@@ -63,6 +63,15 @@ def test_fit_validate_attribute_products_and_in_domain_influence(tmp_path, monke
     for (index, name), total in sums.items():
         reference = by_index.at[index, f"score_{name}"]
         assert abs(total - reference) <= 1e-4 * max(abs(by_index[f"score_{name}"]).max(), 1e-12)
+
+    # Pairwise scores: one per (query, training example); averaging a domain's queries gives the
+    # instance score of that measurement (f is the mean over its items, and scores are linear in ∇f).
+    pairwise = pd.read_parquet(state["pairwise_scores_path"])
+    assert len(pairwise) == TINY_DEMO["n_train"] * pairwise["query_id"].nunique()
+    for name in ("math", "code"):
+        mean = pairwise[pairwise["query_domain"] == name].groupby("train_id")["score"].mean()
+        expected = instance.set_index("id")[f"score_{name}"].loc[mean.index]
+        assert ((mean - expected).abs() <= 1e-3 * expected.abs().max()).all()
 
     sentences = pd.read_parquet(state["sentence_scores_path"])
     assert {"score_removal", "score_token_sum", "behaviours", "text"} <= set(sentences.columns) and len(sentences)
