@@ -530,7 +530,7 @@ LOOPS: tuple[ClauseMaker, ...] = (_c_sum_range, _c_repeat_add)
 LIST_OPS: tuple[ClauseMaker, ...] = (_l_add, _l_sub, _l_mul, _l_keep, _l_reverse)
 # How many distinct clauses each maker can produce. Single-clause (level 1) items are drawn in
 # proportion to it, i.e. uniformly over distinct questions: otherwise a parameterless clause
-# ("sort it") would repeat so often that the uniqueness check would resample it away, and the
+# ("reverse it") would repeat so often that the uniqueness check would resample it away, and the
 # resampling would skew the behaviour rates of the items that remain.
 VARIANTS: dict[ClauseMaker, int] = {
     _c_add: 19, _c_sub: 19, _c_mul: 3, _c_abs: 1,
