@@ -6,10 +6,15 @@ sequence comes out of ONE Jacobian-vector product:  s_t = d/dα log p(z_t | z_<t
 for all t at once, instead of one backward pass per target token.
 
 How the perturbation θ + αv is applied without touching the model's parameters: a forward hook on
-each tracked layer adds ``F.linear(input, D)`` (D's last column is the bias part when the layer has
-a bias) to the layer's output, which is exactly the output of the layer with weight W + D. We take
-``torch.func.jvp`` with respect to the D's at D = 0 with tangent v. D lives in the canonical
-[out, in(+1)] layout of the EK-FAC factors, in which ``F.linear`` computes ``x Dᵀ`` for both
+each tracked layer adds ``α · F.linear(input.detach(), V)`` (V's last column is the bias part when
+the layer has a bias) to the layer's output, and we take ``torch.func.jvp`` with respect to the
+scalar α at 0 with tangent 1. The derivative of (W + αV)x(α) at α = 0 is W x' + V x; the layer
+output already carries W x', the hook adds V x, and detaching the input skips the α·V x' product
+that vanishes at α = 0: one extra matmul per tracked layer (a D-matrix primal of zeros would cost
+two more, a zero product on the primal and another on the tangent). Under ``vmap`` over several
+directions the hook instead adds ``F.linear(input.detach(), D)`` differentiated at D = 0 with the
+batched v as tangent, so the primal forward stays unbatched and shared. V and D are in the
+canonical [out, in(+1)] layout of the EK-FAC factors, in which ``F.linear`` computes ``x Vᵀ`` for both
 ``nn.Linear`` and HF ``Conv1D`` (whose stored weight is that matrix transposed), so the
 preconditioned direction is used as is and no layout conversion is needed. A layer that runs twice
 (shared weights) gets the perturbation twice, which is what perturbing its weight means.
@@ -71,15 +76,22 @@ class _Perturbation:
         self.modules = dict(modules)
         self.in_features = {name: layer_shape(m).in_features for name, m in self.modules.items()}
         self.has_bias = {name: layer_shape(m).has_bias for name, m in self.modules.items()}
-        self.current: dict[str, torch.Tensor] | None = None
+        self.current: tuple[torch.Tensor | None, dict[str, torch.Tensor]] | None = None
 
     def _hook(self, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         if self.current is None:
             return output
-        delta = self.current[name].to(inputs[0].dtype)
+        alpha, deltas = self.current
+        # (W + D)x(α) has derivative W x' + D' x + D x' at D = 0; D x' vanishes there, so the input
+        # is detached before the perturbation and that product (and its tangent) is never formed.
+        x = inputs[0].detach()
+        delta = deltas[name].to(x.dtype)
         n_in = self.in_features[name]
         bias = delta[:, n_in] if self.has_bias[name] else None
-        return output + F.linear(inputs[0], delta[:, :n_in], bias)
+        if alpha is None:  # D itself is differentiated (primal 0, tangent v): primal stays shared under vmap
+            return output + F.linear(x, delta[:, :n_in], bias)
+        # D = αv with α a scalar (primal 0, tangent 1): V x is one matmul, and α· costs nothing.
+        return output + alpha * F.linear(x, delta[:, :n_in], bias)
 
     @contextmanager
     def installed(self) -> Iterator["_Perturbation"]:
@@ -116,26 +128,36 @@ def token_scores(
     device = model_device(model)
     batch = batch_to_device(batch, device)
     dtypes = [tracked[n].weight.dtype for n in names]
-    primals = tuple(
-        torch.zeros(layer_shape(tracked[n]).matrix_shape, dtype=dt, device=device) for n, dt in zip(names, dtypes)
-    )
     tangents = tuple(directions.per_module[n].to(device=device, dtype=dt) for n, dt in zip(names, dtypes))
     perturbation = _Perturbation(tracked)
+    # Differentiate along the scalar α of θ + αv (primal 0, tangent 1), with v held in the hooks.
+    alpha0 = torch.zeros((), device=device)
+    dalpha = torch.ones((), device=device)
 
-    def log_probs(*deltas: torch.Tensor) -> torch.Tensor:
-        perturbation.current = dict(zip(names, deltas))
+    def log_probs(alpha: torch.Tensor | None, deltas: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        perturbation.current = (alpha, dict(zip(names, deltas)))
         try:
             logits = logits_fn(model, batch)
         finally:
             perturbation.current = None
         return target_log_probs(logits, batch["labels"])[0]  # fp32, already multiplied by the mask
 
-    def derivative(*tangent: torch.Tensor) -> torch.Tensor:
-        return torch.func.jvp(log_probs, primals, tangent)[1]
+    def derivative(*direction: torch.Tensor) -> torch.Tensor:
+        # One direction: along α with v fixed (fewest matmuls).
+        return torch.func.jvp(lambda alpha: log_probs(alpha, direction), (alpha0,), (dalpha,))[1]
+
+    # Several directions under vmap: differentiate D at 0 with the batched v as tangent, so the
+    # primal forward is not batched (with α, v would make every primal activation batched).
+    primals = tuple(
+        torch.zeros(layer_shape(tracked[n]).matrix_shape, dtype=dt, device=device) for n, dt in zip(names, dtypes)
+    )
+
+    def derivative_d(*tangent: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(lambda *deltas: log_probs(None, deltas), primals, tangent)[1]
 
     with torch.no_grad(), eval_mode(model), sdpa_kernel(SDPBackend.MATH), perturbation.installed():
         if vectorize and len(directions) > 1:
-            scores = torch.func.vmap(derivative, chunk_size=chunk_size)(*tangents)
+            scores = torch.func.vmap(derivative_d, chunk_size=chunk_size)(*tangents)
         else:
             scores = torch.stack([derivative(*(t[m] for t in tangents)) for m in range(len(directions))])
     return scores.float()

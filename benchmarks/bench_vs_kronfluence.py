@@ -1,0 +1,374 @@
+"""infra-pl vs kronfluence 1.0.1 on one fixed toy setting (issue 6).
+
+Setting: a 4-layer Llama (hidden 128, MLP 512, 4 heads, vocab 2048), fp32, ``torch.manual_seed(0)``
+init; 256 training and 32 query sequences of 128 random tokens, every token a target, no padding;
+the 12 MLP projections tracked; EMPIRICAL Fisher; damping 0.1 * mean(Lambda) per module.
+
+Phases timed (each ``--repeats`` times, min and median wall seconds):
+* factors       -- kronfluence ``fit_all_factors`` (ekfac) vs ``infra_pl.ekfac.fit_factors``.
+* pairwise      -- 32 x 256 scores: kronfluence ``compute_pairwise_scores`` vs ``query_directions``
+                   + one batched instance pass over the training set.
+* token scores  -- per-token scores of all 256 training sequences for ONE measurement (the summed
+                   NLL of all 32 queries): kronfluence ``compute_per_token_scores=True`` with
+                   ``aggregate_query_gradients=True`` (split by the position where weights act)
+                   vs infra-pl ``token_scores`` (Eq. 9, by target token, one JVP per batch).
+* instance pass -- (infra-pl only) instance scores of the 256 sequences for that one direction:
+                   the yardstick of the token-score target.
+* epoch         -- one plain forward + backward over the 256 training sequences; every phase is
+                   also shown as a multiple of it.
+
+Each library runs in its own subprocess (the script re-invokes itself with ``--only``), so the peak
+RSS (``ru_maxrss``) of one cannot hide in the other's. kronfluence writes its factors and scores
+to a temporary directory (its normal mode of operation), which is inside its timings.
+
+Sign conventions: infra-pl's pairwise score is grad L(q)^T H^-1 grad L(z) (it negates both
+log-likelihood gradients), which is what kronfluence computes with measurement = summed NLL of
+the query; the two matrices are compared as they are.
+
+Usage::
+
+    python benchmarks/bench_vs_kronfluence.py                  # the fixed setting, 2 threads, 3 repeats
+    python benchmarks/bench_vs_kronfluence.py --threads 1 --repeats 5
+    python benchmarks/bench_vs_kronfluence.py --scale --hidden 256 --layers 8 --seq-len 256 --n-train 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import (  # noqa: E402
+    TokenDataset,
+    batches,
+    build_model,
+    current_peak_mb,
+    current_rss_mb,
+    med,
+    peak_rss_mb,
+    plain_epoch,
+    random_tokens,
+    reset_peak,
+    set_threads,
+    summed_nll,
+    timed,
+)
+
+MLP_REGEX = r"\.mlp\.(gate|up|down)_proj$"
+PHASES = ["epoch", "factors", "pairwise", "factors+pairwise", "token scores", "instance pass"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size for both libraries")
+    p.add_argument("--scale", action="store_true", help="allow the size flags below to differ from the fixed setting")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--n-train", type=int, default=256)
+    p.add_argument("--n-query", type=int, default=32)
+    p.add_argument("--only", choices=["kronfluence", "infra"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.intermediate is None:
+        args.intermediate = 4 * args.hidden
+    fixed = dict(hidden=128, intermediate=512, layers=4, heads=4, vocab=2048, seq_len=128, n_train=256, n_query=32)
+    changed = [k for k, v in fixed.items() if getattr(args, k) != v]
+    if changed and not args.scale:
+        p.error(f"{changed} differ from the fixed setting; pass --scale to run a bigger/smaller one")
+    return args
+
+
+def setup(args: argparse.Namespace):
+    set_threads(args.threads)
+    model = build_model(args.hidden, args.intermediate, args.layers, args.heads, args.vocab, seed=0)
+    train = random_tokens(args.n_train, args.seq_len, args.vocab, seed=1)
+    query = random_tokens(args.n_query, args.seq_len, args.vocab, seed=2)
+    return model, train, query
+
+
+def phase_peak(fn):
+    """Run fn once more after resetting the RSS high-water mark; return that phase's peak (MB) or None."""
+    if not reset_peak():
+        return None
+    fn()
+    return current_peak_mb()
+
+
+# ----------------------------------------------------------------------------------------------- infra
+def run_infra(args: argparse.Namespace) -> dict:
+    from infra_pl.ekfac import find_tracked_modules, fit_factors
+    from infra_pl.influence import (
+        instance_scores,
+        measurement_directions,
+        measurement_gradient,
+        query_directions,
+        token_scores,
+    )
+
+    model, train, query = setup(args)
+    train_loader = batches(train, args.batch_size)
+    query_loader = batches(query, args.batch_size)
+    modules = find_tracked_modules(model, MLP_REGEX)
+    assert len(modules) == 3 * args.layers
+    baseline = current_rss_mb()
+    out: dict = {"times": {}, "phase_peak_mb": {}}
+
+    def epoch():
+        plain_epoch(model, train_loader)
+
+    state: dict = {}
+
+    def factors():
+        state["factors"] = fit_factors(model, train_loader, modules=modules, fisher="empirical", progress=False)
+
+    def pairwise():
+        directions = query_directions(model, query_loader, state["factors"], modules)
+        with torch.no_grad():
+            parts = [instance_scores(model, b, directions, modules) for b in train_loader]
+        return torch.cat(parts).t().contiguous()  # [Q, N]
+
+    def one_direction():
+        grad = measurement_gradient(model, query_loader, modules)
+        # f = mean log p over queries; kronfluence's aggregated measurement is the summed NLL, i.e.
+        # -n_query * f: same direction up to a factor, which does not change timings.
+        return measurement_directions(state["factors"], {"queries": grad})
+
+    def tokens():
+        direction = state["direction"]
+        return torch.cat([token_scores(model, b, direction, modules)[0] for b in train_loader])
+
+    def instance():
+        direction = state["direction"]
+        with torch.no_grad():
+            return torch.cat([instance_scores(model, b, direction, modules)[:, 0] for b in train_loader])
+
+    r = args.repeats
+    epoch()  # warm-up (allocator, thread pool)
+    out["times"]["epoch"], _ = timed(epoch, r)
+    out["times"]["factors"], _ = timed(factors, r)
+    out["times"]["pairwise"], scores = timed(pairwise, r)
+    state["direction"] = one_direction()
+    out["times"]["token scores"], tok = timed(tokens, r)
+    out["times"]["instance pass"], inst = timed(instance, r)
+    out["token_vs_instance_max_abs_diff"] = float((tok.sum(-1) - inst).abs().max())
+    out["token_vs_instance_scale"] = float(inst.abs().max())
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["baseline_rss_mb"] = baseline
+    for name, fn in [("factors", factors), ("pairwise", pairwise), ("token scores", tokens), ("instance pass", instance)]:
+        out["phase_peak_mb"][name] = phase_peak(fn)
+    torch.save(scores, Path(args.out).with_suffix(".pt"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ kronfluence
+def run_kronfluence(args: argparse.Namespace) -> dict:
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+
+    model, train, query = setup(args)
+    names = [f"model.layers.{i}.mlp.{p}_proj" for i in range(args.layers) for p in ("gate", "up", "down")]
+
+    class SummedNLLTask(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            assert not sample, "empirical Fisher only"
+            return summed_nll(logits, batch["labels"])
+
+        def compute_measurement(self, batch, model):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return summed_nll(logits, batch["labels"])
+
+        def get_influence_tracked_modules(self):
+            return names
+
+        def get_attention_mask(self, batch):
+            return batch["attention_mask"]
+
+    train_loader = batches(train, args.batch_size)
+    out: dict = {"times": {}, "phase_peak_mb": {}}
+    plain_epoch(model, train_loader)  # warm-up
+    out["times"]["epoch"], _ = timed(lambda: plain_epoch(model, train_loader), args.repeats)
+
+    task = SummedNLLTask()
+    model = prepare_model(model, task)
+    baseline = current_rss_mb()
+    train_ds, query_ds = TokenDataset(train), TokenDataset(query)
+    workdir = tempfile.mkdtemp(prefix="kron_bench_")
+    analyzer = Analyzer(
+        analysis_name="bench", model=model, task=task, cpu=True, log_level=logging.WARNING,
+        disable_tqdm=True, output_dir=workdir,
+    )
+    factor_args = FactorArguments(
+        strategy="ekfac",
+        use_empirical_fisher=True,
+        amp_dtype=None,
+        activation_covariance_dtype=torch.float32,
+        gradient_covariance_dtype=torch.float32,
+        eigendecomposition_dtype=torch.float64,
+        lambda_dtype=torch.float32,
+        per_sample_gradient_dtype=torch.float32,
+    )
+    score_args = ScoreArguments(
+        damping_factor=None, amp_dtype=None, per_sample_gradient_dtype=torch.float32,
+        precondition_dtype=torch.float32, score_dtype=torch.float32,
+    )
+    token_args = ScoreArguments(
+        damping_factor=None, amp_dtype=None, per_sample_gradient_dtype=torch.float32,
+        precondition_dtype=torch.float32, score_dtype=torch.float32,
+        compute_per_token_scores=True, aggregate_query_gradients=True,
+    )
+
+    def factors():
+        analyzer.fit_all_factors(
+            "ekfac", train_ds, per_device_batch_size=args.batch_size, factor_args=factor_args,
+            overwrite_output_dir=True,
+        )
+
+    def pairwise():
+        analyzer.compute_pairwise_scores(
+            "pairwise", "ekfac", query_ds, train_ds, per_device_query_batch_size=args.n_query,
+            per_device_train_batch_size=args.batch_size, score_args=score_args, overwrite_output_dir=True,
+        )
+        return analyzer.load_pairwise_scores("pairwise")["all_modules"]
+
+    def tokens():
+        analyzer.compute_pairwise_scores(
+            "tokens", "ekfac", query_ds, train_ds, per_device_query_batch_size=args.n_query,
+            per_device_train_batch_size=args.batch_size, score_args=token_args, overwrite_output_dir=True,
+        )
+        return analyzer.load_pairwise_scores("tokens")["all_modules"]
+
+    r = args.repeats
+    out["times"]["factors"], _ = timed(factors, r)
+    out["times"]["pairwise"], scores = timed(pairwise, r)
+    out["times"]["token scores"], tok = timed(tokens, r)
+    out["token_scores_shape"] = list(tok.shape)
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["baseline_rss_mb"] = baseline
+    for name, fn in [("factors", factors), ("pairwise", pairwise), ("token scores", tokens)]:
+        out["phase_peak_mb"][name] = phase_peak(fn)
+    torch.save(scores.float(), Path(args.out).with_suffix(".pt"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- parent
+def child(args: argparse.Namespace, which: str, tmp: Path) -> dict:
+    out = tmp / f"{which}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", which, "--out", str(out)]
+    for key in ("threads", "repeats", "batch_size", "hidden", "intermediate", "layers", "heads", "vocab",
+                "seq_len", "n_train", "n_query"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.scale:
+        cmd.append("--scale")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    subprocess.run(cmd, check=True, env=env)
+    result = json.loads(out.read_text())
+    result["scores"] = torch.load(out.with_suffix(".pt"))
+    return result
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        r = torch.empty_like(x, dtype=torch.float64)
+        r[x.argsort()] = torch.arange(x.numel(), dtype=torch.float64)
+        return r
+
+    return pearson(ranks(a.flatten()), ranks(b.flatten()))
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
+def report(args: argparse.Namespace, kron: dict, infra: dict) -> None:
+    kt, it = kron["times"], infra["times"]
+    kt["factors+pairwise"] = [f + p for f, p in zip(kt["factors"], kt["pairwise"])]
+    it["factors+pairwise"] = [f + p for f, p in zip(it["factors"], it["pairwise"])]
+    epoch = med(it["epoch"])
+
+    def cell(times):
+        return f"{min(times):8.2f} / {med(times):8.2f}" if times else f"{'-':>8} / {'-':>8}"
+
+    print()
+    print(f"setting: Llama hidden={args.hidden} mlp={args.intermediate} layers={args.layers} heads={args.heads} "
+          f"vocab={args.vocab}; {args.n_train} train + {args.n_query} query x {args.seq_len} tokens; "
+          f"batch {args.batch_size}; threads={args.threads}; repeats={args.repeats}; torch {torch.__version__}")
+    print(f"one epoch (plain fwd+bwd over {args.n_train} seqs): infra child median {epoch:.2f} s, "
+          f"kronfluence child median {med(kt['epoch']):.2f} s")
+    print()
+    header = f"{'phase':<17} | {'kronfluence min/med s':>21} | {'infra-pl min/med s':>19} | {'ratio':>6} | {'kron epochs':>11} | {'infra epochs':>12}"
+    print(header)
+    print("-" * len(header))
+    for phase in PHASES:
+        k, i = kt.get(phase, []), it.get(phase, [])
+        ratio = f"{med(i) / med(k):6.2f}" if k and i else f"{'-':>6}"
+        ke = f"{med(k) / epoch:11.1f}" if k else f"{'-':>11}"
+        ie = f"{med(i) / epoch:12.1f}" if i else f"{'-':>12}"
+        print(f"{phase:<17} | {cell(k):>21} | {cell(i):>19} | {ratio} | {ke} | {ie}")
+    print("(ratio = infra median / kronfluence median; epochs = median / infra's median plain epoch)")
+    print()
+    print(f"{'peak RSS (MB)':<17} | {'kronfluence':>11} | {'infra-pl':>9}")
+    print(f"{'whole process':<17} | {kron['peak_rss_mb']:11.0f} | {infra['peak_rss_mb']:9.0f}")
+    print(f"{'after setup':<17} | {kron['baseline_rss_mb']:11.0f} | {infra['baseline_rss_mb']:9.0f}")
+    for phase in ["factors", "pairwise", "token scores", "instance pass"]:
+        k, i = kron["phase_peak_mb"].get(phase), infra["phase_peak_mb"].get(phase)
+        fk = f"{k:11.0f}" if k is not None else f"{'-':>11}"
+        fi = f"{i:9.0f}" if i is not None else f"{'-':>9}"
+        print(f"{'  ' + phase:<17} | {fk} | {fi}")
+    print("(per-phase rows: RSS high-water mark of one extra run of that phase after resetting it)")
+    print()
+    ks, is_ = kron["scores"], infra["scores"]
+    print(f"pairwise scores: kronfluence {tuple(ks.shape)}, infra-pl {tuple(is_.shape)}")
+    r, rho = pearson(ks, is_), spearman(ks, is_)
+    rel = float((ks.double() - is_.double()).norm() / ks.double().norm())
+    print(f"Pearson {r:.6f}  Spearman {rho:.6f}  relative Frobenius difference {rel:.2e}")
+    print(f"token scores: kronfluence shape {tuple(kron['token_scores_shape'])} (by position); infra-pl sum_t s_t vs "
+          f"instance score max |diff| {infra['token_vs_instance_max_abs_diff']:.2e} (max |S| "
+          f"{infra['token_vs_instance_scale']:.2e})")
+    print()
+    fp = med(it["factors+pairwise"]) / med(kt["factors+pairwise"])
+    tok = med(it["token scores"]) / med(it["instance pass"])
+    mem_ok = infra["peak_rss_mb"] <= kron["peak_rss_mb"]
+    print(f"{'PASS' if fp <= 0.8 else 'FAIL'}: factors+pairwise = {fp:.2f}x kronfluence (target <= 0.8x)")
+    print(f"{'PASS' if r >= 0.999 else 'FAIL'}: Pearson = {r:.6f} (target >= 0.999)")
+    print(f"{'PASS' if tok <= 1.5 else 'FAIL'}: token scores for {args.n_train} seqs = {tok:.2f}x our instance-score pass (target <= 1.5x)")
+    print(f"{'PASS' if mem_ok else 'FAIL'}: peak RSS infra-pl {infra['peak_rss_mb']:.0f} MB vs kronfluence "
+          f"{kron['peak_rss_mb']:.0f} MB (target <=)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.only:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        result = run_infra(args) if args.only == "infra" else run_kronfluence(args)
+        Path(args.out).write_text(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench_vs_kron_") as tmp:
+        kron = child(args, "kronfluence", Path(tmp))
+        infra = child(args, "infra", Path(tmp))
+    report(args, kron, infra)
+
+
+if __name__ == "__main__":
+    main()
