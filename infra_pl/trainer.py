@@ -32,6 +32,38 @@ class AttributionStep(Callback):
         raise NotImplementedError
 
 
+PHASE_LABELS = {
+    "ekfac/setup": "Loading model",
+    "ekfac/covariance": "EK-FAC covariance",
+    "ekfac/lambda": "EK-FAC lambda",
+    "influence/measure": "Measurement gradient",
+    "influence/instance": "Instance scores",
+    "influence/tokens": "Token scores",
+}
+
+
+class _PhaseProgressLabel(Callback):
+    """Names the predict progress bar after the attribution phase (instead of "Predicting")."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._done = False
+
+    def on_predict_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self._done:
+            return
+        self._done = True
+        bar = trainer.progress_bar_callback
+        try:
+            tqdm_bar = getattr(bar, "predict_progress_bar", None)
+            if hasattr(tqdm_bar, "set_description"):  # TQDMProgressBar
+                tqdm_bar.set_description(self.label)
+            elif getattr(bar, "progress", None) is not None and getattr(bar, "predict_progress_bar_id", None) is not None:
+                bar.progress.update(bar.predict_progress_bar_id, description=self.label)  # RichProgressBar
+        except Exception:  # noqa: BLE001 - a label is cosmetic; never let it break a pass
+            pass
+
+
 class InfraTrainer(L.Trainer):
     """Trainer with ``attribute(model, datamodule, ckpt_path)``.
 
@@ -67,11 +99,14 @@ class InfraTrainer(L.Trainer):
         inference_mode = self.predict_loop.inference_mode
         self.predict_loop.inference_mode = False  # callbacks need autograd inside the pass
         ckpt_path, self._pending_ckpt_path = self._pending_ckpt_path, None
+        label = _PhaseProgressLabel(PHASE_LABELS.get(phase, phase))
+        self.callbacks.append(label)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*predict returned None.*")
                 self.predict(model, datamodule=datamodule, return_predictions=False, ckpt_path=ckpt_path)
         finally:
+            self.callbacks.remove(label)
             self.predict_loop.inference_mode = inference_mode
             self.attribution_phase = None
 
