@@ -279,6 +279,20 @@ class SFTModule(L.LightningModule):
         self.last_correctness_path = path
 
     # ------------------------------------------------------------ checkpoints
+    def _check_checkpoint_shapes(self, state: dict[str, torch.Tensor]) -> None:
+        """Refuse a checkpoint whose tensors do not fit, naming the likely cause (another tokenizer)."""
+        problems = _shape_problems(state, self)
+        if not problems:
+            return
+        hint = ""
+        if any("embed_tokens" in p or "lm_head" in p or "wte" in p for p in problems):
+            hint = (
+                " The vocabulary size differs: the checkpoint was trained with another tokenizer (for the demo: "
+                "other data settings or generator version, so a different locally trained tokenizer). Use the "
+                "same data settings as the run that wrote the checkpoint, or train again."
+            )
+        raise ValueError(f"checkpoint does not match the model ({len(problems)} tensor(s)): {problems[:3]}.{hint}")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.lora is None:
             return
@@ -287,6 +301,7 @@ class SFTModule(L.LightningModule):
         checkpoint["infra_pl_adapter_only"] = True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_checkpoint_shapes(checkpoint["state_dict"])
         if self.lora is None:
             return
         trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
@@ -295,6 +310,15 @@ class SFTModule(L.LightningModule):
             raise KeyError(f"LoRA checkpoint lacks {len(missing)} adapter weight(s), e.g. {sorted(missing)[:3]}")
         if not checkpoint.get("infra_pl_adapter_only"):
             warnings.warn("loading a full checkpoint into a LoRA module; base weights come from the checkpoint")
+
+
+def _shape_problems(state: dict[str, torch.Tensor], module: torch.nn.Module) -> list[str]:
+    own = module.state_dict()
+    return [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+        for key, value in state.items()
+        if key in own and tuple(own[key].shape) != tuple(value.shape)
+    ]
 
 
 def _strip_special(text: str, tokenizer: Any) -> str:

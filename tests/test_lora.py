@@ -35,3 +35,20 @@ def test_lora_adapter_checkpoint_reloads_with_identical_val_loss(tmp_path, tiny_
     )[0]["val/loss"]
     assert again == first
     assert abs(untrained - first) > 1e-4, "the adapters changed the model, so the reload check means something"
+
+
+def test_checkpoint_from_another_tokenizer_is_refused_with_the_cause(tmp_path, tiny_datamodule):
+    import pytest
+
+    module = SFTModule(model_config=TINY_MODEL, max_new_tokens=4)
+    trainer = make_trainer(tmp_path, max_steps=1, enable_checkpointing=False)
+    trainer.fit(module, datamodule=tiny_datamodule)
+    ckpt = tmp_path / "full.ckpt"
+    trainer.save_checkpoint(ckpt)
+    checkpoint = torch.load(ckpt, weights_only=False)
+    for key in list(checkpoint["state_dict"]):
+        if "embed_tokens" in key or "lm_head" in key:
+            checkpoint["state_dict"][key] = checkpoint["state_dict"][key][:-3]  # as if 3 fewer tokens
+    torch.save(checkpoint, ckpt)
+    with pytest.raises(ValueError, match="vocabulary size differs"):
+        make_trainer(tmp_path).validate(SFTModule(model_config=TINY_MODEL, max_new_tokens=4), datamodule=tiny_datamodule, ckpt_path=str(ckpt))
