@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -161,35 +161,23 @@ class EKFACFactors(AttributionStep):
         key = self._phase_key(model, tracked, train_ids)
         device = str(pl_module.device)
 
-        covariance, why = (None, "refit requested") if self.refit else phase_store.load_covariance(out, key, device)
-        if covariance is None:
-            _log(f"EK-FAC phase 1/3: covariance pass over {len(train_ids)} examples ({why})")
-            trainer.run_attribution_pass(COVARIANCE, pl_module, datamodule, batch_size=self.batch_size)
-            covariance = self._result
-            if trainer.is_global_zero:
-                phase_store.save_covariance(out, covariance, key)
-        else:
-            _log(f"EK-FAC phase 1/3: covariance {why} from {out / phase_store.PARTIAL}")
+        def run_pass(phase: str) -> Any:
+            trainer.run_attribution_pass(phase, pl_module, datamodule, batch_size=self.batch_size)
+            return self._result
 
-        eigen, why = (None, "refit requested") if self.refit else phase_store.load_eigen(out, key, device)
-        if eigen is None:
-            _log(f"EK-FAC phase 2/3: eigendecomposition of {len(tracked)} modules")
-            eigen = self._distributed_eigen(trainer, covariance)
-            if trainer.is_global_zero:
-                phase_store.save_eigen(out, eigen, key)
-        else:
-            _log(f"EK-FAC phase 2/3: eigendecomposition {why}")
-
-        lambdas, why = (None, "refit requested") if self.refit else phase_store.load_lambda(out, key, device)
-        if lambdas is None:
-            _log("EK-FAC phase 3/3: lambda pass")
-            self._eigen_for_pass = eigen
-            trainer.run_attribution_pass(LAMBDA, pl_module, datamodule, batch_size=self.batch_size)
-            lambdas = self._result
-            if trainer.is_global_zero:
-                phase_store.save_lambda(out, lambdas, key)
-        else:
-            _log(f"EK-FAC phase 3/3: lambda {why}")
+        covariance = self._phase(
+            trainer, out, key, device, "1/3 covariance", phase_store.load_covariance, phase_store.save_covariance,
+            lambda: run_pass(COVARIANCE),
+        )
+        eigen = self._phase(
+            trainer, out, key, device, "2/3 eigendecomposition", phase_store.load_eigen, phase_store.save_eigen,
+            lambda: self._distributed_eigen(trainer, covariance),
+        )
+        self._eigen_for_pass = eigen
+        lambdas = self._phase(
+            trainer, out, key, device, "3/3 lambda", phase_store.load_lambda, phase_store.save_lambda,
+            lambda: run_pass(LAMBDA),
+        )
 
         factors = Factors.from_states(
             covariance, eigen, lambdas, fisher=self.fisher, damping=self.damping, model=model, tracked=tracked, train_ids=train_ids
@@ -200,6 +188,19 @@ class EKFACFactors(AttributionStep):
             _log(f"EK-FAC factors written to {out}")
             self._log_tensorboard(trainer, factors)
         return factors
+
+    def _phase(self, trainer: Any, out: Path, key: dict[str, Any], device: str, label: str,
+               load: Callable, save: Callable, compute: Callable[[], Any]) -> Any:
+        """Reuse a finished phase from disk when its key matches, else compute it and save it (rank 0)."""
+        result, why = (None, "refit requested") if self.refit else load(out, key, device)
+        if result is not None:
+            _log(f"EK-FAC phase {label}: {why} from {out / phase_store.PARTIAL}")
+            return result
+        _log(f"EK-FAC phase {label}: computing ({why})")
+        result = compute()
+        if trainer.is_global_zero:
+            save(out, result, key)
+        return result
 
     # ------------------------------------------------------- batch plumbing
     def on_predict_start(self, trainer: Any, pl_module: L.LightningModule) -> None:

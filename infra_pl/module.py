@@ -96,14 +96,11 @@ class SFTModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "tokenizer", None) is not None:
             return datamodule.tokenizer
-        if self.hparams.tokenizer:
+        path = self.hparams.tokenizer or self.hparams.name_or_path
+        if path:
             from infra_pl.data.tokenizer import load_tokenizer
 
-            return load_tokenizer(self.hparams.tokenizer)
-        if self.hparams.name_or_path:
-            from infra_pl.data.tokenizer import load_tokenizer
-
-            return load_tokenizer(self.hparams.name_or_path)
+            return load_tokenizer(path)
         raise RuntimeError(
             "SFTModule needs a tokenizer: use ReasoningDataModule (it provides one) or pass tokenizer=<path>"
         )

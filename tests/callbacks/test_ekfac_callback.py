@@ -5,12 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from infra_pl.callbacks import EKFACFactors
 from infra_pl.ekfac import Factors, FactorsMismatchError, fit_factors
 from infra_pl.trainer import InfraTrainer
-from tests.scripts.attribute_factors import TINY_DEMO, build
+from tests.scripts.attribute_factors import build
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "attribute_factors.py"
 

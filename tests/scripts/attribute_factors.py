@@ -5,10 +5,10 @@ usage: python attribute_factors.py CACHE_DIR OUT_DIR DEVICES [LIMIT]
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from infra_pl.callbacks import EKFACFactors  # noqa: E402
@@ -17,11 +17,8 @@ from infra_pl.data.sources import Source  # noqa: E402
 from infra_pl.module import SFTModule  # noqa: E402
 from infra_pl.trainer import InfraTrainer  # noqa: E402
 
-TINY_MODEL = {
-    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-    "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": True,
-}
-TINY_DEMO = {"seed": 0, "n_train": 60, "n_eval": 5, "n_pool": 10}  # keep equal to tests.conftest.TINY_DEMO
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: make `tests` importable
+from tests.conftest import TINY_DEMO, TINY_MODEL  # noqa: E402  (one definition of the tiny settings)
 
 
 def build(cache: str, limit: int | None):
