@@ -1,0 +1,1 @@
+"""Attribution quality: linear datamodeling score (LDS) and counterfactual removal checks."""
