@@ -13,11 +13,18 @@ from typing import Any
 
 import lightning as L
 
+from infra_pl.hooks import ReportReady, dispatch, tensorboard_writer
+from infra_pl.protocol import ProtocolError
 from infra_pl.trainer import AttributionStep
 
 
 class AttributionReport(AttributionStep):
     """Write the attribution report and log its figures to TensorBoard.
+
+    Groups by the instance table's metadata columns: ``domain`` is required (from the
+    datamodule's ``attribution_metadata("train")``); ``category``, ``difficulty`` and
+    ``behaviour_*`` add tables when present. Afterwards every callback's
+    ``on_report_ready(trainer, pl_module, ReportReady)`` is called.
 
     Args:
         top_k: influential examples shown per measurement (with token heatmaps).
@@ -40,6 +47,11 @@ class AttributionReport(AttributionStep):
             raise RuntimeError("AttributionReport needs InfluenceScores to run first (add it to trainer.callbacks)")
         if not trainer.is_global_zero:
             return
+        if "domain" not in state["instance_scores"].columns:
+            raise ProtocolError(
+                "AttributionReport groups training examples by 'domain', which the instance scores lack: return it "
+                "from the datamodule's attribution_metadata('train'), or leave AttributionReport out of the callbacks"
+            )
         from infra_pl.report import standard_tables, write_report
 
         out = Path(self.output_dir) if self.output_dir else trainer.attribution_dir() / "report"
@@ -51,11 +63,11 @@ class AttributionReport(AttributionStep):
         state.update({"report_path": html_path, "report_markdown_path": md_path, "tables": tables})
         print(f"[infra-pl] report written to {html_path}", file=sys.stderr)
         self._tensorboard(trainer, instance_df, token_df, tables)
+        dispatch(trainer, pl_module, ReportReady(out, Path(html_path), Path(md_path), tables, state.get("scores_ready")))
 
     def _tensorboard(self, trainer: Any, instance_df: Any, token_df: Any, tables: dict[str, Any]) -> None:
-        logger = trainer.logger
-        writer = getattr(logger, "experiment", None) if logger is not None else None
-        if writer is None or not hasattr(writer, "add_figure"):
+        writer = tensorboard_writer(trainer)
+        if writer is None:
             return
         from infra_pl.report import score_histograms, token_heatmap
         from infra_pl.report.figures import report_figures

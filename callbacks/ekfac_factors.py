@@ -21,7 +21,6 @@ from infra_pl.ekfac import (
     Factors,
     FactorsMismatchError,
     LambdaAccumulator,
-    causal_lm_loss,
     data_fingerprint,
     eigendecompose,
     model_fingerprint,
@@ -29,6 +28,8 @@ from infra_pl.ekfac import (
 from infra_pl.ekfac import phase_store
 from infra_pl.ekfac.eigen import EigenBasis
 from infra_pl.ekfac.modules import layer_shape, resolve_modules
+from infra_pl.hooks import FactorsReady, dispatch, tensorboard_writer
+from infra_pl.protocol import attribution_model, loss_fn_for, model_is_built, require_data, require_module, require_true_fisher
 from infra_pl.trainer import AttributionStep
 
 COVARIANCE, LAMBDA = "ekfac/covariance", "ekfac/lambda"
@@ -41,6 +42,11 @@ def _log(message: str) -> None:
 
 class EKFACFactors(AttributionStep):
     """EK-FAC factors of the training-loss Fisher over the tracked (MLP) layers.
+
+    Works on any LightningModule implementing ``attribution_model()`` and ``per_example_loss``
+    (plus sampled labels for the true Fisher) with a datamodule implementing
+    ``attribution_ids``/``attribution_dataloader`` (``infra_pl.protocol``). Afterwards every
+    callback's ``on_factors_ready(trainer, pl_module, FactorsReady)`` is called.
 
     Args:
         modules: regex or list of module names to track; default: the MLP projections of every block
@@ -96,8 +102,8 @@ class EKFACFactors(AttributionStep):
 
     @staticmethod
     def hf_model(pl_module: L.LightningModule) -> torch.nn.Module:
-        """The network to hook: the module's ``model`` attribute when it has one (SFTModule)."""
-        return getattr(pl_module, "model", None) or pl_module
+        """The network to hook: ``pl_module.attribution_model()`` (the protocol)."""
+        return attribution_model(pl_module)
 
     def _phase_key(self, model: torch.nn.Module, tracked: dict[str, torch.nn.Module], train_ids: list[str]) -> dict[str, Any]:
         return {
@@ -111,16 +117,22 @@ class EKFACFactors(AttributionStep):
 
     # --------------------------------------------------------- entry point
     def run_attribution(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
+        require_module(pl_module, ["attribution_model", "per_example_loss"], "EKFACFactors")
+        if self.fisher == "true":
+            require_true_fisher(pl_module, "EKFACFactors")
+        require_data(datamodule, ["attribution_ids", "attribution_dataloader"], "EKFACFactors")
         out = self.factors_dir(trainer)
-        train_ids = [e["id"] for e in datamodule.train_examples]
+        train_ids = list(datamodule.attribution_ids("train"))
         self._ensure_model_ready(trainer, pl_module, datamodule)
         factors = None
         if (out / "manifest.json").exists() and not self.refit:
             factors = self._reuse(pl_module, out, train_ids)
+        reused = factors is not None
         if factors is None:
             factors = self._fit(trainer, pl_module, datamodule, out, train_ids)
         trainer.attribution_state["factors"] = factors
         trainer.attribution_state["factors_dir"] = out
+        dispatch(trainer, pl_module, FactorsReady(out, factors, list(factors.modules), factors.fisher, reused))
 
     @staticmethod
     def _ensure_model_ready(trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
@@ -129,7 +141,7 @@ class EKFACFactors(AttributionStep):
         Fingerprints of the model decide whether stored phases can be reused, so the checkpoint
         weights must be in place first.
         """
-        if trainer._pending_ckpt_path is None and getattr(pl_module, "model", None) is not None:
+        if trainer._pending_ckpt_path is None and model_is_built(pl_module):
             return
         limit = trainer.limit_predict_batches
         trainer.limit_predict_batches = 1
@@ -210,11 +222,12 @@ class EKFACFactors(AttributionStep):
         model = self.hf_model(pl_module)
         tracked = resolve_modules(model, self.modules)
         torch.manual_seed(self.seed + trainer.global_rank)  # true-Fisher label sampling, same in both passes
+        loss_fn = loss_fn_for(pl_module)
         if phase == COVARIANCE:
-            self._accumulator = CovarianceAccumulator(model, tracked, causal_lm_loss, self.fisher, self.dtype)
+            self._accumulator = CovarianceAccumulator(model, tracked, loss_fn, self.fisher, self.dtype)
         else:
             eigen = {n: _basis_to(b, pl_module.device) for n, b in self._eigen_for_pass.items()}
-            self._accumulator = LambdaAccumulator(model, tracked, eigen, causal_lm_loss, self.fisher, self.dtype)
+            self._accumulator = LambdaAccumulator(model, tracked, eigen, loss_fn, self.fisher, self.dtype)
 
     def on_predict_batch_end(self, trainer: Any, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self._accumulator is None or getattr(trainer, "attribution_phase", None) not in (COVARIANCE, LAMBDA):
@@ -260,15 +273,14 @@ class EKFACFactors(AttributionStep):
 
     # ---------------------------------------------------------- monitoring
     def _log_tensorboard(self, trainer: Any, factors: Factors) -> None:
-        logger = trainer.logger
-        if not self.log_spectra or logger is None or not hasattr(getattr(logger, "experiment", None), "add_histogram"):
+        writer = tensorboard_writer(trainer)
+        if not self.log_spectra or writer is None:
             return
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        writer = logger.experiment
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         for name, mod in factors.modules.items():
             short = name.replace("model.", "").replace("layers.", "L")

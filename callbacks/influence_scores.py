@@ -1,13 +1,18 @@
 """``InfluenceScores``: measurement directions, instance, token and sentence scores.
 
 Steps (each a dedicated pass or a small direct computation; the math is ``infra_pl.influence``):
-1. D_correct per evaluation domain from the correctness file of ``validate`` (Eq. 6).
-2. Measurement pass over D_correct: ∇f per domain, preconditioned once: v = H⁻¹∇f.
+1. The measurements f (``infra_pl.measurements``; default: mean log-likelihood over D_correct per
+   evaluation domain, from the correctness file of ``validate``, Eq. 6).
+2. Measurement pass per measurement: ∇f, preconditioned once: v = H⁻¹∇f.
 3. Instance pass over the training set: S(z) = vᵀ∇log p(z) for every example and measurement,
    written to Parquet parts as it goes (an interrupted pass resumes where it stopped).
 4. Token pass for the top-K examples per measurement: s_t by forward-mode JVP (Eq. 9); Σ_t s_t = S(z).
 5. Sentence scores for the top examples: S(z) − S(z without sentence y), re-scored (Eq. 7), beside
    the cheap token-sum over the sentence (labelled as an approximation).
+Then every callback's ``on_scores_ready(trainer, pl_module, ScoresReady)`` is called.
+
+What each step needs from the module and datamodule is ``infra_pl.protocol``; missing pieces are
+reported by name before any pass runs.
 """
 
 from __future__ import annotations
@@ -22,8 +27,18 @@ import lightning as L
 import pandas as pd
 import torch
 
-from infra_pl.data.schema import BEHAVIOURS
-from infra_pl.eval.dcorrect import latest_correctness_file, read_correctness, select_measurement_sets
+from infra_pl.hooks import ScoresReady, dispatch
+from infra_pl.measurements import CorrectAnswerLogLikelihood, Measurement, MeasurementContext, MeasurementSpec, build_specs
+from infra_pl.protocol import (
+    ProtocolError,
+    attribution_model,
+    batch_indices,
+    logits_fn_for,
+    loss_fn_for,
+    require_data,
+    require_module,
+    weighted_loss_fn,
+)
 from infra_pl.scores_store import PartWriter, done_indices, read_parts, write_table
 from infra_pl.trainer import AttributionStep
 
@@ -35,9 +50,12 @@ def _log(message: str) -> None:
 
 
 class InfluenceScores(AttributionStep):
-    """Influence of every training example on the reasoning measurements, plus token/sentence detail.
+    """Influence of every training example on the measurements, plus token/sentence detail.
 
     Args:
+        measurements: the measurement objects (``infra_pl.measurements``, ``class_path``/``init_args``
+            in YAML); default: one :class:`~infra_pl.measurements.CorrectAnswerLogLikelihood`
+            configured by the five arguments below (the paper's D_correct measurement).
         n_correct: size of D_correct per evaluation domain (random correct items; all if fewer).
         min_correct: below this many correct items a domain stops the run (unless ``fallback``).
         fallback: ``reference`` measures on the reference answers of all evaluation items when a
@@ -46,10 +64,11 @@ class InfluenceScores(AttributionStep):
             ``correctness.jsonl`` under the run folder; if none exists, validation runs first).
         seed: seed of the D_correct draw.
         batch_size: batch size of the scoring passes (default: the datamodule's eval batch size).
-        token_top_k: token scores for the top-K examples per measurement (by instance score).
+        token_top_k: token scores for the top-K examples per measurement (by instance score);
+            0 turns token scores off (then the module needs no ``attribution_logits``).
         token_all: token scores for every training example instead of the top-K.
-        sentence_top_k: sentence scores for the top examples per measurement.
-        pairwise: also write per-query scores (every D_correct item x every training example) to
+        sentence_top_k: sentence scores for the top examples per measurement (0: off).
+        pairwise: also write per-query scores (every measured item x every training example) to
             ``pairwise_scores.parquet``, for analyses beyond the mean measurement.
         output_dir: where scores go (default: ``<default_root_dir>/attribution/scores``).
     """
@@ -58,6 +77,7 @@ class InfluenceScores(AttributionStep):
 
     def __init__(
         self,
+        measurements: list[Measurement] | None = None,
         n_correct: int = 100,
         min_correct: int = 10,
         fallback: str | None = None,
@@ -70,6 +90,12 @@ class InfluenceScores(AttributionStep):
         pairwise: bool = False,
         output_dir: str | None = None,
     ) -> None:
+        if fallback not in (None, "reference"):
+            raise ValueError(f"fallback must be null or 'reference', got {fallback!r}")
+        self.measurements: list[Measurement] = list(measurements) if measurements else [
+            CorrectAnswerLogLikelihood(n=n_correct, min_correct=min_correct, fallback=fallback,
+                                       correctness_file=correctness_file, seed=seed)
+        ]
         self.n_correct = n_correct
         self.min_correct = min_correct
         self.fallback = fallback
@@ -86,61 +112,60 @@ class InfluenceScores(AttributionStep):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _model(pl_module: L.LightningModule) -> torch.nn.Module:
-        return getattr(pl_module, "model", None) or pl_module
+        return attribution_model(pl_module)
 
     @staticmethod
     def _tracked(model: torch.nn.Module, factors: Any) -> dict[str, torch.nn.Module]:
         named = dict(model.named_modules())
         return {name: named[name] for name in factors.modules}
 
-    def _correctness(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> list[dict[str, Any]] | None:
-        path = Path(self.correctness_file) if self.correctness_file else latest_correctness_file(trainer.default_root_dir)
-        if path is None or not path.exists():
-            _log("no correctness file found; running validate (greedy generation) to produce one")
-            trainer.validate(pl_module, datamodule=datamodule, verbose=False)
-            path = getattr(pl_module, "last_correctness_path", None)
-            if path is None:
-                return None
-        _log(f"D_correct from {path}")
-        return read_correctness(path)
+    @property
+    def _wants_tokens(self) -> bool:
+        return self.token_all or self.token_top_k > 0
+
+    def check_requirements(self, pl_module: Any, datamodule: Any) -> None:
+        """Fail before any pass when a requested product lacks a protocol method (named in the error)."""
+        require_module(pl_module, ["attribution_model", "per_example_loss"], "InfluenceScores")
+        require_data(datamodule, ["attribution_ids", "attribution_dataloader"], "InfluenceScores")
+        if self._wants_tokens:
+            require_module(pl_module, ["attribution_logits"], "InfluenceScores token scores",
+                           "Or set token_top_k: 0 on InfluenceScores.")
+        if self.sentence_top_k > 0:
+            hint = "Or set sentence_top_k: 0 on InfluenceScores."
+            require_module(pl_module, ["attribution_logits"], "InfluenceScores sentence scores", hint)
+            require_data(datamodule, ["attribution_example"], "InfluenceScores sentence scores", hint)
+            for attribute in ("tokenizer", "max_length"):
+                if getattr(datamodule, attribute, None) is None:
+                    raise ProtocolError(
+                        f"{type(datamodule).__name__} has no '{attribute}', which InfluenceScores sentence scores "
+                        f"need to re-tokenise examples with a sentence removed. {hint}"
+                    )
 
     # --------------------------------------------------------------- entry point
     def run_attribution(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
         from infra_pl.influence import measurement_directions
 
+        self.check_requirements(pl_module, datamodule)
         factors = trainer.attribution_state["factors"]
         out = Path(self.output_dir) if self.output_dir else trainer.attribution_dir() / "scores"
         model = self._model(pl_module)
         tracked = self._tracked(model, factors)
-        sets = select_measurement_sets(
-            datamodule.eval_examples,
-            self._correctness(trainer, pl_module, datamodule),
-            n=self.n_correct,
-            min_correct=self.min_correct,
-            seed=self.seed,
-            fallback=self.fallback,
-        )
-        info = {name: s.info() for name, s in sets.items()}
-        for name, s in sets.items():
-            label = " (FALLBACK: reference answers of all items)" if s.fallback else ""
-            _log(f"measurement '{name}': {s.n_used} items used, {s.n_available} correct available{label}")
+        train_ids = list(datamodule.attribution_ids("train"))
+        context = MeasurementContext(trainer, pl_module, datamodule, self.batch_size)
+        specs = build_specs(self.measurements, context)
+        info = {spec.name: dict(spec.info) for spec in specs}
 
         # Measurement gradients ∇f, one pass per measurement.
         gradients = {}
-        for name, s in sets.items():
-            self._phase_data = {"tracked": tracked, "sum": None, "count": 0, "f_sum": 0.0}
-            trainer.run_attribution_pass(MEASURE, pl_module, datamodule, split="eval", batch_size=self.batch_size, indices=s.indices)
-            count = self._phase_data["count"]
-            gradients[name] = {k: v / count for k, v in self._phase_data["sum"].items()}
-            info[name]["f_value"] = self._phase_data["f_sum"] / count
+        for spec in specs:
+            gradients[spec.name], info[spec.name]["f_value"] = self._measurement_gradient(trainer, pl_module, datamodule, tracked, spec)
         directions = measurement_directions(factors, gradients)
         names = list(directions.names)
         key = _directions_key(directions, factors)
 
         # Instance scores, resumable.
-        all_indices = list(range(len(datamodule.train_examples)))
         scored = self._score_training_set(trainer, pl_module, datamodule, tracked, directions, out / "instance_parts", key, "instance")
-        instance_df = _instance_table(datamodule, scored, names)
+        instance_df = _instance_table(datamodule, train_ids, scored, names)
         meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key}
         if trainer.is_global_zero:
             path = write_table(out / "instance_scores.parquet", instance_df, meta)
@@ -148,21 +173,23 @@ class InfluenceScores(AttributionStep):
             (out / "measurement_info.json").write_text(json.dumps(info, indent=2))
         trainer.attribution_state.update({"instance_scores": instance_df, "measurement_info": info, "directions": directions})
         if self.pairwise:
-            self._pairwise(trainer, pl_module, datamodule, tracked, factors, sets, out, meta)
+            self._pairwise(trainer, pl_module, datamodule, tracked, factors, specs, out, meta)
 
         # Token scores for the top-K examples per measurement (or all).
-        if self.token_all:
-            top = all_indices
-        else:
-            top = sorted({int(i) for n in names for i in instance_df.nlargest(self.token_top_k, f"score_{n}")["index"]})
-        self._phase_data = {"tracked": tracked, "directions": directions.to(pl_module.device), "rows": [], "names": names,
-                            "tokenizer": datamodule.tokenizer, "examples": datamodule.train_examples, "check": []}
-        trainer.run_attribution_pass(TOKENS, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=top)
-        token_df = pd.DataFrame(self._phase_data["rows"])
-        _check_token_sums(token_df, instance_df, names)
-        if trainer.is_global_zero:
-            trainer.attribution_state["token_scores_path"] = write_table(out / "token_scores.parquet", token_df, meta)
-        trainer.attribution_state["token_scores"] = token_df
+        if self._wants_tokens:
+            if self.token_all:
+                top = list(range(len(train_ids)))
+            else:
+                top = sorted({int(i) for n in names for i in instance_df.nlargest(self.token_top_k, f"score_{n}")["index"]})
+            self._phase_data = {"tracked": tracked, "directions": directions.to(pl_module.device), "rows": [], "names": names,
+                                "tokenizer": getattr(datamodule, "tokenizer", None), "ids": train_ids,
+                                "logits_fn": logits_fn_for(pl_module)}
+            trainer.run_attribution_pass(TOKENS, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=top)
+            token_df = pd.DataFrame(self._phase_data["rows"])
+            _check_token_sums(token_df, instance_df, names)
+            if trainer.is_global_zero:
+                trainer.attribution_state["token_scores_path"] = write_table(out / "token_scores.parquet", token_df, meta)
+            trainer.attribution_state["token_scores"] = token_df
 
         # Sentence scores for the top examples (rank 0, direct: a small set).
         if trainer.is_global_zero and self.sentence_top_k > 0:
@@ -170,10 +197,35 @@ class InfluenceScores(AttributionStep):
             trainer.attribution_state["sentence_scores"] = sentence_df
             trainer.attribution_state["sentence_scores_path"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
         trainer.attribution_state["scores_dir"] = out
+        state = trainer.attribution_state
+        state["scores_ready"] = ScoresReady(
+            scores_dir=out, measurements=names, instance_scores=instance_df, measurement_info=info,
+            instance_scores_path=state.get("instance_scores_path"), token_scores=state.get("token_scores"),
+            token_scores_path=state.get("token_scores_path"), sentence_scores=state.get("sentence_scores"),
+            sentence_scores_path=state.get("sentence_scores_path"), pairwise_scores_path=state.get("pairwise_scores_path"),
+        )
+        dispatch(trainer, pl_module, state["scores_ready"])
+
+    def _measurement_gradient(self, trainer, pl_module, datamodule, tracked, spec: MeasurementSpec) -> tuple[dict[str, torch.Tensor], float]:
+        """∇f and f of one measurement from a dedicated pass over its batches.
+
+        Unweighted batches: f = mean log p over the sequences (the paper's form). Batches with
+        ``measurement_weight``: f = Σ w_i log p_i (the weights carry any normalisation).
+        """
+        self._phase_data = {"tracked": tracked, "sum": None, "count": 0, "f_sum": 0.0, "weighted": None,
+                            "loss_fn": weighted_loss_fn(loss_fn_for(pl_module))}
+        trainer.run_attribution_pass(MEASURE, pl_module, datamodule, loader=spec.loader)
+        data = self._phase_data
+        if data["sum"] is None:
+            raise ValueError(f"measurement {spec.name!r} has no sequences on this rank (an empty loader?)")
+        if data["weighted"]:
+            return data["sum"], data["f_sum"]
+        count = data["count"]
+        return {k: v / count for k, v in data["sum"].items()}, data["f_sum"] / count
 
     def _score_training_set(self, trainer, pl_module, datamodule, tracked, directions, parts: Path, key: str, what: str) -> pd.DataFrame:
         """Scores of every training example for ``directions`` (columns ``score_<name>``), resumable."""
-        all_indices = list(range(len(datamodule.train_examples)))
+        all_indices = list(range(len(datamodule.attribution_ids("train"))))
         done = done_indices(parts, key)
         todo = [i for i in all_indices if i not in done]
         if done:
@@ -184,28 +236,46 @@ class InfluenceScores(AttributionStep):
                 "directions": directions.to(pl_module.device),
                 "writer": PartWriter(parts, key, rank=trainer.global_rank),
                 "names": list(directions.names),
+                "loss_fn": loss_fn_for(pl_module),
             }
             trainer.run_attribution_pass(INSTANCE, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=todo)
             trainer.strategy.barrier()
-        return read_parts(parts, key).to_pandas().drop_duplicates("index").set_index("index").sort_index()
+        table = read_parts(parts, key)
+        if table is None:
+            raise ValueError(f"{what} scores: the training loader yielded no batches (is attribution_dataloader('train') empty?)")
+        return table.to_pandas().drop_duplicates("index").set_index("index").sort_index()
 
-    def _pairwise(self, trainer, pl_module, datamodule, tracked, factors, sets, out: Path, meta: dict[str, Any]) -> None:
-        """Per-query scores (n_query x n_train) for the D_correct items, in long format."""
+    def _pairwise(self, trainer, pl_module, datamodule, tracked, factors, specs: list[MeasurementSpec], out: Path, meta: dict[str, Any]) -> None:
+        """Per-query scores (n_query x n_train) for the measured items, in long format.
+
+        Queries are the datamodule items the measurements are defined on (``spec.split`` and
+        ``spec.indices``; for the default, the D_correct items of every domain).
+        """
         from infra_pl.influence import query_directions
 
-        queries = sorted({i for s in sets.values() for i in s.indices})
-        loader = datamodule.attribution_dataloader("eval", self.batch_size, queries)
-        order = [int(i) for batch in loader for i in batch["index"]]  # query_k = k-th item in loader order
-        directions = query_directions(self._model(pl_module), loader, factors, tracked)
+        itemised = [s for s in specs if s.indices is not None and s.split is not None]
+        splits = {s.split for s in itemised}
+        if not itemised or len(splits) > 1:
+            _log("pairwise scores: skipped, they need measurements over items of one datamodule split "
+                 f"(got {sorted(splits) or 'none'})")
+            return
+        split = splits.pop()
+        query_ids = list(datamodule.attribution_ids(split))
+        query_meta = list(datamodule.attribution_metadata(split)) if callable(getattr(datamodule, "attribution_metadata", None)) else None
+        train_ids = list(datamodule.attribution_ids("train"))
+        queries = sorted({i for s in itemised for i in s.indices})
+        loader = datamodule.attribution_dataloader(split, self.batch_size, queries)
+        order = [i for batch in loader for i in batch_indices(batch, "pairwise scores")]  # query_k = k-th item in loader order
+        directions = query_directions(self._model(pl_module), loader, factors, tracked, loss_fn=loss_fn_for(pl_module))
         key = _directions_key(directions, factors)
         scored = self._score_training_set(trainer, pl_module, datamodule, tracked, directions, out / "pairwise_parts", key, "pairwise")
         rows = []
-        for k, eval_index in enumerate(order):
-            query = datamodule.eval_examples[eval_index]
+        for k, query_index in enumerate(order):
+            domain = query_meta[query_index].get("domain") if query_meta is not None else None
             column = scored[f"score_query_{k}"]
             for train_index, value in column.items():
-                rows.append({"query_id": query["id"], "query_domain": query["domain"],
-                             "train_id": datamodule.train_examples[int(train_index)]["id"], "score": float(value)})
+                rows.append({"query_id": query_ids[query_index], "query_domain": domain,
+                             "train_id": train_ids[int(train_index)], "score": float(value)})
         if trainer.is_global_zero:
             path = write_table(out / "pairwise_scores.parquet", pd.DataFrame(rows), meta)
             trainer.attribution_state["pairwise_scores_path"] = path
@@ -221,22 +291,33 @@ class InfluenceScores(AttributionStep):
         model, data = self._model(pl_module), self._phase_data
         with torch.enable_grad():
             if phase == MEASURE:
-                size = int(batch["input_ids"].shape[0])
-                grad = measurement_gradient(model, [batch], data["tracked"])
-                summed = {k: v * size for k, v in grad.items()}
-                data["sum"] = summed if data["sum"] is None else {k: data["sum"][k] + v for k, v in summed.items()}
-                data["count"] += size
-                with torch.no_grad():
-                    data["f_sum"] += float(-pl_module.per_example_loss(batch).sum()) if hasattr(pl_module, "per_example_loss") else 0.0
+                self._measure_batch(model, batch, measurement_gradient)
             elif phase == INSTANCE:
-                scores = instance_scores(model, batch, data["directions"], data["tracked"]).detach().cpu()
+                indices = batch_indices(batch, "instance scores")
+                scores = instance_scores(model, batch, data["directions"], data["tracked"], loss_fn=data["loss_fn"]).detach().cpu()
                 rows = [
-                    {"index": int(i), **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(data["names"])}}
-                    for r, i in enumerate(batch["index"].tolist())
+                    {"index": i, **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(data["names"])}}
+                    for r, i in enumerate(indices)
                 ]
                 data["writer"].add(rows)
             else:
                 self._token_rows(model, batch)
+
+    def _measure_batch(self, model: torch.nn.Module, batch: Any, measurement_gradient: Any) -> None:
+        """Add Σ_i w_i ∇log p_i (w_i = 1 for unweighted batches) and Σ_i w_i log p_i of one batch."""
+        data = self._phase_data
+        weighted = "measurement_weight" in batch
+        if data["weighted"] is None:
+            data["weighted"] = weighted
+        elif data["weighted"] != weighted:
+            raise ValueError("a measurement's batches must all carry 'measurement_weight' or none of them")
+        size = int(batch["input_ids"].shape[0])
+        grad = measurement_gradient(model, [batch], data["tracked"], loss_fn=data["loss_fn"])
+        summed = {k: v * size for k, v in grad.items()}
+        data["sum"] = summed if data["sum"] is None else {k: data["sum"][k] + v for k, v in summed.items()}
+        data["count"] += size
+        with torch.no_grad():
+            data["f_sum"] += float(-data["loss_fn"](model, batch, False).sum())
 
     def on_predict_end(self, trainer: Any, pl_module: L.LightningModule) -> None:
         phase = getattr(trainer, "attribution_phase", None)
@@ -254,13 +335,14 @@ class InfluenceScores(AttributionStep):
         from infra_pl.influence import token_scores
 
         data = self._phase_data
-        scores = token_scores(model, batch, data["directions"], data["tracked"]).detach().cpu()  # [M, B, T-1]
+        indices = batch_indices(batch, "token scores")
+        scores = token_scores(model, batch, data["directions"], data["tracked"], logits_fn=data["logits_fn"]).detach().cpu()  # [M, B, T-1]
         targets = batch["labels"][:, 1:].cpu()
         tokenizer = data["tokenizer"]
-        for row, index in enumerate(batch["index"].tolist()):
-            example_id = data["examples"][index]["id"]
+        for row, index in enumerate(indices):
+            example_id = data["ids"][index]
             positions = (targets[row] != -100).nonzero().flatten().tolist()
-            pieces = [tokenizer.decode([int(targets[row, p])]) for p in positions]
+            pieces = [tokenizer.decode([int(targets[row, p])]) if tokenizer is not None else str(int(targets[row, p])) for p in positions]
             for m, name in enumerate(data["names"]):
                 for p, piece in zip(positions, pieces):
                     data["rows"].append(
@@ -274,13 +356,15 @@ class InfluenceScores(AttributionStep):
 
         model = self._model(pl_module)
         dirs = directions.to(pl_module.device)
+        loss_fn, logits_fn = loss_fn_for(pl_module), logits_fn_for(pl_module)
+        ids = list(datamodule.attribution_ids("train"))
         chosen: dict[int, list[str]] = {}
         for name in names:
             for index in instance_df.nlargest(self.sentence_top_k, f"score_{name}")["index"]:
                 chosen.setdefault(int(index), []).append(name)
         rows = []
         for index, measured in chosen.items():
-            example = datamodule.train_examples[index]
+            example = datamodule.attribution_example("train", index)
             messages = example["messages"]
             turn = max(i for i, msg in enumerate(messages) if msg["role"] == "assistant")
             sentences = [s for s in split_sentences(messages[turn]["content"]) if s.kind != "marker"]
@@ -288,14 +372,15 @@ class InfluenceScores(AttributionStep):
                 continue
             result = sentence_scores(
                 model, datamodule.tokenizer, messages, sentences, dirs, tracked,
-                max_length=datamodule.max_length, assistant_turn_index=turn,
+                max_length=datamodule.max_length, assistant_turn_index=turn, with_token_sum=False, loss_fn=loss_fn,
             )
+            token_sum = _token_sums(model, datamodule.tokenizer, messages, datamodule.max_length, dirs, tracked, logits_fn, result.spans)
             labels = _sentence_labels(example, sentences)
             for m, name in enumerate(names):
                 for k, sentence in enumerate(sentences):
                     rows.append(
                         {
-                            "id": example["id"],
+                            "id": ids[index],
                             "index": index,
                             "measurement": name,
                             "top_for": ",".join(measured),
@@ -304,11 +389,29 @@ class InfluenceScores(AttributionStep):
                             "kind": sentence.kind,
                             "behaviours": labels[k],
                             "score_removal": float(result.removal[k, m]),
-                            "score_token_sum": float(result.token_sum[k, m]) if result.token_sum is not None else float("nan"),
+                            "score_token_sum": float(token_sum[k, m]),
                             "n_tokens": len(result.spans[k]),
                         }
                     )
         return pd.DataFrame(rows)
+
+
+def _token_sums(model, tokenizer, messages, max_length, directions, tracked, logits_fn, spans: list[list[int]]) -> torch.Tensor:
+    """The cheap approximation beside Eq. 7: Σ of the Eq. 9 token scores over each sentence, [S, M].
+
+    Computed here (not inside ``sentence_scores``) so it runs through the module's own
+    ``attribution_logits``, whatever network that is.
+    """
+    from infra_pl.data.tokenize import collate_padded, tokenize_chat
+    from infra_pl.influence import token_scores
+
+    tokenized = tokenize_chat(tokenizer, messages, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = collate_padded([{"input_ids": tokenized.input_ids, "labels": tokenized.labels, "index": 0}], pad_id)
+    per_token = token_scores(model, batch, directions, tracked, logits_fn=logits_fn)[:, 0].detach().double().cpu()  # [M, T-1]
+    if not spans:
+        return torch.zeros(0, len(directions), dtype=torch.float64)
+    return torch.stack([per_token[:, span].sum(dim=1) for span in spans])
 
 
 def _sentence_labels(example: dict[str, Any], sentences: list[Any]) -> list[list[str]]:
@@ -337,23 +440,18 @@ def _directions_key(directions: Any, factors: Any) -> str:
     return digest.hexdigest()[:20]
 
 
-def _instance_table(datamodule: Any, scored: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+def _instance_table(datamodule: Any, train_ids: list[str], scored: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """One row per scored training example: id, index, the datamodule's metadata columns, scores."""
+    has_metadata = callable(getattr(datamodule, "attribution_metadata", None))
+    metadata = list(datamodule.attribution_metadata("train")) if has_metadata else [{} for _ in train_ids]
+    if len(metadata) != len(train_ids):
+        raise ProtocolError(f"attribution_metadata('train') has {len(metadata)} rows for {len(train_ids)} ids")
     rows = []
-    features = {f["index"]: f for f in datamodule._train_features}
-    for index, example in enumerate(datamodule.train_examples):
+    for index, example_id in enumerate(train_ids):
         if index not in scored.index:
             continue
-        feature = features.get(index)
-        row = {
-            "id": example["id"],
-            "index": index,
-            "domain": example["domain"],
-            "source": example["source"],
-            "category": example["category"],
-            "difficulty": example["difficulty"],
-            "n_target_tokens": sum(1 for label in feature["labels"][1:] if label != -100) if feature else 0,
-        }
-        row.update({f"behaviour_{b}": int(example["behaviours"].get(b, 0)) for b in BEHAVIOURS})
+        row = {"id": example_id, "index": index}
+        row.update({k: v for k, v in metadata[index].items() if k not in row and not k.startswith("score_")})
         row.update({f"score_{n}": float(scored.at[index, f"score_{n}"]) for n in names})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ import torch
 import torchmetrics
 from torch.optim.lr_scheduler import LambdaLR
 
+from infra_pl.ekfac.loss import sample_target_labels
 from infra_pl.eval.sandbox import SandboxLimits
 from infra_pl.eval.scoring import Verdict, score_generations
 from infra_pl.losses import mean_token_nll, per_example_nll, target_log_probs
@@ -137,9 +138,23 @@ class SFTModule(L.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     # ------------------------------------- what attribution needs from a module
+    # (infra_pl.protocol.AttributableModule and its optional parts)
+    def attribution_model(self) -> torch.nn.Module | None:
+        """The network the attribution callbacks hook: the HF model (None until configure_model)."""
+        return self.model
+
+    def attribution_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token logits [B, T, V] for token scores; targets are ``batch["labels"][:, 1:]``."""
+        return self(batch["input_ids"], batch.get("attention_mask"))
+
     def per_example_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """L(z) for each sequence of the batch: summed NLL over assistant tokens, shape [B]."""
-        return per_example_nll(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        return per_example_nll(self(batch["input_ids"], batch.get("attention_mask")), batch["labels"])
+
+    def sampled_per_example_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L(z) with every target token drawn from the model's prediction (true Fisher), shape [B]."""
+        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        return per_example_nll(logits, sample_target_labels(logits.detach(), batch["labels"]))
 
     def token_log_probs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """log p(z_t | z_<t) per target position and its mask, each [B, T-1]."""

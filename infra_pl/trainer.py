@@ -17,6 +17,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from infra_pl.protocol import require_data
+
 
 class AttributionStep(Callback):
     """Base class of the callbacks that ``infra-pl attribute`` drives.
@@ -90,11 +92,21 @@ class InfraTrainer(L.Trainer):
         split: str = "train",
         batch_size: int | None = None,
         indices: list[int] | None = None,
+        loader: Any = None,
     ) -> None:
-        """One dedicated pass over ``split`` (or the examples at ``indices``) with callbacks listening for ``phase``."""
-        if datamodule is None or not hasattr(datamodule, "set_predict_split"):
-            raise TypeError("attribution passes need a datamodule with set_predict_split() (ReasoningDataModule)")
-        datamodule.set_predict_split(split, batch_size, indices)
+        """One dedicated pass with callbacks listening for ``phase``.
+
+        Iterates ``loader`` when given (e.g. a measurement's own sequences), else
+        ``datamodule.attribution_dataloader(split, batch_size, indices)`` (the data protocol,
+        :class:`infra_pl.protocol.AttributionData`). The datamodule stays attached as
+        ``trainer.datamodule`` so the module can reach it (SFTModule reads its tokenizer).
+        """
+        if loader is None:
+            require_data(datamodule, ["attribution_dataloader"], f"the attribution pass '{phase}'")
+            loader = datamodule.attribution_dataloader(split, batch_size, indices)
+        if isinstance(datamodule, L.LightningDataModule):
+            self.datamodule = datamodule
+            datamodule.trainer = self
         self.attribution_phase = phase
         inference_mode = self.predict_loop.inference_mode
         self.predict_loop.inference_mode = False  # callbacks need autograd inside the pass
@@ -104,7 +116,7 @@ class InfraTrainer(L.Trainer):
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*predict returned None.*")
-                self.predict(model, datamodule=datamodule, return_predictions=False, ckpt_path=ckpt_path)
+                self.predict(model, dataloaders=loader, return_predictions=False, ckpt_path=ckpt_path)
         finally:
             self.callbacks.remove(label)
             self.predict_loop.inference_mode = inference_mode
@@ -128,8 +140,10 @@ class InfraTrainer(L.Trainer):
                 file=sys.stderr,
             )
         self._pending_ckpt_path = ckpt_path
-        if datamodule is not None:
+        require_data(datamodule, ["attribution_ids", "attribution_dataloader"], "`attribute`")
+        if callable(getattr(datamodule, "prepare_data", None)):
             datamodule.prepare_data()
+        if callable(getattr(datamodule, "setup", None)):
             datamodule.setup("predict")
         self.attribution_state = {}
         for step in steps:

@@ -21,7 +21,7 @@ from infra_pl.data.batching import LengthGroupedBatchSampler
 from infra_pl.data.difficulty import DifficultyOptions, apply_difficulty
 from infra_pl.data.exploration import remove_exploration as cut_exploration
 from infra_pl.data.flip import FlipOptions, apply_flip, write_difficulty_histograms
-from infra_pl.data.schema import DataError
+from infra_pl.data.schema import BEHAVIOURS, DataError
 from infra_pl.data.sources import Source, load_source
 from infra_pl.data.tokenize import TruncationStats, collate_padded, tokenize_chat
 
@@ -353,6 +353,40 @@ class ReasoningDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=partial(collate_padded, pad_token_id=self.pad_token_id),
         )
+
+    # ------------------------------------------- attribution data protocol
+    # (infra_pl.protocol.AttributionData: what the attribution callbacks call)
+    def _split_examples(self, split: str) -> list[dict[str, Any]]:
+        if split not in ("train", "eval"):
+            raise ValueError(f"unknown split '{split}' (train or eval)")
+        return self.train_examples if split == "train" else self.eval_examples
+
+    def attribution_ids(self, split: str) -> list[str]:
+        """Example ids of ``split``; position i is the ``index`` carried in that split's batches."""
+        return [example["id"] for example in self._split_examples(split)]
+
+    def attribution_metadata(self, split: str) -> list[dict[str, Any]]:
+        """Per-example columns of the instance table: domain, source, category, difficulty, target
+        token count and behaviour counts (the report groups by them)."""
+        features = {f["index"]: f for f in (self._train_features if split == "train" else self._eval_features)}
+        rows = []
+        for index, example in enumerate(self._split_examples(split)):
+            feature = features.get(index)
+            row = {
+                "domain": example["domain"],
+                "source": example["source"],
+                "category": example["category"],
+                "difficulty": example["difficulty"],
+                "n_target_tokens": sum(1 for label in feature["labels"][1:] if label != -100) if feature else 0,
+            }
+            behaviours = example.get("behaviours") or {}
+            row.update({f"behaviour_{b}": int(behaviours.get(b, 0)) for b in BEHAVIOURS})
+            rows.append(row)
+        return rows
+
+    def attribution_example(self, split: str, index: int) -> dict[str, Any]:
+        """The schema record at ``index`` (chat ``messages``, sentence labels): for sentence scores."""
+        return self._split_examples(split)[index]
 
     # ---------------------------------------------------------------- summary
     def describe(self) -> str:
