@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from infra_pl.protocol import require_data
+from infra_pl.protocol import model_is_built, require_data
 
 
 class AttributionStep(Callback):
@@ -64,6 +64,11 @@ class _PhaseProgressLabel(Callback):
                 bar.progress.update(bar.predict_progress_bar_id, description=self.label)  # RichProgressBar
         except Exception:  # noqa: BLE001 - a label is cosmetic; never let it break a pass
             pass
+
+
+def _no_prediction(*args: Any, **kwargs: Any) -> None:
+    """``predict_step`` during attribution passes: nothing to predict, the callbacks do the work."""
+    return None
 
 
 class InfraTrainer(L.Trainer):
@@ -113,11 +118,18 @@ class InfraTrainer(L.Trainer):
         ckpt_path, self._pending_ckpt_path = self._pending_ckpt_path, None
         label = _PhaseProgressLabel(PHASE_LABELS.get(phase, phase))
         self.callbacks.append(label)
+        own_step = vars(model).get("predict_step")
+        # The work happens in the callbacks' batch hooks; a user's predict_step (generation, say)
+        # must not run on every attribution batch, so it is shadowed for the pass.
+        model.predict_step = _no_prediction
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*predict returned None.*")
                 self.predict(model, dataloaders=loader, return_predictions=False, ckpt_path=ckpt_path)
         finally:
+            del model.predict_step
+            if own_step is not None:
+                model.predict_step = own_step
             self.callbacks.remove(label)
             self.predict_loop.inference_mode = inference_mode
             self.attribution_phase = None
@@ -133,7 +145,7 @@ class InfraTrainer(L.Trainer):
             )
         if ckpt_path is not None and not Path(ckpt_path).exists():
             raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-        if ckpt_path is None and not getattr(model, "hparams", {}).get("name_or_path"):
+        if ckpt_path is None and not getattr(model, "hparams", {}).get("name_or_path") and not model_is_built(model):
             print(
                 "[infra-pl] warning: `attribute` without --ckpt_path scores the model as configured "
                 "(for the demo: untrained random weights)",
