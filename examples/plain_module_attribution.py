@@ -181,6 +181,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-prompts", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument("--progress-bar", action="store_true", help="show Lightning's (TQDM) progress bar in the passes")
     return parser.parse_args(argv)
 
 
@@ -218,7 +219,7 @@ def attribute(module: L.LightningModule, datamodule: L.LightningDataModule, args
               callbacks: list[Any], logger: Any = False) -> dict[str, Any]:
     from infra_pl.trainer import InfraTrainer
 
-    trainer = InfraTrainer(accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
+    trainer = InfraTrainer(accelerator="cpu", devices=1, logger=logger, enable_progress_bar=args.progress_bar,
                            enable_model_summary=False, default_root_dir=args.out, callbacks=callbacks)
     return trainer.attribute(module, datamodule=datamodule)
 
