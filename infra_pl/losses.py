@@ -26,10 +26,33 @@ def target_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return log_probs * mask, mask
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Labels shifted so position t holds the token that position t's logits predict: [B, T].
+
+    The last position predicts nothing (-100). Shifting the *labels* instead of slicing the
+    logits (``logits[:, :-1]``) matters for speed and memory: the slice of a [B, T, vocab] tensor
+    is copied before the softmax, and its backward allocates and zero-fills a full-size gradient;
+    both are as large as the logits, the biggest activation of a small-vocabulary pass.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def _token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL of the next-token targets (0 where there is none): [B, T], float32."""
+    targets = next_token_targets(labels)
+    nll = F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return nll.view(targets.shape)
+
+
 def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """L(z): summed NLL over the target (assistant) tokens of each sequence, shape [B]."""
-    log_probs, _ = target_log_probs(logits, labels)
-    return -log_probs.sum(dim=-1)
+    """L(z): summed NLL over the target (assistant) tokens of each sequence, shape [B].
+
+    Equal to ``-target_log_probs(logits, labels)[0].sum(-1)`` (a test checks it), computed without
+    copying the logits (see :func:`next_token_targets`).
+    """
+    return _token_nll(logits, labels).sum(dim=-1)
 
 
 def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,12 +61,6 @@ def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     Returns ``(loss, n_tokens)``. Dividing by the batch's token count (not averaging per-sequence
     means) weights every target token equally, as Hugging Face's causal-LM loss does.
     """
-    targets = labels[:, 1:]
-    n_tokens = targets.ne(IGNORE_INDEX).sum()
-    loss = F.cross_entropy(
-        logits[:, :-1, :].float().reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    ) / n_tokens.clamp(min=1)
-    return loss, n_tokens
+    nll = _token_nll(logits, labels)
+    n_tokens = labels[:, 1:].ne(IGNORE_INDEX).sum()
+    return nll.sum() / n_tokens.clamp(min=1), n_tokens

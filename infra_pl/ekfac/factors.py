@@ -53,7 +53,8 @@ class ModuleFactors:
         q_s = self.eigen.gradient_eigenvectors.to(device=grad.device, dtype=dtype)
         denominator = self.lambdas.to(device=grad.device, dtype=dtype) + self.damping
         rotated = q_s.t() @ grad.to(dtype) @ q_a
-        return q_s @ (rotated / denominator) @ q_a.t()
+        rotated.div_(denominator)  # in place: a fresh tensor, and the gradient-sized buffer is the costly part
+        return q_s @ rotated @ q_a.t()
 
 
 def resolve_damping(lambdas: torch.Tensor, damping: float | None) -> float:

@@ -42,6 +42,15 @@ def sample_target_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return sampled
 
 
+def causal_lm_logits(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    """Logits of a Hugging Face causal LM, without building a KV cache (nothing reuses it)."""
+    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if getattr(getattr(model, "config", None), "use_cache", None) is not None:
+        kwargs["use_cache"] = False
+    outputs = model(**kwargs)
+    return outputs.logits if hasattr(outputs, "logits") else outputs[0]
+
+
 def causal_lm_loss(model: nn.Module, batch: Mapping[str, Any], sample_labels: bool) -> torch.Tensor:
     """Default loss for Hugging Face causal LMs: summed target-token NLL per sequence, shape [B].
 
@@ -49,8 +58,7 @@ def causal_lm_loss(model: nn.Module, batch: Mapping[str, Any], sample_labels: bo
     definition SFT and the measurement use), so a bf16 model does not lose precision in the
     log-softmax.
     """
-    outputs = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
+    logits = causal_lm_logits(model, batch)
     labels = batch["labels"]
     if sample_labels:
         labels = sample_target_labels(logits.detach(), labels)

@@ -28,9 +28,10 @@ from torch import nn
 
 from infra_pl.ekfac.capture import Capture
 from infra_pl.ekfac.factors import Factors
-from infra_pl.ekfac.gradients import per_example_gradients
+from infra_pl.ekfac.gradients import sequence_gradients
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
-from infra_pl.ekfac.passes import capture_pass, eval_mode
+from infra_pl.ekfac.modules import layer_shape, resolve_modules
+from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode, model_device
 from infra_pl.influence.measurement import Directions, Modules
 
 Contraction = Literal["auto", "sequence", "token"]
@@ -138,19 +139,37 @@ def query_directions(
 
     Compute once and pass to :func:`instance_scores` for every training batch (that is all
     :func:`pairwise_scores` does); memory is Q × the tracked parameters.
+
+    Each module's per-query gradients are preconditioned inside the backward hook, as soon as
+    they exist, and written straight into a preallocated [Q, out, in(+1)] buffer: only one
+    module's raw gradients are alive at a time, and no list of parts is concatenated at the end
+    (which would briefly hold every direction twice).
     """
     if modules is None:
         named = dict(model.named_modules())
         modules = {n: named[n] for n in factors.modules}
-    stacks: dict[str, list[torch.Tensor]] = {}
-    for batch in query_batches:
-        grads = per_example_gradients(model, batch, loss_fn, modules, dtype=dtype)
-        for name, value in factors.precondition(grads).items():
-            stacks.setdefault(name, []).append(-value.to(dtype))
-    if not stacks:
+    tracked = resolve_modules(model, modules)
+    batches = list(query_batches)
+    count = sum(batch_size(b) for b in batches)
+    if count == 0:
         raise ValueError("no query sequences given")
-    per_module = {name: torch.cat(parts) for name, parts in stacks.items()}
-    count = next(iter(per_module.values())).shape[0]
+    device = model_device(model)
+    per_module = {
+        name: torch.empty((count, *layer_shape(module).matrix_shape), dtype=dtype, device=device)
+        for name, module in tracked.items()
+    }
+    offset = 0
+
+    def precondition_into(name: str, activations: torch.Tensor, output_grads: torch.Tensor) -> None:
+        grads = sequence_gradients(activations, output_grads)
+        rows = per_module[name][offset : offset + grads.shape[0]]
+        rows.copy_(factors.precondition({name: grads})[name]).neg_()
+
+    capture = Capture(tracked, on_pair=precondition_into, dtype=dtype)
+    with eval_mode(model), capture:
+        for batch in batches:
+            capture_pass(model, batch, loss_fn, capture, sample_labels=False)
+            offset += batch_size(batch)
     return Directions([f"query_{k}" for k in range(count)], per_module)
 
 

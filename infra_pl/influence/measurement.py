@@ -102,8 +102,12 @@ def measurement_gradient(
     sums: dict[str, torch.Tensor] = {}
 
     def accumulate(name: str, activations: torch.Tensor, output_grads: torch.Tensor) -> None:
-        term = torch.einsum("bto,bti->oi", output_grads, activations)
-        sums[name] = term if name not in sums else sums[name] + term
+        # Σ_b Σ_t g_t a_tᵀ as one [out, tokens] x [tokens, in] product (einsum would copy operands).
+        flat_grads, flat_acts = output_grads.reshape(-1, output_grads.shape[-1]), activations.reshape(-1, activations.shape[-1])
+        if name in sums:
+            sums[name].addmm_(flat_grads.t(), flat_acts)
+        else:
+            sums[name] = flat_grads.t() @ flat_acts
 
     count = 0
     capture = Capture(tracked, on_pair=accumulate, dtype=dtype)

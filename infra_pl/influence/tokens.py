@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from infra_pl.ekfac.loss import LossFn, causal_lm_loss
+from infra_pl.ekfac.loss import LossFn, causal_lm_logits, causal_lm_loss
 from infra_pl.ekfac.modules import layer_shape
 from infra_pl.ekfac.passes import batch_to_device, eval_mode, model_device
 from infra_pl.influence.instance import position_contributions
@@ -54,15 +54,6 @@ from infra_pl.influence.measurement import Directions, Modules
 from infra_pl.losses import target_log_probs
 
 LogitsFn = Callable[[nn.Module, Mapping[str, Any]], torch.Tensor]
-
-
-def causal_lm_logits(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-    """Logits of a Hugging Face causal LM, without building a KV cache (nothing reuses it)."""
-    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
-    if getattr(getattr(model, "config", None), "use_cache", None) is not None:
-        kwargs["use_cache"] = False
-    outputs = model(**kwargs)
-    return outputs.logits if hasattr(outputs, "logits") else outputs[0]
 
 
 class _Perturbation:
