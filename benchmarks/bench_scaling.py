@@ -41,6 +41,7 @@ from _common import (  # noqa: E402
     peak_rss_mb,
     random_tokens,
     reset_peak,
+    set_clock,
     set_threads,
     timed,
 )
@@ -52,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="cpu: process CPU seconds (robust on shared cores); wall: elapsed seconds")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=1024)
@@ -71,6 +74,7 @@ def run_point(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
     from infra_pl.influence import instance_scores, measurement_directions, measurement_gradient
 
     set_threads(args.threads)
+    set_clock(args.clock)
     heads = max(1, width // 32)
     model = build_model(width, 4 * width, args.layers, heads, args.vocab, seed=0)
     train = batches(random_tokens(n, seq, args.vocab, seed=1), args.batch_size)
@@ -104,7 +108,7 @@ def run_point(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
 
 def child(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--point", f"{n},{seq},{width}",
-           "--threads", str(args.threads), "--repeats", str(args.repeats), "--batch-size", str(args.batch_size),
+           "--threads", str(args.threads), "--repeats", str(args.repeats), "--clock", args.clock, "--batch-size", str(args.batch_size),
            "--layers", str(args.layers), "--vocab", str(args.vocab)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
@@ -119,7 +123,7 @@ def main(argv=None) -> None:
         return
     print(f"scaling: Llama {args.layers} layers, vocab {args.vocab}, MLP = 4 x width, heads = width/32; "
           f"base N={args.base_n} seq={args.base_seq} width={args.base_width}; batch {args.batch_size}; "
-          f"threads={args.threads}; repeats={args.repeats} (median); torch {torch.__version__}")
+          f"threads={args.threads}; repeats={args.repeats} (median, {args.clock} seconds); torch {torch.__version__}")
     print("memory = RSS high-water mark of the phase minus RSS after setup (MB)")
     axes = {"n": ("N train", args.n), "seq": ("seq len", args.seq), "width": ("width", args.width)}
     for axis in args.axes:

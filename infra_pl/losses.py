@@ -16,14 +16,15 @@ def target_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     """Per-position log p(label_t | tokens_<t), shifted; returns ``(log_probs, mask)`` of shape [B, T-1].
 
     Logits are upcast to float32 before the softmax: bf16 log-softmax over a large vocabulary
-    loses enough precision to change influence rankings.
+    loses enough precision to change influence rankings. The softmax runs over all T positions
+    and only the small [B, T] result is cut to T-1 (see :func:`next_token_targets`): under the
+    forward-mode token pass that also spares copying the tangent logits.
     """
-    shifted_logits = logits[:, :-1, :].float()
-    targets = labels[:, 1:]
+    targets = next_token_targets(labels)
     mask = targets.ne(IGNORE_INDEX)
     safe_targets = targets.masked_fill(~mask, 0)
-    log_probs = torch.log_softmax(shifted_logits, dim=-1).gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-    return log_probs * mask, mask
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
+    return (log_probs * mask)[:, :-1], mask[:, :-1]
 
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
