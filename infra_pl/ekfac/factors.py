@@ -162,11 +162,37 @@ class Factors:
         return save_factors(self, directory)
 
     @classmethod
-    def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> "Factors":
-        """Read factors written by :meth:`save`."""
+    def load(
+        cls, directory: str | Path, device: torch.device | str = "cpu", modules: Iterable[str] | None = None
+    ) -> "Factors":
+        """Read factors written by :meth:`save` (or a partitioned fit); ``modules``: only these."""
         from infra_pl.ekfac.storage import load_factors
 
-        return load_factors(directory, device=device)
+        return load_factors(directory, device=device, modules=modules)
+
+    def subset(self, names: Iterable[str]) -> "Factors":
+        """The factors of some modules only (tensors shared, not copied), e.g. one partition."""
+        names = list(names)
+        unknown = [n for n in names if n not in self.modules]
+        if unknown:
+            raise KeyError(f"no factors for modules {unknown}; factors cover {list(self.modules)}")
+        return replace(self, modules={n: self.modules[n] for n in names})
+
+    @classmethod
+    def merge(cls, parts: Sequence["Factors"]) -> "Factors":
+        """One Factors from per-partition fits over disjoint module groups (fingerprints left to the caller)."""
+        if not parts:
+            raise ValueError("no factors to merge")
+        first = parts[0]
+        modules: dict[str, ModuleFactors] = {}
+        for part in parts:
+            if (part.fisher, part.dtype) != (first.fisher, first.dtype):
+                raise ValueError("cannot merge factors fitted with different Fisher types or dtypes")
+            overlap = set(modules) & set(part.modules)
+            if overlap:
+                raise ValueError(f"modules {sorted(overlap)} appear in more than one partition")
+            modules.update(part.modules)
+        return replace(first, modules=modules, model_fingerprint=None, module_fingerprints={}, untracked_fingerprint=None)
 
     # -- validation -----------------------------------------------------------------------------
     def check_compatible(

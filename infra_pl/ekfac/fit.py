@@ -42,6 +42,7 @@ def fit_factors(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     train_ids: Iterable[object] | None = None,
+    partitions: int | Sequence[Sequence[str]] | None = None,
 ) -> Factors:
     """Fit EK-FAC factors of the Fisher of the mean per-sequence training loss.
 
@@ -55,6 +56,8 @@ def fit_factors(
     """
     check_fisher(fisher)
     tracked = resolve_modules(model, modules)
+    if partitions is not None:
+        return _fit_partitioned(model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions)
     device = model_device(model)
     with seeded(seed, device):
         covariance = fit_covariance(model, loader, tracked, loss_fn, fisher, dtype, progress)
@@ -64,3 +67,26 @@ def fit_factors(
     return Factors.from_states(
         covariance, eigen, lambdas, fisher=fisher, damping=damping, model=model, tracked=tracked, train_ids=train_ids
     )
+
+
+def _fit_partitioned(model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions) -> Factors:
+    """One full fit per module group, merged; fingerprints are the whole model's."""
+    from infra_pl.ekfac.fingerprint import data_fingerprint, model_fingerprint, module_fingerprints, untracked_fingerprint
+    from infra_pl.ekfac.modules import layer_shape
+    from infra_pl.ekfac.partition import check_partitions, split_modules
+
+    if isinstance(partitions, int):
+        groups = split_modules({n: layer_shape(m) for n, m in tracked.items()}, partitions)
+    else:
+        groups = check_partitions(partitions, list(tracked))
+    parts = [
+        fit_factors(model, loader, loss_fn, {n: tracked[n] for n in group}, fisher, damping, progress, seed, dtype)
+        for group in groups
+    ]
+    merged = Factors.merge(parts)
+    merged.model_fingerprint = model_fingerprint(model, tracked)
+    merged.module_fingerprints = module_fingerprints(tracked)
+    merged.untracked_fingerprint = untracked_fingerprint(model, tracked)
+    if train_ids is not None:
+        merged.data_fingerprint = data_fingerprint(train_ids)
+    return merged

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -84,19 +84,48 @@ def read_manifest(directory: str | Path) -> dict:
     return manifest
 
 
-def load_factors(directory: str | Path, device: torch.device | str = "cpu") -> Factors:
-    """Inverse of :func:`save_factors`."""
+def _read_tensors(path: Path, names: set[str] | None, device: str) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or only those of the ``names`` modules (read lazily, key by key)."""
+    if names is None:
+        return load_file(str(path), device=device)
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt", device=device) as handle:
+        for key in handle.keys():
+            if key.rsplit("/", 1)[0] in names:
+                out[key] = handle.get_tensor(key)
+    return out
+
+
+def load_factors(
+    directory: str | Path, device: torch.device | str = "cpu", modules: Iterable[str] | None = None
+) -> Factors:
+    """Inverse of :func:`save_factors` (and of a partitioned save, see :func:`save_partition`).
+
+    ``modules``: load only these modules' tensors (the others are never read from disk), which is
+    how a partitioned scoring pass keeps one group of factors in memory at a time.
+    """
     from infra_pl.ekfac.factors import Factors, ModuleFactors  # noqa: F811 (runtime import, see above)
 
     root = Path(directory)
+    if (root / PARTITIONS).exists():
+        return _load_partitioned(root, device, modules)
     manifest = read_manifest(root)
     device = str(device)
-    covariance = load_file(str(root / FILES["covariance"]), device=device)
-    eigen = load_file(str(root / FILES["eigen"]), device=device)
-    lambdas = load_file(str(root / FILES["lambda"]), device=device)
-    modules = {}
+    wanted = None if modules is None else set(modules)
+    if wanted is not None:
+        unknown = sorted(wanted - set(manifest["modules"]))
+        if unknown:
+            raise KeyError(f"no factors for modules {unknown} in {root}")
+    covariance = _read_tensors(root / FILES["covariance"], wanted, device)
+    eigen = _read_tensors(root / FILES["eigen"], wanted, device)
+    lambdas = _read_tensors(root / FILES["lambda"], wanted, device)
+    loaded = {}
     for name, meta in manifest["modules"].items():
-        modules[name] = ModuleFactors(
+        if wanted is not None and name not in wanted:
+            continue
+        loaded[name] = ModuleFactors(
             shape=LayerShape(meta["out_features"], meta["in_features"], meta["has_bias"]),
             activation_covariance=covariance[f"{name}/activation_covariance"],
             gradient_covariance=covariance[f"{name}/gradient_covariance"],
@@ -108,7 +137,7 @@ def load_factors(directory: str | Path, device: torch.device | str = "cpu") -> F
             n_sequences=int(meta["n_sequences"]),
         )
     return Factors(
-        modules=modules,
+        modules=loaded,
         fisher=manifest["fisher"],
         damping_rule=manifest["damping_rule"],
         dtype=getattr(torch, manifest["dtype"]),
@@ -116,4 +145,73 @@ def load_factors(directory: str | Path, device: torch.device | str = "cpu") -> F
         module_fingerprints=dict(manifest.get("module_fingerprints") or {}),
         untracked_fingerprint=manifest.get("untracked_fingerprint"),
         data_fingerprint=manifest.get("data_fingerprint"),
+    )
+
+
+# -- partitioned layout -------------------------------------------------------------------------
+PARTITIONS = "partitions.json"
+
+
+def partition_dir(directory: str | Path, index: int) -> Path:
+    """Where partition ``index`` of a partitioned fit lives: an ordinary factors directory."""
+    return Path(directory) / f"partition-{index:03d}"
+
+
+def save_partition(factors: Factors, directory: str | Path, index: int) -> Path:
+    """Save one group's factors as ``<directory>/partition-<index>/`` (the ordinary format)."""
+    return save_factors(factors, partition_dir(directory, index))
+
+
+def write_partition_index(directory: str | Path, groups: list[list[str]], fingerprints: dict) -> Path:
+    """Mark ``directory`` as a partitioned fit of ``groups``, written last: it means every part is whole.
+
+    ``fingerprints`` are the whole model's (``model_fingerprint``, ``module_fingerprints``,
+    ``untracked_fingerprint``, ``data_fingerprint``): a group's own manifest fingerprints the model
+    as if only its modules were tracked, which is not what a later compatibility check compares.
+    """
+    root = Path(directory)
+    for index in range(len(groups)):
+        read_manifest(partition_dir(root, index))  # raises if a part is missing
+    index_file = root / PARTITIONS
+    tmp = index_file.with_name("." + PARTITIONS + ".tmp")
+    tmp.write_text(json.dumps({"format_version": FORMAT_VERSION, "partitions": groups, **fingerprints}, indent=2) + "\n")
+    tmp.replace(index_file)
+    return index_file
+
+
+def read_partition_index(directory: str | Path) -> dict | None:
+    """The partition index of a factors directory, or None for an ordinary (single-group) one."""
+    path = Path(directory) / PARTITIONS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _load_partitioned(root: Path, device: torch.device | str, modules: Iterable[str] | None) -> Factors:
+    from infra_pl.ekfac.factors import Factors  # noqa: F811
+
+    index = json.loads((root / PARTITIONS).read_text())
+    groups: list[list[str]] = index["partitions"]
+    wanted = None if modules is None else set(modules)
+    known = {n for g in groups for n in g}
+    if wanted is not None and wanted - known:
+        raise KeyError(f"no factors for modules {sorted(wanted - known)} in {root}")
+    loaded: dict = {}
+    first = None
+    for k, group in enumerate(groups):
+        take = group if wanted is None else [n for n in group if n in wanted]
+        if not take:
+            continue
+        part = load_factors(partition_dir(root, k), device=device, modules=take)
+        first = first or part
+        loaded.update(part.modules)
+    if first is None:
+        raise ValueError(f"no modules selected from the partitioned factors at {root}")
+    return Factors(
+        modules={n: loaded[n] for g in groups for n in g if n in loaded},
+        fisher=first.fisher,
+        damping_rule=first.damping_rule,
+        dtype=first.dtype,
+        model_fingerprint=index.get("model_fingerprint"),
+        module_fingerprints=dict(index.get("module_fingerprints") or {}),
+        untracked_fingerprint=index.get("untracked_fingerprint"),
+        data_fingerprint=index.get("data_fingerprint"),
     )

@@ -60,6 +60,14 @@ class Directions:
         rows = [self.names.index(n) for n in names]
         return Directions(list(names), {n: v[rows] for n, v in self.per_module.items()})
 
+    def restrict(self, modules: Sequence[str]) -> "Directions":
+        """The same measurements on some modules only, e.g. one partition: its scores are that
+        partition's additive share of the full score (every score is a sum over modules)."""
+        missing = [n for n in modules if n not in self.per_module]
+        if missing:
+            raise KeyError(f"directions have no modules {missing}")
+        return Directions(list(self.names), {n: self.per_module[n] for n in modules})
+
     def modules_of(self, model: nn.Module, modules: Modules = None) -> dict[str, nn.Module]:
         """The model's layers these directions act on, checked against names and shapes.
 
