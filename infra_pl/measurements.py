@@ -32,7 +32,6 @@ import random
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 

@@ -43,16 +43,16 @@ and fingerprints/factors are keyed by that network's module names.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
 from infra_pl.ekfac.loss import LossFn, sample_target_labels
+from infra_pl.influence.tokens import LogitsFn
 from infra_pl.losses import per_example_nll
 
 Batch = Mapping[str, Any]
-LogitsFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 
 class ProtocolError(TypeError):
