@@ -109,7 +109,7 @@ def make_batches(spec: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
 
 
 # ------------------------------------------------------------------------------------------ child
-def warm_up(model: torch.nn.Module, tracked: dict, shapes: dict, m: int) -> None:
+def warm_up(model: torch.nn.Module, tracked: dict, shapes: dict, m: int, phase: str) -> None:
     """One-time process costs before the baseline: lazy imports (transformers' masking, torch.func),
     BLAS/LAPACK buffers, the autograd engine. A GPU run pays them before its first phase too, and
     the planner does not count them (they are not per-phase tensors)."""
@@ -118,12 +118,16 @@ def warm_up(model: torch.nn.Module, tracked: dict, shapes: dict, m: int) -> None
 
     ids = torch.randint(0, 100, (1, 16))
     tiny = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    torch.linalg.eigh(torch.eye(64, dtype=torch.float64))
-    with torch.no_grad():
-        causal_lm_loss(model, tiny, True)
-    measurement_gradient(model, [tiny], tracked)
-    directions = Directions([f"m{k}" for k in range(m)], {n: torch.zeros(m, *s.matrix_shape) for n, s in shapes.items()})
-    token_scores(model, tiny, directions, tracked)
+    if phase in (EIGEN, DIRECTIONS):
+        torch.linalg.eigh(torch.eye(64, dtype=torch.float64))
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    elif phase == TOKENS:
+        directions = Directions([f"m{k}" for k in range(m)], {n: torch.zeros(m, *s.matrix_shape) for n, s in shapes.items()})
+        token_scores(model, tiny, directions, tracked)
+    else:
+        with torch.no_grad():
+            causal_lm_loss(model, tiny, True)
+        measurement_gradient(model, [tiny], tracked)
 
 
 def run_phase(spec: dict[str, Any], phase: str) -> dict[str, float]:
@@ -141,7 +145,7 @@ def run_phase(spec: dict[str, Any], phase: str) -> dict[str, float]:
     shapes = {n: layer_shape(m) for n, m in tracked.items()}
     m = spec["measurements"]
     f32 = torch.float32
-    warm_up(model, tracked, shapes, m)
+    warm_up(model, tracked, shapes, m, phase)
     gc.collect()
     baseline = current_rss_mb()
 
@@ -221,12 +225,13 @@ def build_model_meta(spec: dict[str, Any]) -> torch.nn.Module:
         return build_model(spec)
 
 
-def measure(name: str, spec: dict[str, Any], phase: str) -> dict[str, float]:
+def measure(spec: dict[str, Any], phase: str) -> dict[str, float]:
+    """Run one phase of ``spec`` in a fresh child process; returns its measured peak and time."""
     env = {**os.environ, **CHILD_ENV}
-    cmd = [sys.executable, __file__, "--child", json.dumps({"config": name, "phase": phase})]
+    cmd = [sys.executable, __file__, "--child", json.dumps({"spec": spec, "phase": phase})]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"{name}/{phase} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{phase} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         job = json.loads(args.child)
-        print(json.dumps(run_phase(CONFIGS[job["config"]], job["phase"])))
+        print(json.dumps(run_phase(job["spec"], job["phase"])))
         return 0
 
     print("| config | phase | estimate | measured | estimate / measured | time |")
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = CONFIGS[name]
         estimates = estimate_mb(spec)
         for phase in args.phases:
-            result = measure(name, spec, phase)
+            result = measure(spec, phase)
             ratio = estimates[phase] / result["measured_mb"]
             worst = max(worst, abs(ratio - 1.0))
             print(
