@@ -27,7 +27,11 @@ from infra_pl.ekfac import (
 )
 from infra_pl.ekfac import phase_store
 from infra_pl.ekfac.eigen import EigenBasis
+from infra_pl.ekfac.fingerprint import module_fingerprints, untracked_fingerprint
 from infra_pl.ekfac.modules import layer_shape, resolve_modules
+from infra_pl.ekfac.partition import check_partitions, split_modules
+from infra_pl.ekfac.passes import model_device
+from infra_pl.ekfac.storage import partition_dir, read_partition_index, write_partition_index
 from infra_pl.hooks import FactorsReady, dispatch, tensorboard_writer
 from infra_pl.protocol import attribution_model, loss_fn_for, model_is_built, require_data, require_module, require_true_fisher
 from infra_pl.trainer import AttributionStep
@@ -61,6 +65,12 @@ class EKFACFactors(AttributionStep):
             use them anyway, with a warning).
         refit: ignore factors and phase results on disk and fit again.
         log_spectra: log eigenvalue spectra and Λ histograms to TensorBoard.
+        partitions: fit one group of modules at a time, so device memory holds one group's factors
+            and pass buffers (see ``infra-pl-plan`` for how many groups a device needs): a number of
+            balanced contiguous groups, or the groups as lists of module names. Each group costs its
+            own two data passes; factors go to ``partition-<k>/`` folders read lazily by module.
+        offload: move each finished group's factors to CPU memory (with ``partitions``), so the
+            device only ever holds the group in progress.
     """
 
     order = 10
@@ -77,6 +87,8 @@ class EKFACFactors(AttributionStep):
         strict: bool = True,
         refit: bool = False,
         log_spectra: bool = True,
+        partitions: int | list[list[str]] | None = None,
+        offload: bool = False,
     ) -> None:
         if fisher not in ("true", "empirical"):
             raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
@@ -92,6 +104,11 @@ class EKFACFactors(AttributionStep):
         self.strict = strict
         self.refit = refit
         self.log_spectra = log_spectra
+        if isinstance(partitions, int) and partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {partitions}")
+        self.partitions = partitions
+        self.offload = offload
+        self._tracked_for_pass: dict[str, torch.nn.Module] | None = None
         self._accumulator: CovarianceAccumulator | LambdaAccumulator | None = None
         self._eigen_for_pass: dict[str, EigenBasis] = {}
         self._result: Any = None
@@ -125,13 +142,15 @@ class EKFACFactors(AttributionStep):
         train_ids = list(datamodule.attribution_ids("train"))
         self._ensure_model_ready(trainer, pl_module, datamodule)
         factors = None
-        if (out / "manifest.json").exists() and not self.refit:
+        if ((out / "manifest.json").exists() or read_partition_index(out) is not None) and not self.refit:
             factors = self._reuse(pl_module, out, train_ids)
         reused = factors is not None
         if factors is None:
             factors = self._fit(trainer, pl_module, datamodule, out, train_ids)
         trainer.attribution_state["factors"] = factors
         trainer.attribution_state["factors_dir"] = out
+        index = read_partition_index(out)
+        trainer.attribution_state["factor_partitions"] = index["partitions"] if index else [list(factors.modules)]
         dispatch(trainer, pl_module, FactorsReady(out, factors, list(factors.modules), factors.fisher, reused))
 
     @staticmethod
@@ -165,41 +184,95 @@ class EKFACFactors(AttributionStep):
                 f"factors in {out} use the {factors.fisher} Fisher but {self.fisher} was requested; set refit: true"
             )
         _log(f"EK-FAC: reusing factors from {out}")
-        return factors.with_damping(self.damping).to(pl_module.device)
+        return factors.with_damping(self.damping).to("cpu" if self.offload else pl_module.device)
+
+    def _groups(self, tracked: dict[str, torch.nn.Module]) -> list[list[str]]:
+        if self.partitions is None or self.partitions == 1:
+            return [list(tracked)]
+        if isinstance(self.partitions, int):
+            return split_modules({n: layer_shape(m) for n, m in tracked.items()}, self.partitions)
+        return check_partitions(self.partitions, list(tracked))
 
     def _fit(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any, out: Path, train_ids: list[str]) -> Factors:
         model = self.hf_model(pl_module)
         tracked = resolve_modules(model, self.modules)
+        groups = self._groups(tracked)
+        if len(groups) == 1:
+            factors = self._fit_group(trainer, pl_module, datamodule, out, tracked, train_ids, "")
+            if trainer.is_global_zero:
+                factors.save(out)
+                phase_store.clear_partial(out)
+        else:
+            parts = []
+            for k, group in enumerate(groups):
+                folder = partition_dir(out, k)
+                sub = {n: tracked[n] for n in group}
+                label = f" [partition {k + 1}/{len(groups)}: {len(group)} modules]"
+                part = self._reuse_partition(folder, model, sub, train_ids) or self._fit_group(
+                    trainer, pl_module, datamodule, folder, sub, train_ids, label
+                )
+                if trainer.is_global_zero:
+                    part.save(folder)
+                    phase_store.clear_partial(folder)
+                parts.append(part.to("cpu") if self.offload else part)
+            factors = Factors.merge(parts)
+            factors.model_fingerprint = model_fingerprint(model, tracked)
+            factors.module_fingerprints = module_fingerprints(tracked)
+            factors.untracked_fingerprint = untracked_fingerprint(model, tracked)
+            factors.data_fingerprint = data_fingerprint(train_ids)
+            if trainer.is_global_zero:
+                write_partition_index(out, groups, {
+                    "model_fingerprint": factors.model_fingerprint, "module_fingerprints": factors.module_fingerprints,
+                    "untracked_fingerprint": factors.untracked_fingerprint, "data_fingerprint": factors.data_fingerprint,
+                })
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            _log(f"EK-FAC factors written to {out}" + (f" in {len(groups)} partitions" if len(groups) > 1 else ""))
+            self._log_tensorboard(trainer, factors)
+        return factors
+
+    def _reuse_partition(self, folder: Path, model: torch.nn.Module, sub: dict[str, torch.nn.Module], train_ids: list[str]) -> Factors | None:
+        """A finished partition of an interrupted partitioned fit, if it belongs to this model and data."""
+        if self.refit or not (folder / "manifest.json").exists():
+            return None
+        part = Factors.load(folder, device="cpu")
+        if part.fisher != self.fisher or part.check_compatible(model, sub, train_ids=train_ids, strict=False):
+            return None
+        _log(f"EK-FAC: reusing finished partition {folder}")
+        return part.with_damping(self.damping).to(model_device(model))
+
+    def _fit_group(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any, out: Path,
+                   tracked: dict[str, torch.nn.Module], train_ids: list[str], label: str) -> Factors:
+        """The three phases for one group of modules (all of them without partitions), each resumable."""
+        model = self.hf_model(pl_module)
         key = self._phase_key(model, tracked, train_ids)
         device = str(pl_module.device)
+        self._tracked_for_pass = tracked
 
         def run_pass(phase: str) -> Any:
             trainer.run_attribution_pass(phase, pl_module, datamodule, batch_size=self.batch_size)
             return self._result
 
-        covariance = self._phase(
-            trainer, out, key, device, "1/3 covariance", phase_store.load_covariance, phase_store.save_covariance,
-            lambda: run_pass(COVARIANCE),
-        )
-        eigen = self._phase(
-            trainer, out, key, device, "2/3 eigendecomposition", phase_store.load_eigen, phase_store.save_eigen,
-            lambda: self._distributed_eigen(trainer, covariance),
-        )
-        self._eigen_for_pass = eigen
-        lambdas = self._phase(
-            trainer, out, key, device, "3/3 lambda", phase_store.load_lambda, phase_store.save_lambda,
-            lambda: run_pass(LAMBDA),
-        )
-
-        factors = Factors.from_states(
+        try:
+            covariance = self._phase(
+                trainer, out, key, device, "1/3 covariance" + label, phase_store.load_covariance,
+                phase_store.save_covariance, lambda: run_pass(COVARIANCE),
+            )
+            eigen = self._phase(
+                trainer, out, key, device, "2/3 eigendecomposition" + label, phase_store.load_eigen,
+                phase_store.save_eigen, lambda: self._distributed_eigen(trainer, covariance),
+            )
+            self._eigen_for_pass = eigen
+            lambdas = self._phase(
+                trainer, out, key, device, "3/3 lambda" + label, phase_store.load_lambda,
+                phase_store.save_lambda, lambda: run_pass(LAMBDA),
+            )
+        finally:
+            self._tracked_for_pass = None
+            self._eigen_for_pass = {}
+        return Factors.from_states(
             covariance, eigen, lambdas, fisher=self.fisher, damping=self.damping, model=model, tracked=tracked, train_ids=train_ids
         )
-        if trainer.is_global_zero:
-            factors.save(out)
-            phase_store.clear_partial(out)
-            _log(f"EK-FAC factors written to {out}")
-            self._log_tensorboard(trainer, factors)
-        return factors
 
     def _phase(self, trainer: Any, out: Path, key: dict[str, Any], device: str, label: str,
                load: Callable, save: Callable, compute: Callable[[], Any]) -> Any:
@@ -220,7 +293,7 @@ class EKFACFactors(AttributionStep):
         if phase not in (COVARIANCE, LAMBDA):
             return
         model = self.hf_model(pl_module)
-        tracked = resolve_modules(model, self.modules)
+        tracked = self._tracked_for_pass if self._tracked_for_pass is not None else resolve_modules(model, self.modules)
         torch.manual_seed(self.seed + trainer.global_rank)  # true-Fisher label sampling, same in both passes
         loss_fn = loss_fn_for(pl_module)
         if phase == COVARIANCE:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 
 from infra_pl.hooks import ScoresReady, dispatch
+from infra_pl.influence.measurement import Directions
 from infra_pl.measurements import CorrectAnswerLogLikelihood, Measurement, MeasurementContext, MeasurementSpec, build_specs
 from infra_pl.protocol import (
     ProtocolError,
@@ -143,10 +145,9 @@ class InfluenceScores(AttributionStep):
 
     # --------------------------------------------------------------- entry point
     def run_attribution(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
-        from infra_pl.influence import measurement_directions
-
         self.check_requirements(pl_module, datamodule)
         factors = trainer.attribution_state["factors"]
+        groups = trainer.attribution_state.get("factor_partitions") or [list(factors.modules)]
         out = Path(self.output_dir) if self.output_dir else trainer.attribution_dir() / "scores"
         model = self._model(pl_module)
         tracked = self._tracked(model, factors)
@@ -155,45 +156,48 @@ class InfluenceScores(AttributionStep):
         specs = build_specs(self.measurements, context)
         info = {spec.name: dict(spec.info) for spec in specs}
 
-        # Measurement gradients ∇f, one pass per measurement.
-        gradients = {}
-        for spec in specs:
-            gradients[spec.name], info[spec.name]["f_value"] = self._measurement_gradient(trainer, pl_module, datamodule, tracked, spec)
-        directions = measurement_directions(factors, gradients)
-        names = list(directions.names)
+        # Per module partition (one group without partitions): ∇f per measurement, v = H⁻¹∇f.
+        parts = [self._group_directions(trainer, pl_module, datamodule, factors, tracked, group, specs, info) for group in groups]
+        names = list(parts[0].directions.names)
+        directions = Directions(names, {n: v for part in parts for n, v in part.directions.per_module.items()})
         key = _directions_key(directions, factors)
 
-        # Instance scores, resumable.
-        scored = self._score_training_set(trainer, pl_module, datamodule, tracked, directions, out / "instance_parts", key, "instance")
+        # Instance scores, resumable; with partitions, the sum of every group's additive share.
+        scored = _sum_frames([
+            self._score_training_set(trainer, pl_module, datamodule, part.tracked, part.directions,
+                                     out / "instance_parts" / part.suffix, part.key, "instance" + part.label)
+            for part in parts
+        ])
         instance_df = _instance_table(datamodule, train_ids, scored, names)
-        meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key}
+        meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key,
+                "module_partitions": len(parts)}
         if trainer.is_global_zero:
             path = write_table(out / "instance_scores.parquet", instance_df, meta)
             trainer.attribution_state["instance_scores_path"] = path
             (out / "measurement_info.json").write_text(json.dumps(info, indent=2))
         trainer.attribution_state.update({"instance_scores": instance_df, "measurement_info": info, "directions": directions})
         if self.pairwise:
-            self._pairwise(trainer, pl_module, datamodule, tracked, factors, specs, out, meta)
+            self._pairwise(trainer, pl_module, datamodule, parts, factors, specs, out, meta)
 
-        # Token scores for the top-K examples per measurement (or all).
+        # Token scores for the top-K examples per measurement (or all), one pass per partition.
         if self._wants_tokens:
             if self.token_all:
                 top = list(range(len(train_ids)))
             else:
                 top = sorted({int(i) for n in names for i in instance_df.nlargest(self.token_top_k, f"score_{n}")["index"]})
-            self._phase_data = {"tracked": tracked, "directions": directions.to(pl_module.device), "rows": [], "names": names,
-                                "tokenizer": getattr(datamodule, "tokenizer", None), "ids": train_ids,
-                                "logits_fn": logits_fn_for(pl_module)}
-            trainer.run_attribution_pass(TOKENS, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=top)
-            token_df = pd.DataFrame(self._phase_data["rows"])
+            token_df = _sum_token_frames([self._token_pass(trainer, pl_module, datamodule, part, out, top, train_ids) for part in parts])
             _check_token_sums(token_df, instance_df, names)
             if trainer.is_global_zero:
                 trainer.attribution_state["token_scores_path"] = write_table(out / "token_scores.parquet", token_df, meta)
             trainer.attribution_state["token_scores"] = token_df
 
-        # Sentence scores for the top examples (rank 0, direct: a small set).
+        # Sentence scores for the top examples (rank 0, direct: a small set), summed over partitions.
         if trainer.is_global_zero and self.sentence_top_k > 0:
-            sentence_df = self._sentence_scores(pl_module, datamodule, tracked, directions, instance_df, names)
+            frames = [self._sentence_scores(pl_module, datamodule, part.tracked, part.directions, instance_df, names) for part in parts]
+            sentence_df = frames[0].copy()
+            for column in ("score_removal", "score_token_sum"):
+                if column in sentence_df:
+                    sentence_df[column] = sum(frame[column].to_numpy() for frame in frames)
             trainer.attribution_state["sentence_scores"] = sentence_df
             trainer.attribution_state["sentence_scores_path"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
         trainer.attribution_state["scores_dir"] = out
@@ -205,6 +209,52 @@ class InfluenceScores(AttributionStep):
             sentence_scores_path=state.get("sentence_scores_path"), pairwise_scores_path=state.get("pairwise_scores_path"),
         )
         dispatch(trainer, pl_module, state["scores_ready"])
+
+    def _group_directions(self, trainer, pl_module, datamodule, factors, tracked, group: list[str],
+                          specs: list[MeasurementSpec], info: dict[str, dict[str, Any]]) -> "_Partition":
+        """v = H⁻¹∇f of every measurement on one group of modules.
+
+        Every rank runs the measurement pass over its shard of the measurement data (sums reduced
+        once); rank 0 alone preconditions and broadcasts v, so only one rank touches the factors.
+        """
+        from infra_pl.influence import measurement_directions
+
+        sub = {n: tracked[n] for n in group}
+        gradients = {}
+        for spec in specs:
+            gradients[spec.name], info[spec.name]["f_value"] = self._measurement_gradient(trainer, pl_module, datamodule, sub, spec)
+        directions = None
+        if trainer.is_global_zero:
+            group_factors = factors.subset(group).to(pl_module.device)
+            directions = measurement_directions(group_factors, gradients)
+            del group_factors
+        if trainer.world_size > 1:
+            directions = trainer.strategy.broadcast(directions, src=0)
+        groups = [list(g) for g in trainer.attribution_state.get("factor_partitions") or [group]]
+        k = groups.index(list(group))
+        partitioned = len(groups) > 1
+        return _Partition(
+            group=list(group), tracked=sub, directions=directions.to("cpu"), key=_directions_key(directions, factors),
+            suffix=f"partition-{k:03d}" if partitioned else "", label=f" [partition {k + 1}/{len(groups)}]" if partitioned else "",
+        )
+
+    def _token_pass(self, trainer, pl_module, datamodule, part: "_Partition", out: Path, top: list[int], train_ids: list[str]) -> pd.DataFrame:
+        """Token scores of the ``top`` examples for one group; every rank writes its own Parquet shard."""
+        parts_dir = out / "token_parts" / part.suffix
+        key = part.key + ":" + _indices_key(top)
+        done = done_indices(parts_dir, key)
+        todo = [i for i in top if i not in done]
+        if done:
+            _log(f"token scores{part.label}: resuming, {len(done)} of {len(top)} examples already scored")
+        if todo:
+            self._phase_data = {"tracked": part.tracked, "directions": part.directions.to(pl_module.device),
+                                "names": list(part.directions.names), "tokenizer": getattr(datamodule, "tokenizer", None),
+                                "ids": train_ids, "logits_fn": logits_fn_for(pl_module),
+                                "writer": PartWriter(parts_dir, key, rank=trainer.global_rank)}
+            trainer.run_attribution_pass(TOKENS, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=todo)
+        trainer.strategy.barrier()
+        table = read_parts(parts_dir, key)
+        return pd.DataFrame() if table is None else table.to_pandas()
 
     def _measurement_gradient(self, trainer, pl_module, datamodule, tracked, spec: MeasurementSpec) -> tuple[dict[str, torch.Tensor], float]:
         """∇f and f of one measurement from a dedicated pass over its batches.
@@ -237,6 +287,7 @@ class InfluenceScores(AttributionStep):
                 "writer": PartWriter(parts, key, rank=trainer.global_rank),
                 "names": list(directions.names),
                 "loss_fn": loss_fn_for(pl_module),
+                "ids": list(datamodule.attribution_ids("train")),
             }
             trainer.run_attribution_pass(INSTANCE, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=todo)
             trainer.strategy.barrier()
@@ -245,7 +296,7 @@ class InfluenceScores(AttributionStep):
             raise ValueError(f"{what} scores: the training loader yielded no batches (is attribution_dataloader('train') empty?)")
         return table.to_pandas().drop_duplicates("index").set_index("index").sort_index()
 
-    def _pairwise(self, trainer, pl_module, datamodule, tracked, factors, specs: list[MeasurementSpec], out: Path, meta: dict[str, Any]) -> None:
+    def _pairwise(self, trainer, pl_module, datamodule, parts: list["_Partition"], factors, specs: list[MeasurementSpec], out: Path, meta: dict[str, Any]) -> None:
         """Per-query scores (n_query x n_train) for the measured items, in long format.
 
         Queries are the datamodule items the measurements are defined on (``spec.split`` and
@@ -266,9 +317,15 @@ class InfluenceScores(AttributionStep):
         queries = sorted({i for s in itemised for i in s.indices})
         loader = datamodule.attribution_dataloader(split, self.batch_size, queries)
         order = [i for batch in loader for i in batch_indices(batch, "pairwise scores")]  # query_k = k-th item in loader order
-        directions = query_directions(self._model(pl_module), loader, factors, tracked, loss_fn=loss_fn_for(pl_module))
-        key = _directions_key(directions, factors)
-        scored = self._score_training_set(trainer, pl_module, datamodule, tracked, directions, out / "pairwise_parts", key, "pairwise")
+        frames = []
+        for part in parts:  # the additive share of every module group (one group without partitions)
+            group_factors = factors.subset(part.group).to(pl_module.device)
+            directions = query_directions(self._model(pl_module), loader, group_factors, part.tracked, loss_fn=loss_fn_for(pl_module))
+            del group_factors
+            key = _directions_key(directions, factors)
+            frames.append(self._score_training_set(trainer, pl_module, datamodule, part.tracked, directions,
+                                                   out / "pairwise_parts" / part.suffix, key, "pairwise" + part.label))
+        scored = _sum_frames(frames)
         rows = []
         for k, query_index in enumerate(order):
             domain = query_meta[query_index].get("domain") if query_meta is not None else None
@@ -295,8 +352,9 @@ class InfluenceScores(AttributionStep):
             elif phase == INSTANCE:
                 indices = batch_indices(batch, "instance scores")
                 scores = instance_scores(model, batch, data["directions"], data["tracked"], loss_fn=data["loss_fn"]).detach().cpu()
+                ids = data["ids"]
                 rows = [
-                    {"index": i, **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(data["names"])}}
+                    {"index": i, "id": ids[i], **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(data["names"])}}
                     for r, i in enumerate(indices)
                 ]
                 data["writer"].add(rows)
@@ -321,7 +379,7 @@ class InfluenceScores(AttributionStep):
 
     def on_predict_end(self, trainer: Any, pl_module: L.LightningModule) -> None:
         phase = getattr(trainer, "attribution_phase", None)
-        if phase == INSTANCE:
+        if phase in (INSTANCE, TOKENS):
             self._phase_data["writer"].flush()
         elif phase == MEASURE and trainer.world_size > 1:
             data = self._phase_data
@@ -339,15 +397,17 @@ class InfluenceScores(AttributionStep):
         scores = token_scores(model, batch, data["directions"], data["tracked"], logits_fn=data["logits_fn"]).detach().cpu()  # [M, B, T-1]
         targets = batch["labels"][:, 1:].cpu()
         tokenizer = data["tokenizer"]
+        rows = []
         for row, index in enumerate(indices):
             example_id = data["ids"][index]
             positions = (targets[row] != -100).nonzero().flatten().tolist()
             pieces = [tokenizer.decode([int(targets[row, p])]) if tokenizer is not None else str(int(targets[row, p])) for p in positions]
             for m, name in enumerate(data["names"]):
                 for p, piece in zip(positions, pieces):
-                    data["rows"].append(
+                    rows.append(
                         {"id": example_id, "index": index, "measurement": name, "position": p, "token": piece, "score": float(scores[m, row, p])}
                     )
+        data["writer"].add(rows)
 
     # ----------------------------------------------------------------- sentences
     def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, names) -> pd.DataFrame:
@@ -471,3 +531,42 @@ def _check_token_sums(token_df: pd.DataFrame, instance_df: pd.DataFrame, names: 
     _log(f"token scores: max |Σ_t s_t − S(z)| / max|S| = {worst:.2e}")
     if worst > 1e-3:
         _log("WARNING: token scores do not sum to the instance scores; please report this")
+
+
+@dataclass
+class _Partition:
+    """One group of tracked modules with its measurement directions (all modules without partitions)."""
+
+    group: list[str]
+    tracked: dict[str, torch.nn.Module]
+    directions: Directions
+    key: str
+    suffix: str  # sub-folder of the part files ("" without partitions, so old runs resume)
+    label: str  # " [partition k/K]" in log lines
+
+
+def _sum_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Sum the ``score_*`` columns of per-partition score frames indexed by example index."""
+    if len(frames) == 1:
+        return frames[0]
+    total = frames[0].copy()
+    columns = [c for c in total.columns if c.startswith("score_")]
+    for frame in frames[1:]:
+        if not frame.index.equals(total.index):
+            raise ValueError("module partitions scored different training examples; delete the *_parts folders and rerun")
+        total[columns] = total[columns].to_numpy() + frame[columns].to_numpy()
+    return total
+
+
+def _sum_token_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Token scores of all partitions summed per (example, measurement, position), in a stable order."""
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    keys = ["id", "index", "measurement", "position", "token"]
+    total = pd.concat(frames).groupby(keys, sort=False, as_index=False)["score"].sum()
+    return total.sort_values(["index", "measurement", "position"], kind="stable").reset_index(drop=True)
+
+
+def _indices_key(indices: list[int]) -> str:
+    return hashlib.sha256(json.dumps(sorted(indices)).encode()).hexdigest()[:12]

@@ -90,21 +90,48 @@ def test_factors_from_another_model_are_refused(tmp_path, tiny_cache):
         trainer3.attribute(build_other, datamodule=dm3)
 
 
-def test_ddp_two_ranks_match_one_process(tmp_path, tiny_cache):
-    """17 examples in batches of 8 on 2 ranks: rank 0 gets 2 batches, rank 1 gets 1 (uneven)."""
+def _run_script(tiny_cache, out, devices: int, partitions: int, tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tiny_cache), str(out), str(devices), "17", str(partitions), "1"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ddp_two_ranks_and_two_partitions_match_one_process(tmp_path, tiny_cache):
+    """17 examples in batches of 8 on 2 ranks: rank 0 gets 2 batches, rank 1 gets 1 (uneven).
+
+    The same factors, instance scores and token scores come out of one process, of 2-rank DDP
+    (each rank writing its own score shards) and of a 2-partition run (modules in two groups).
+    """
+    import pandas as pd
+    import torch
+
     runs = {}
-    for devices in (1, 2):
-        out = tmp_path / f"ddp{devices}"
-        result = subprocess.run(
-            [sys.executable, str(SCRIPT), str(tiny_cache), str(out), str(devices), "17"],
-            capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[devices] = Factors.load(out)
-    single, ddp = runs[1], runs[2]
-    for name, ref in single.modules.items():
-        got = ddp.modules[name]
-        assert got.n_sequences == ref.n_sequences == 17
-        assert rel_err(got.activation_covariance, ref.activation_covariance) < 1e-4
-        assert rel_err(got.gradient_covariance, ref.gradient_covariance) < 1e-4
-        assert rel_err(got.lambdas, ref.lambdas) < 1e-4
+    for label, devices, partitions in (("single", 1, 1), ("ddp", 2, 1), ("partitions", 1, 2)):
+        out = tmp_path / label
+        _run_script(tiny_cache, out, devices, partitions, tmp_path)
+        instance = pd.read_parquet(out / "scores" / "instance_scores.parquet").set_index("id").sort_index()
+        tokens = pd.read_parquet(out / "scores" / "token_scores.parquet").sort_values(["id", "position"]).reset_index(drop=True)
+        runs[label] = (Factors.load(out), instance, tokens, out)
+    single, ref_instance, ref_tokens, _ = runs["single"]
+    assert len(ref_instance) == 17 and ref_tokens["id"].nunique() == 3
+    for label in ("ddp", "partitions"):
+        factors, instance, tokens, out = runs[label]
+        for name, ref in single.modules.items():
+            got = factors.modules[name]
+            assert got.n_sequences == ref.n_sequences == 17
+            assert rel_err(got.activation_covariance, ref.activation_covariance) < 1e-4, label
+            assert rel_err(got.gradient_covariance, ref.gradient_covariance) < 1e-4, label
+            assert rel_err(got.lambdas, ref.lambdas) < 1e-4, label
+        assert list(instance.index) == list(ref_instance.index)
+        got, want = torch.tensor(instance["score_answer"].to_numpy()), torch.tensor(ref_instance["score_answer"].to_numpy())
+        tolerance = 1e-5 if label == "partitions" else 1e-4  # DDP sums covariances in another order
+        assert rel_err(got, want) < tolerance, label
+        assert list(tokens["id"]) == list(ref_tokens["id"]) and list(tokens["position"]) == list(ref_tokens["position"])
+        assert rel_err(torch.tensor(tokens["score"].to_numpy()), torch.tensor(ref_tokens["score"].to_numpy())) < tolerance, label
+    ddp_out = runs["ddp"][3]
+    shards = {p.name.split("-")[1] for p in (ddp_out / "scores" / "instance_parts").glob("part-*.parquet")}
+    assert shards == {"r0", "r1"}  # each rank wrote its own shard
+    part_out = runs["partitions"][3]
+    assert (part_out / "partitions.json").exists() and (part_out / "partition-001" / "manifest.json").exists()

@@ -1,6 +1,9 @@
 """Fit EK-FAC factors through `InfraTrainer.attribute` (run as a script so DDP can relaunch it).
 
-usage: python attribute_factors.py CACHE_DIR OUT_DIR DEVICES [LIMIT]
+usage: python attribute_factors.py CACHE_DIR OUT_DIR DEVICES [LIMIT] [PARTITIONS] [SCORES]
+
+PARTITIONS (default 1): EK-FAC module partitions. SCORES=1 also runs InfluenceScores with one
+target-log-probability measurement (no validate/generation needed) and token scores for 3 examples.
 """
 
 import os
@@ -11,9 +14,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from infra_pl.callbacks import EKFACFactors  # noqa: E402
+from infra_pl.callbacks import EKFACFactors, InfluenceScores  # noqa: E402
 from infra_pl.data.datamodule import DemoOptions, ReasoningDataModule  # noqa: E402
 from infra_pl.data.sources import Source  # noqa: E402
+from infra_pl.measurements import TargetLogProb  # noqa: E402
 from infra_pl.module import SFTModule  # noqa: E402
 from infra_pl.trainer import InfraTrainer  # noqa: E402
 
@@ -31,13 +35,19 @@ def build(cache: str, limit: int | None):
 
 def main() -> None:
     cache, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    limit = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "all" else None
+    partitions = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    scores = len(sys.argv) > 6 and sys.argv[6] == "1"
     torch.set_num_threads(1)
     module, datamodule = build(cache, limit)
+    callbacks = [EKFACFactors(fisher="empirical", output_dir=out, batch_size=8, log_spectra=False, partitions=partitions)]
+    if scores:
+        measurement = TargetLogProb(name="answer", prompts=["What is 2 + 3?", "Add 4 and 5."], targets=["5", "9"])
+        callbacks.append(InfluenceScores(measurements=[measurement], batch_size=8, token_top_k=3, sentence_top_k=0,
+                                         output_dir=str(Path(out) / "scores")))
     trainer = InfraTrainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out,
-        callbacks=[EKFACFactors(fisher="empirical", output_dir=out, batch_size=8, log_spectra=False)],
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out, callbacks=callbacks,
     )
     trainer.attribute(module, datamodule=datamodule)
 
