@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     # Planner estimate for the same model (built on meta from the same config) and batch shape.
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    plan = estimate(meta, Settings(batch_size=args.batch_size, seq_len=args.seq_len, measurements=m, fisher="true"))
+    settings = Settings(batch_size=args.batch_size, seq_len=args.seq_len, measurements=m, fisher="true",
+                        keep_covariance=False)  # A and S go to the CPU after the eigendecomposition, below
+    plan = estimate(meta, settings)
 
     probe = Probe(device)
     rows: list[Row] = []

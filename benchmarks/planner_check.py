@@ -86,9 +86,10 @@ def build_model(spec: dict[str, Any]) -> torch.nn.Module:
 
 
 def settings_of(spec: dict[str, Any]) -> Settings:
+    """The run's settings; the measured phases hold only their own inputs (no A and S after the eigendecomposition)."""
     return Settings(
         batch_size=spec["batch_size"], seq_len=spec["seq_len"], measurements=spec["measurements"],
-        padding=spec["padding"], fisher="true",
+        padding=spec["padding"], fisher="true", keep_covariance=False,
     )
 
 

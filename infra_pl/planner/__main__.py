@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'true' samples labels from the model (default), 'empirical' uses the data labels.")
     p.add_argument("--padding", action="store_true",
                    help="batches contain padding (mask copies in the captures, attention mask, repeated GQA heads).")
+    p.add_argument("--offload-covariance", action="store_true",
+                   help="A and S leave the device after the eigendecomposition (default: they stay, as the callbacks "
+                        "do now, through the lambda pass and preconditioning).")
     p.add_argument("--lora", type=_lora, default=None,
                    help="LoRA adapters, e.g. r=16,alpha=32,targets=gate_proj+up_proj+down_proj (tracks the adapters).")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (partitions as lists of module names).")
@@ -92,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         factor_dtype=args.factor_dtype,
         fisher=args.fisher,
         padding=args.padding,
+        keep_covariance=not args.offload_covariance,
     )
     est = estimate_from_config(args.model_config, settings, dtype=args.dtype, modules=args.modules, lora=args.lora)
     plan, budget = None, None

@@ -65,6 +65,10 @@ class Settings:
         padding: batches contain padding. Then the captures multiply by the mask (one copy per
             layer input), the attention gets a [B, 1, T, T] mask (the fused kernels keep a float
             copy per layer) and GQA keys/values are repeated to all heads before the kernel.
+        keep_covariance: the A and S sums stay on the device after the eigendecomposition, as the
+            callbacks do now (``EKFACFactors`` keeps the covariance state through the lambda pass,
+            ``InfluenceScores`` preconditions with a ``Factors`` that carries A and S). False when
+            they are moved off the device: neither the lambda pass nor preconditioning reads them.
     """
 
     batch_size: int = 1
@@ -73,6 +77,7 @@ class Settings:
     factor_dtype: torch.dtype = torch.float32
     fisher: str = "true"
     padding: bool = False
+    keep_covariance: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.seq_len < 2:
@@ -344,6 +349,9 @@ def estimate(
     def matrix(mod: TrackedModule) -> int:
         return f * mod.weight_elements
 
+    def kept_covariance(mod: TrackedModule) -> int:
+        return square_factors(mod) if settings.keep_covariance else 0
+
     phases = {
         COVARIANCE: PhaseCost(
             COVARIANCE,
@@ -368,7 +376,8 @@ def estimate(
             working,
             resident=per_module(
                 lambda mod: square_factors(mod) + eigenvalues(mod) + matrix(mod) + _pending_bytes(mod, settings, f)
-            ),  # Q_A, Q_S, eigenvalues, Λ sum, captured input
+                + kept_covariance(mod)
+            ),  # Q_A, Q_S, eigenvalues, Λ sum, captured input (+ A and S sums if kept)
             transient=per_module(
                 lambda mod: _gradient_copy_bytes(mod, settings, f) + _rotation_bytes(mod, settings, f)
             ),
@@ -378,15 +387,19 @@ def estimate(
             dict(grad_fixed),
             dict(logits),
             working,
-            # ∇f sums of the M measurements, the normalised copy of the last one, the captured input
-            resident=per_module(lambda mod: (m + 1) * matrix(mod) + _pending_bytes(mod, settings, f)),
+            # ∇f of the M measurements (finished ones and the running sum), the captured input. The
+            # normalised copy made at the end of each measurement (one more [out, in]) exists only once
+            # the batch's activations are freed, so it never adds to this peak at realistic sizes.
+            resident=per_module(lambda mod: m * matrix(mod) + _pending_bytes(mod, settings, f)),
             transient=per_module(lambda mod: _gradient_copy_bytes(mod, settings, f)),
         ),
         DIRECTIONS: PhaseCost(
             DIRECTIONS,
             {"weights": weights},
-            # Q_A, Q_S, eigenvalues, Λ; ∇f, H⁻¹∇f and the stacked [M, out, in] directions
-            resident=per_module(lambda mod: square_factors(mod) + eigenvalues(mod) + matrix(mod) + 3 * m * matrix(mod)),
+            # Q_A, Q_S, eigenvalues, Λ (+ A and S if kept); ∇f, H⁻¹∇f and the stacked [M, out, in] directions
+            resident=per_module(
+                lambda mod: square_factors(mod) + eigenvalues(mod) + matrix(mod) + 3 * m * matrix(mod) + kept_covariance(mod)
+            ),
             transient=per_module(lambda mod: 2 * matrix(mod)),  # rotated gradient and one matmul temporary
         ),
         INSTANCE: PhaseCost(

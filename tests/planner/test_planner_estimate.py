@@ -36,7 +36,7 @@ def tiny_llama(dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch
 
 
 def test_factor_and_phase_bytes_by_hand():
-    est = estimate(tiny_llama(device="meta"), Settings(batch_size=2, seq_len=8, measurements=2))
+    est = estimate(tiny_llama(device="meta"), Settings(batch_size=2, seq_len=8, measurements=2, keep_covariance=False))
     assert est.module_names == [f"model.layers.{i}.mlp.{p}_proj" for i in range(2) for p in ("gate", "up", "down")]
     # float32 factors. gate/up: in 32, out 64; down: in 64, out 32.
     assert est.sizes["A (in x in)"] == 2 * 4 * (32 * 32 + 32 * 32 + 64 * 64)
@@ -60,7 +60,7 @@ def test_factor_and_phase_bytes_by_hand():
     # T (8) x (64² + 32²) < 64·32·96, so tokens are rotated first ([B, T, in + out], then [B, out, in]);
     # squaring and summing over the batch then holds [B, out, in] and [out, in]
     assert lam.transient[gate] == max(2 * 8 * (32 + 64) * 4 + 2 * 64 * 32 * 4, 2 * 64 * 32 * 4 + 64 * 32 * 4)
-    assert est.phases[MEASUREMENT].resident[gate] == 3 * 4 * 64 * 32  # M sums + the normalised copy
+    assert est.phases[MEASUREMENT].resident[gate] == 2 * 4 * 64 * 32  # ∇f of the M measurements
     assert est.phases[DIRECTIONS].resident[gate] == 4 * (32 * 32 + 64 * 64 + 32 + 64 + 64 * 32) + 3 * 2 * 4 * 64 * 32
     assert est.phases[INSTANCE].resident[gate] == 2 * 4 * 64 * 32
     assert est.phases[INSTANCE].transient[gate] == 2 * 64 * 32 * 4  # "sequence" contraction for M = 2
@@ -68,6 +68,12 @@ def test_factor_and_phase_bytes_by_hand():
     # eigh of the 64-wide S: covariances, A's vectors, symmetrised copy + vectors + 2n² workspace,
     # and the previous module's vectors
     assert est.phases[EIGEN].transient[gate] == 8 * (32 * 32 + 64 * 64) + 8 * 32 * 32 + 8 * 4 * 64 * 64 + 8 * 64 * 64
+
+    # keeping A and S on the device (the callbacks now) adds them to the lambda pass and preconditioning only
+    kept = estimate(tiny_llama(device="meta"), Settings(batch_size=2, seq_len=8, measurements=2))
+    for phase in est.phases:
+        extra = 4 * (32 * 32 + 64 * 64) if phase in (LAMBDA, DIRECTIONS) else 0
+        assert kept.phases[phase].resident[gate] == est.phases[phase].resident[gate] + extra
 
     # logits chain: 12 bytes per [B, T, vocab] element; saved activations per token and layer by hand
     assert cov.fixed_transient["logits chain"] == 12 * 16 * 100
