@@ -39,10 +39,15 @@ def test_token_scores_match_per_token_backward(kind):
     assert worst_sum < 1e-4
 
 
-def test_vmap_and_loop_agree_and_grad_modes():
+def test_vmap_and_loop_agree_and_grad_modes(monkeypatch):
+    import infra_pl.influence.tokens as tokens_module
+
     model, modules, batches, directions, _ = scenario("llama")
     batch = batches[0]
-    reference = token_scores(model, batch, directions, modules)
+    reference = token_scores(model, batch, directions, modules)  # dual-tensor passes, one per direction
+    with monkeypatch.context() as patched:
+        patched.setattr(tokens_module, "DUAL_LOOP_MAX_DIRECTIONS", 0)  # force torch.func.vmap
+        assert torch.allclose(token_scores(model, batch, directions, modules), reference, atol=1e-7)
     assert torch.allclose(token_scores(model, batch, directions, modules, vectorize=False), reference, atol=1e-7)
     assert torch.allclose(token_scores(model, batch, directions, modules, chunk_size=1), reference, atol=1e-7)
     with torch.no_grad():
