@@ -63,6 +63,21 @@ def read_parts(directory: Path, key: str) -> pa.Table | None:
     return pa.concat_tables([pq.read_table(p) for p in parts])
 
 
+def read_shards(directory: str | Path) -> pa.Table | None:
+    """Every rank's shards of one scores folder (e.g. ``scores/instance_parts``) as one table.
+
+    Each rank of a distributed pass writes its own ``part-r<rank>-*.parquet`` files keyed by
+    example ``id`` and ``index``; nothing is gathered in memory. This reader presents them as one
+    Arrow table (rows of the folder's current key only; a resumed pass never writes a row twice).
+    With module partitions, the per-partition sub-folders hold additive shares of the score.
+    """
+    directory = Path(directory)
+    key_file = directory / "key.json"
+    if not key_file.exists():
+        return None
+    return read_parts(directory, json.loads(key_file.read_text()).get("key"))
+
+
 def done_indices(directory: Path, key: str, column: str = "index") -> set[int]:
     table = read_parts(directory, key)
     return set() if table is None else set(table.column(column).to_pylist())

@@ -133,5 +133,9 @@ def test_ddp_two_ranks_and_two_partitions_match_one_process(tmp_path, tiny_cache
     ddp_out = runs["ddp"][3]
     shards = {p.name.split("-")[1] for p in (ddp_out / "scores" / "instance_parts").glob("part-*.parquet")}
     assert shards == {"r0", "r1"}  # each rank wrote its own shard
+    from infra_pl.scores_store import read_shards
+
+    table = read_shards(ddp_out / "scores" / "instance_parts").to_pandas()
+    assert sorted(table["id"]) == sorted(ref_instance.index)  # the shards read as one table, each example once
     part_out = runs["partitions"][3]
     assert (part_out / "partitions.json").exists() and (part_out / "partition-001" / "manifest.json").exists()
