@@ -69,8 +69,12 @@ class EKFACFactors(AttributionStep):
             and pass buffers (see ``infra-pl-plan`` for how many groups a device needs): a number of
             balanced contiguous groups, or the groups as lists of module names. Each group costs its
             own two data passes; factors go to ``partition-<k>/`` folders read lazily by module.
+            ``auto``: the fewest groups the memory planner (``infra_pl.planner``) fits into
+            ``device_budget`` for this model, batch size and the datamodule's ``max_length``.
         offload: move each finished group's factors to CPU memory (with ``partitions``), so the
             device only ever holds the group in progress.
+        device_budget: device memory the ``auto`` plan may fill, e.g. ``70GiB`` (default: 90% of
+            the CUDA device's memory; required on CPU).
     """
 
     order = 10
@@ -87,8 +91,9 @@ class EKFACFactors(AttributionStep):
         strict: bool = True,
         refit: bool = False,
         log_spectra: bool = True,
-        partitions: int | list[list[str]] | None = None,
+        partitions: int | str | list[list[str]] | None = None,
         offload: bool = False,
+        device_budget: str | None = None,
     ) -> None:
         if fisher not in ("true", "empirical"):
             raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
@@ -106,6 +111,9 @@ class EKFACFactors(AttributionStep):
         self.log_spectra = log_spectra
         if isinstance(partitions, int) and partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
+        if isinstance(partitions, str) and partitions != "auto":
+            raise ValueError(f"partitions must be a number, a list of module-name lists or 'auto', got {partitions!r}")
+        self.device_budget = device_budget
         self.partitions = partitions
         self.offload = offload
         self._tracked_for_pass: dict[str, torch.nn.Module] | None = None
@@ -186,17 +194,39 @@ class EKFACFactors(AttributionStep):
         _log(f"EK-FAC: reusing factors from {out}")
         return factors.with_damping(self.damping).to("cpu" if self.offload else pl_module.device)
 
-    def _groups(self, tracked: dict[str, torch.nn.Module]) -> list[list[str]]:
+    def _groups(self, tracked: dict[str, torch.nn.Module], model: torch.nn.Module, datamodule: Any) -> list[list[str]]:
+        if self.partitions == "auto":
+            return self._planned_groups(tracked, model, datamodule)
         if self.partitions is None or self.partitions == 1:
             return [list(tracked)]
         if isinstance(self.partitions, int):
             return split_modules({n: layer_shape(m) for n, m in tracked.items()}, self.partitions)
         return check_partitions(self.partitions, list(tracked))
 
+    def _planned_groups(self, tracked: dict[str, torch.nn.Module], model: torch.nn.Module, datamodule: Any) -> list[list[str]]:
+        """Module groups from the memory planner for this model, batch shape and device budget."""
+        from infra_pl.planner import Settings, estimate, format_bytes, parse_bytes, plan_partitions
+
+        device = model_device(model)
+        if self.device_budget is not None:
+            budget = parse_bytes(self.device_budget)
+        elif device.type == "cuda":
+            budget = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+        else:
+            raise ValueError("partitions: auto needs device_budget (e.g. '16GiB') when the model is not on a CUDA device")
+        batch_size = self.batch_size or getattr(datamodule, "eval_batch_size", None) or 1
+        seq_len = getattr(datamodule, "max_length", None) or 2048
+        settings = Settings(batch_size=batch_size, seq_len=seq_len, factor_dtype=self.dtype, fisher=self.fisher, padding=True)
+        plan = plan_partitions(estimate(model, settings, modules=list(tracked)), budget)
+        phase, peak = plan.largest_peak
+        _log(f"EK-FAC plan: {len(plan.partitions)} partition(s) for a {format_bytes(budget)} budget "
+             f"(batch {batch_size} x {seq_len} tokens; largest estimated peak {format_bytes(peak)} in the {phase})")
+        return check_partitions(plan.partitions, list(tracked))
+
     def _fit(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any, out: Path, train_ids: list[str]) -> Factors:
         model = self.hf_model(pl_module)
         tracked = resolve_modules(model, self.modules)
-        groups = self._groups(tracked)
+        groups = self._groups(tracked, model, datamodule)
         if len(groups) == 1:
             factors = self._fit_group(trainer, pl_module, datamodule, out, tracked, train_ids, "")
             if trainer.is_global_zero:

@@ -9,6 +9,7 @@ import pytest
 from infra_pl.callbacks import EKFACFactors
 from infra_pl.ekfac import Factors, FactorsMismatchError, fit_factors
 from infra_pl.trainer import InfraTrainer
+from tests.conftest import TINY_MODEL
 from tests.scripts.attribute_factors import build
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "attribute_factors.py"
@@ -139,3 +140,29 @@ def test_ddp_two_ranks_and_two_partitions_match_one_process(tmp_path, tiny_cache
     assert sorted(table["id"]) == sorted(ref_instance.index)  # the shards read as one table, each example once
     part_out = runs["partitions"][3]
     assert (part_out / "partitions.json").exists() and (part_out / "partition-001" / "manifest.json").exists()
+
+
+def test_auto_partitions_follow_the_memory_planner():
+    """partitions: auto asks the planner: a budget just under the all-modules peak splits the modules."""
+    from types import SimpleNamespace
+
+    from infra_pl.callbacks import EKFACFactors
+    from infra_pl.ekfac import find_tracked_modules
+    from infra_pl.planner import Settings, estimate
+
+    import transformers
+
+    config = {k: v for k, v in TINY_MODEL.items() if k != "model_type"}
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=300, **config))
+    tracked = find_tracked_modules(model)
+    datamodule = SimpleNamespace(eval_batch_size=4, max_length=64)
+    settings = Settings(batch_size=4, seq_len=64, fisher="true", padding=True)
+    peaks = estimate(model, settings, modules=list(tracked)).peaks()
+    everything = max(peaks.values())
+    roomy = EKFACFactors(partitions="auto", device_budget=str(2 * everything))
+    assert roomy._planned_groups(tracked, model, datamodule) == [list(tracked)]
+    tight = EKFACFactors(partitions="auto", device_budget=str(everything - 1))
+    groups = tight._planned_groups(tracked, model, datamodule)
+    assert len(groups) >= 2 and [n for g in groups for n in g] == list(tracked)
+    with pytest.raises(ValueError, match="device_budget"):
+        EKFACFactors(partitions="auto")._planned_groups(tracked, model, datamodule)
