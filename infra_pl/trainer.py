@@ -145,6 +145,13 @@ class InfraTrainer(L.Trainer):
             )
         if ckpt_path is not None and not Path(ckpt_path).exists():
             raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+        if "fsdp" in type(self.strategy).__name__.lower():
+            raise ValueError(
+                "`attribute` does not run under FSDP: sharded parameters make the weight fingerprints that guard "
+                "factor reuse rank-specific, and the factors are per-module anyway. Fine-tune with strategy=fsdp, "
+                "then attribute with strategy=ddp (a bf16 8B-14B model fits one 80 GB device; module partitions "
+                "bound the factors' memory, see README 'Scaling to 7B-14B models')."
+            )
         if ckpt_path is None and not getattr(model, "hparams", {}).get("name_or_path") and not model_is_built(model):
             print(
                 "[infra-pl] warning: `attribute` without --ckpt_path scores the model as configured "
