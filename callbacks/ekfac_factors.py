@@ -27,7 +27,6 @@ from infra_pl.ekfac import (
 )
 from infra_pl.ekfac import phase_store
 from infra_pl.ekfac.eigen import EigenBasis
-from infra_pl.ekfac.fingerprint import module_fingerprints, untracked_fingerprint
 from infra_pl.ekfac.modules import layer_shape, resolve_modules
 from infra_pl.ekfac.partition import check_partitions, split_modules
 from infra_pl.ekfac.passes import model_device
@@ -245,11 +244,7 @@ class EKFACFactors(AttributionStep):
                     part.save(folder)
                     phase_store.clear_partial(folder)
                 parts.append(part.to("cpu") if self.offload else part)
-            factors = Factors.merge(parts)
-            factors.model_fingerprint = model_fingerprint(model, tracked)
-            factors.module_fingerprints = module_fingerprints(tracked)
-            factors.untracked_fingerprint = untracked_fingerprint(model, tracked)
-            factors.data_fingerprint = data_fingerprint(train_ids)
+            factors = Factors.merge(parts).fingerprint(model, tracked, train_ids)
             if trainer.is_global_zero:
                 write_partition_index(out, groups, {
                     "model_fingerprint": factors.model_fingerprint, "module_fingerprints": factors.module_fingerprints,

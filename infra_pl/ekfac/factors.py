@@ -118,13 +118,23 @@ class Factors:
             )
         dtype = next(iter(per_module.values())).lambdas.dtype
         factors = cls(modules=per_module, fisher=fisher, damping_rule=damping_rule(damping), dtype=dtype)
+        return factors.fingerprint(model, tracked, train_ids)
+
+    def fingerprint(
+        self, model: nn.Module | None, tracked: Mapping[str, nn.Module] | None, train_ids: Iterable[object] | None = None
+    ) -> "Factors":
+        """Record (in place) which model weights and training set these factors belong to; returns self.
+
+        A merged partitioned fit calls this with the whole tracked set: each part's own
+        fingerprints treat the other parts' modules as untracked.
+        """
         if model is not None and tracked is not None:
-            factors.model_fingerprint = model_fingerprint(model, tracked)
-            factors.module_fingerprints = module_fingerprints(tracked)
-            factors.untracked_fingerprint = untracked_fingerprint(model, tracked)
+            self.model_fingerprint = model_fingerprint(model, tracked)
+            self.module_fingerprints = module_fingerprints(tracked)
+            self.untracked_fingerprint = untracked_fingerprint(model, tracked)
         if train_ids is not None:
-            factors.data_fingerprint = data_fingerprint(train_ids)
-        return factors
+            self.data_fingerprint = data_fingerprint(train_ids)
+        return self
 
     def with_damping(self, damping: float | None) -> "Factors":
         """Same factors with another damping (fixed value, or None for the heuristic); no refit."""

@@ -71,7 +71,6 @@ def fit_factors(
 
 def _fit_partitioned(model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions) -> Factors:
     """One full fit per module group, merged; fingerprints are the whole model's."""
-    from infra_pl.ekfac.fingerprint import data_fingerprint, model_fingerprint, module_fingerprints, untracked_fingerprint
     from infra_pl.ekfac.modules import layer_shape
     from infra_pl.ekfac.partition import check_partitions, split_modules
 
@@ -83,10 +82,4 @@ def _fit_partitioned(model, loader, loss_fn, tracked, fisher, damping, progress,
         fit_factors(model, loader, loss_fn, {n: tracked[n] for n in group}, fisher, damping, progress, seed, dtype)
         for group in groups
     ]
-    merged = Factors.merge(parts)
-    merged.model_fingerprint = model_fingerprint(model, tracked)
-    merged.module_fingerprints = module_fingerprints(tracked)
-    merged.untracked_fingerprint = untracked_fingerprint(model, tracked)
-    if train_ids is not None:
-        merged.data_fingerprint = data_fingerprint(train_ids)
-    return merged
+    return Factors.merge(parts).fingerprint(model, tracked, train_ids)
