@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated k values of the removal check; empty string to skip it (default: 10,25,50)")
     g.add_argument("--topk-seeds", type=_ints, default=defaults_o.topk_seeds,
                    help="training seeds of the removal retrains, also the number of random removal draws (default: 0,1,2)")
+    g.add_argument("--topk-controls", default=",".join(defaults_o.topk_controls),
+                   help="what top-k removal is compared with: random (k random examples) and/or domain-random (k random "
+                        "examples of the measurement's own domain) (default: %(default)s)")
     g.add_argument("--topk-method", default=defaults_o.topk_method, help="method whose top-k examples are removed (default: %(default)s)")
     g = p.add_argument_group("setting (changing any of these starts a new output sub-folder)")
     g.add_argument("--n-train", type=int, default=defaults_s.n_train, help="training examples, half math half code (default: %(default)s)")
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         topk=args.k,
         topk_method=args.topk_method,
         topk_seeds=args.topk_seeds,
+        topk_controls=tuple(c.strip() for c in args.topk_controls.split(",") if c.strip()),
         noise_subsets=args.noise_subsets,
         n_bootstrap=args.bootstrap,
     )

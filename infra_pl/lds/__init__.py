@@ -61,14 +61,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "BM25Scores",
     "DEFAULT_METHODS",
+    "METHOD_DESCRIPTIONS",
+    "BM25Scores",
     "IdentityPreconditioner",
     "Interval",
     "LDSExperiment",
     "LDSOptions",
     "LDSSetting",
-    "METHOD_DESCRIPTIONS",
     "RetrainRecord",
     "RetrainStore",
     "TrainRecipe",

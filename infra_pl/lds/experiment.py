@@ -13,10 +13,9 @@ Layout of ``<out>/<setting digest>/`` (everything is reused when present, so a r
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,8 +37,20 @@ from infra_pl.lds.metrics import (
     spearman,
     subset_predictions,
 )
-from infra_pl.lds.scoring import DEFAULT_METHODS, ScoringContext, check_methods, method_pairwise
-from infra_pl.lds.subsets import RetrainJob, RetrainRecord, RetrainStore, draw_subsets, run_retrains, subset_digest
+from infra_pl.lds.scoring import (
+    DEFAULT_METHODS,
+    ScoringContext,
+    check_methods,
+    method_pairwise,
+)
+from infra_pl.lds.subsets import (
+    RetrainJob,
+    RetrainRecord,
+    RetrainStore,
+    draw_subsets,
+    run_retrains,
+    subset_digest,
+)
 from infra_pl.lds.training import build_model, item_log_likelihoods, train
 
 Log = Callable[[str], None]
@@ -58,6 +69,9 @@ class LDSOptions:
         topk: k values of the removal check (empty: no removal check).
         topk_method: the method whose top-k examples are removed.
         topk_seeds: training seeds of the removal retrains (and of the matching full-set baselines).
+        topk_controls: what the top-k removal is compared with: ``"random"`` (k random examples)
+            and/or ``"domain-random"`` (k random examples of the measurement's own domain, which
+            separates "finds the right domain" from "finds the right examples within it").
         noise_subsets: retrain this many of the LDS subsets a second time with training seed
             ``train_seed + 1``; the seed-to-seed Spearman of f is the noise ceiling of the LDS.
         n_bootstrap: bootstrap resamples of the retrains for the LDS interval.
@@ -73,6 +87,7 @@ class LDSOptions:
     topk: tuple[int, ...] = (10, 25, 50)
     topk_method: str = "ekfac"
     topk_seeds: tuple[int, ...] = (0, 1, 2)
+    topk_controls: tuple[str, ...] = ("random",)
     noise_subsets: int = 0
     n_bootstrap: int = 2000
     score_batch_size: int = 32
@@ -85,6 +100,9 @@ class LDSOptions:
         check_methods([self.topk_method])
         if self.topk and not self.topk_seeds:
             raise ValueError("topk_seeds must name at least one training seed when topk is set")
+        unknown = [c for c in self.topk_controls if c not in ("random", "domain-random")]
+        if unknown or not self.topk_controls:
+            raise ValueError(f"topk_controls must be a non-empty subset of ('random', 'domain-random'), got {self.topk_controls}")
         if any(k < 1 for k in self.topk):
             raise ValueError(f"every k must be >= 1, got {self.topk}")
         if not 0 <= self.noise_subsets <= self.n_subsets:
@@ -317,6 +335,23 @@ def noise_ceiling(first: Sequence[RetrainRecord], second: Sequence[RetrainRecord
     }
 
 
+def _drops(
+    plan: Sequence[tuple[str, int, str, int, list[int]]],
+    reduced: Sequence[RetrainRecord],
+    full: dict[int, RetrainRecord],
+    kind: str,
+    k: int,
+    planned_for: str,
+    measured: str,
+) -> list[float]:
+    """f(full set) − f(reduced set) of measurement ``measured``, per seed, for the planned removals."""
+    return [
+        full[seed].f[measured] - record.f[measured]
+        for (p_kind, p_k, p_for, seed, _), record in zip(plan, reduced)
+        if p_kind == kind and p_k == k and p_for == planned_for
+    ]
+
+
 def removal_check(
     exp: LDSExperiment,
     options: LDSOptions,
@@ -332,17 +367,30 @@ def removal_check(
     everything = list(range(n))
     jobs: list[RetrainJob] = [RetrainJob(f"full set, seed {s}", everything, s) for s in options.topk_seeds]
     plan: list[tuple[str, int, str, int, list[int]]] = []  # (kind, k, measurement, seed, kept)
+    same_domain: dict[tuple[int, str], int] = {}  # removed top-k examples from the measurement's own domain
     for k in options.topk:
         if k >= n:
             raise ValueError(f"k={k} removes the whole training set of {n}")
         for row, name in enumerate(groups):
             top = set(np.argsort(-domain_scores[row], kind="stable")[:k].tolist())
             kept = [i for i in everything if i not in top]
+            same_domain[(k, name)] = sum(exp.data.train_examples[i]["domain"] == name for i in top)
             for s in options.topk_seeds:
                 plan.append(("top", k, name, s, kept))
         for r, s in enumerate(options.topk_seeds):
-            removed = set(np.random.default_rng([options.subset_seed, 7919, k, r]).choice(n, size=k, replace=False).tolist())
-            plan.append(("random", k, "*", s, [i for i in everything if i not in removed]))
+            if "random" in options.topk_controls:
+                removed = set(np.random.default_rng([options.subset_seed, 7919, k, r]).choice(n, size=k, replace=False).tolist())
+                plan.append(("random", k, "*", s, [i for i in everything if i not in removed]))
+            if "domain-random" in options.topk_controls:
+                for row, name in enumerate(groups):
+                    pool = [i for i in everything if exp.data.train_examples[i]["domain"] == name]
+                    if len(pool) < k:
+                        raise ValueError(f"domain-random removal of k={k} needs {k} '{name}' examples, there are {len(pool)}")
+                    pick = np.random.default_rng([options.subset_seed, 7927, k, r, row]).choice(
+                        len(pool), size=k, replace=False
+                    )
+                    removed = {pool[int(j)] for j in pick}
+                    plan.append(("domain-random", k, name, s, [i for i in everything if i not in removed]))
     jobs += [RetrainJob(f"remove {kind} {k} ({name})", kept, s) for kind, k, name, s, kept in plan]
     for s in options.topk_seeds:
         if s == options.train_seed:
@@ -353,19 +401,21 @@ def removal_check(
     rows: list[dict[str, Any]] = []
     for k in options.topk:
         for name in groups:
-            top = [full[s].f[name] - rec.f[name] for (kind, kk, m, s, _), rec in zip(plan, reduced) if kind == "top" and kk == k and m == name]
-            rand = [full[s].f[name] - rec.f[name] for (kind, kk, m, s, _), rec in zip(plan, reduced) if kind == "random" and kk == k]
-            rows.append(
-                {
-                    "measurement": name,
-                    "k": k,
-                    "top_drop": mean_interval(top).to_dict(),
-                    "random_drop": mean_interval(rand).to_dict(),
-                    "difference": mean_interval([a - b for a, b in zip(top, rand)]).to_dict(),
-                    "top_drops": top,
-                    "random_drops": rand,
-                }
-            )
+            top = _drops(plan, reduced, full, "top", k, name, name)
+            row: dict[str, Any] = {
+                "measurement": name,
+                "k": k,
+                "top_same_domain": same_domain[(k, name)],
+                "top_drop": mean_interval(top).to_dict(),
+                "top_drops": top,
+            }
+            for control, key, measurement in (("random", "random", "*"), ("domain-random", "domain_random", name)):
+                if control in options.topk_controls:
+                    other = _drops(plan, reduced, full, control, k, measurement, name)
+                    row[f"{key}_drop"] = mean_interval(other).to_dict()
+                    row[f"{key}_drops"] = other
+                    row[f"difference_{key}"] = mean_interval([a - b for a, b in zip(top, other)]).to_dict()
+            rows.append(row)
     return rows
 
 

@@ -35,16 +35,18 @@ def lds_markdown(results: dict[str, Any]) -> str:
 
 
 def removal_markdown(results: dict[str, Any]) -> str:
+    """One row per (measurement, k): the f drops of each removal, and top-k minus each control."""
     method = results["options"]["topk_method"]
-    lines = [
-        f"| measurement | k | f drop, top-k by {method} removed | f drop, k random removed | difference (paired by seed) |",
-        "|---|---|---|---|---|",
-    ]
+    controls = [c for c in ("random", "domain_random") if any(f"{c}_drop" in r for r in results["removal"])]
+    label = {"random": "k random", "domain_random": "k random of the same domain"}
+    head = f"| measurement | k | top-k in the measurement's domain | f drop, top-k by {method} removed |"
+    head += "".join(f" f drop, {label[c]} removed | top-k − {label[c]} (paired by seed) |" for c in controls)
+    lines = [head, "|" + "---|" * (4 + 2 * len(controls))]
     for row in results["removal"]:
-        lines.append(
-            f"| {row['measurement']} | {row['k']} | {_interval(row['top_drop'], 3)} | {_interval(row['random_drop'], 3)} "
-            f"| {_interval(row['difference'], 3)} |"
-        )
+        cells = [row["measurement"], str(row["k"]), f"{row['top_same_domain']}/{row['k']}", _interval(row["top_drop"])]
+        for c in controls:
+            cells += [_interval(row[f"{c}_drop"]), _interval(row[f"difference_{c}"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -83,8 +85,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         seeds = ", ".join(str(x) for x in o["topk_seeds"])
         parts += [
             f"Top-k removal: retrain without the k examples with the highest score for each measurement, or without k "
-            f"random examples, with training seeds {seeds}; f drop = f(full set) − f(reduced set) at the same seed, "
-            "mean [95% t-interval over seeds].",
+            f"random examples (of any domain, or of the measurement's own domain), with training seeds {seeds}; "
+            "f drop = f(full set) − f(reduced set) at the same seed, mean [95% t-interval over seeds].",
             "",
             removal_markdown(results),
             "",

@@ -19,7 +19,12 @@ from torch import nn
 
 from infra_pl.ekfac import Factors, find_tracked_modules, fit_factors
 from infra_pl.influence import instance_scores, query_directions
-from infra_pl.lds.baselines import BM25Scores, IdentityPreconditioner, kfac_factors, scaled_damping
+from infra_pl.lds.baselines import (
+    BM25Scores,
+    IdentityPreconditioner,
+    kfac_factors,
+    scaled_damping,
+)
 from infra_pl.lds.data import LDSData, example_text
 from infra_pl.lds.kronfluence_ref import kronfluence_available, kronfluence_pairwise
 

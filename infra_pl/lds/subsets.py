@@ -34,7 +34,7 @@ def draw_subsets(n: int, alpha: float, count: int, seed: int) -> list[list[int]]
 
 def subset_digest(indices: Sequence[int]) -> str:
     """Order-free hash of a set of example indices."""
-    text = ",".join(str(i) for i in sorted(set(int(i) for i in indices)))
+    text = ",".join(str(i) for i in sorted({int(i) for i in indices}))
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
 

@@ -5,11 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.lds.lds_helpers import batches, features, tiny_llama
 
 from infra_pl.ekfac import fit_factors, per_example_gradients
-from infra_pl.influence import instance_scores, measurement_directions, measurement_gradient, query_directions
-from infra_pl.lds.baselines import BM25Scores, IdentityPreconditioner, bm25_tokens, kfac_factors, scaled_damping
+from infra_pl.influence import (
+    instance_scores,
+    measurement_directions,
+    measurement_gradient,
+    query_directions,
+)
+from infra_pl.lds.baselines import (
+    BM25Scores,
+    IdentityPreconditioner,
+    bm25_tokens,
+    kfac_factors,
+    scaled_damping,
+)
+from tests.lds.lds_helpers import batches, features, tiny_llama
 
 F64 = torch.float64
 

@@ -32,8 +32,8 @@ SETTING = LDSSetting(
     max_new_tokens=4,
 )
 OPTIONS = LDSOptions(
-    n_subsets=3, methods=("ekfac", "kfac", "identity", "bm25"), topk=(2,), topk_seeds=(0, 1), noise_subsets=2,
-    n_bootstrap=100, sandbox_workers=1,
+    n_subsets=3, methods=("ekfac", "kfac", "identity", "bm25"), topk=(2,), topk_seeds=(0, 1),
+    topk_controls=("random", "domain-random"), noise_subsets=2, n_bootstrap=100, sandbox_workers=1,
 )
 
 
@@ -42,9 +42,9 @@ def test_run_lds_tiny_end_to_end_and_resume(tmp_path):
     lines: list[str] = []
     results = run_lds(SETTING, OPTIONS, tmp_path, log=lines.append)
     root = tmp_path / SETTING.digest()
-    # 1 full + 3 LDS + 2 noise + (full seed 1) + top-2 x 2 measurements x 2 seeds + 2 random
-    assert len(list((root / "retrains").glob("*.json"))) == 1 + 3 + 2 + 1 + 4 + 2
-    assert sum("retrain " in line for line in lines) == 3 + 2 + 1 + 4 + 2
+    # 1 full + 3 LDS + 2 noise + (full seed 1) + top-2 x 2 measurements x 2 seeds + 2 random + 2 x 2 domain-random
+    assert len(list((root / "retrains").glob("*.json"))) == 1 + 3 + 2 + 1 + 4 + 2 + 4
+    assert sum("retrain " in line for line in lines) == 3 + 2 + 1 + 4 + 2 + 4
     assert set(results["lds"]) == {"ekfac", "kfac", "identity", "bm25"}
     for row in results["lds"].values():
         assert -1.0 <= row["lds"]["value"] <= 1.0 and set(row["per_measurement"]) == {"code", "math"}
@@ -53,7 +53,11 @@ def test_run_lds_tiny_end_to_end_and_resume(tmp_path):
     assert all(info["fallback"] == "reference" and info["n_used"] == 3 for info in results["measurements"].values())
     markdown = results_markdown(results)
     assert "FALLBACK" in markdown and "| `ekfac`" in markdown and "| math | 2 |" in markdown
-    assert len(results["removal"]) == 2 and all(len(r["top_drops"]) == 2 for r in results["removal"])
+    assert len(results["removal"]) == 2
+    for row in results["removal"]:
+        assert len(row["top_drops"]) == len(row["random_drops"]) == len(row["domain_random_drops"]) == 2
+        assert row["difference_random"]["value"] == pytest.approx(row["top_drop"]["value"] - row["random_drop"]["value"])
+    assert "same domain" in markdown
     assert not math.isnan(results["noise_ceiling"]["mean"])
     assert json.loads((root / "results.json").read_text())["digest"] == SETTING.digest()
 

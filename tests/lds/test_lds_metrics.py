@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from infra_pl.lds.metrics import average_ranks, lds, mean_interval, spearman, student_t_quantile, subset_predictions
+from infra_pl.lds.metrics import (
+    average_ranks,
+    lds,
+    mean_interval,
+    spearman,
+    student_t_quantile,
+    subset_predictions,
+)
 
 
 def test_average_ranks_share_ties():

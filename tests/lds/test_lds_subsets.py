@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from infra_pl.lds.subsets import RetrainJob, RetrainRecord, RetrainStore, draw_subsets, run_retrains, subset_digest
+from infra_pl.lds.subsets import (
+    RetrainJob,
+    RetrainRecord,
+    RetrainStore,
+    draw_subsets,
+    run_retrains,
+    subset_digest,
+)
 
 
 def test_draw_subsets_sizes_determinism_and_independence():

@@ -6,10 +6,10 @@ import copy
 
 import numpy as np
 import torch
-from tests.lds.lds_helpers import PAD, batches, features, tiny_llama
 
 from infra_pl.lds.config import LDSSetting, TrainRecipe
 from infra_pl.lds.training import item_log_likelihoods, train
+from tests.lds.lds_helpers import PAD, batches, features, tiny_llama
 
 RECIPE = TrainRecipe(steps=6, learning_rate=1e-2, batch_size=4)
 
