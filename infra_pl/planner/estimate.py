@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from infra_pl.influence.tokens import DUAL_LOOP_MAX_DIRECTIONS
 from infra_pl.planner.model import Architecture, TrackedModule, parameter_bytes, tracked_modules
 
 FLOAT32 = 4
@@ -208,14 +209,21 @@ def backward_working_bytes(arch: Architecture, settings: Settings, s: int) -> in
     return settings.tokens * s * (2 * arch.intermediate + arch.hidden)
 
 
-def jvp_logits_bytes(arch: Architecture, settings: Settings, s: int) -> int:
-    """Peak of the forward-mode logits chain of the token pass, M directions at once.
-
-    Primal and M tangent logits (s each), their float32 copies when the model is not float32, the
-    log-softmax output and its ``exp`` (float32, primal only) and the tangent of the log-softmax
-    (the product with ``exp`` and the result: 4·M).
-    """
+def jvp_tangents(settings: Settings) -> int:
+    """Directions the token pass carries at once: one at a time (a dual-tensor pass per direction)
+    up to ``influence.tokens.DUAL_LOOP_MAX_DIRECTIONS``, all M under ``torch.func.vmap`` above."""
     m = settings.measurements
+    return m if m > DUAL_LOOP_MAX_DIRECTIONS else 1
+
+
+def jvp_logits_bytes(arch: Architecture, settings: Settings, s: int) -> int:
+    """Peak of the forward-mode logits chain of the token pass, with m = :func:`jvp_tangents` tangents.
+
+    Primal and m tangent logits (s each), their float32 copies when the model is not float32, the
+    log-softmax output and its ``exp`` (float32, primal only) and the tangent of the log-softmax
+    (the product with ``exp`` and the result: 4·m).
+    """
+    m = jvp_tangents(settings)
     upcast = FLOAT32 if s != FLOAT32 else 0
     per_element = (1 + m) * (s + upcast) + 2 * FLOAT32 + FLOAT32 * m
     return settings.tokens * arch.vocab * per_element
@@ -225,7 +233,7 @@ def jvp_layer_bytes(arch: Architecture, settings: Settings, s: int) -> int:
     """Largest forward-mode working set inside one decoder layer of the token pass.
 
     The pass runs under no_grad, so nothing is kept across layers; inside a layer, every buffer
-    exists as a primal and M tangents. Terms:
+    exists as a primal and m tangents (m = :func:`jvp_tangents`, written M below). Terms:
       * the residual stream, normed input, q/k/v and attention output: (1+M)·(4H + Q + 2·KV)·s per token;
       * attention in the math SDPA kernel (the fused kernels have no forward-mode rule): the
         [B, heads, T, T] scores, softmax output and ``_safe_softmax``'s masked copy, each a primal
@@ -234,10 +242,10 @@ def jvp_layer_bytes(arch: Architecture, settings: Settings, s: int) -> int:
       * or the gated MLP: SiLU output, up output, the perturbation ``α·F.linear(x, V)`` added to it
         and the sum, each primal + M tangents, plus the primal-only ``F.linear`` output:
         (4·(1+M) + 1)·I·s per token.
-    Measured on CPU (benchmarks/planner_check.py, T=2048): attention ≈ 6.2 squares for M=1 and 9.2
-    for M=2, against 6 and 9 here.
+    Measured on CPU (4-layer Llama, T=2048): attention ≈ 6.2 squares with one tangent and 9.2 with
+    two under vmap, against 6 and 9 here.
     """
-    m = settings.measurements
+    m = jvp_tangents(settings)
     a = max(s, FLOAT32)
     t = settings.seq_len
     stream = (1 + m) * settings.tokens * (4 * arch.hidden + arch.q_width + 2 * arch.kv_width) * s
@@ -418,13 +426,13 @@ def estimate(
             {"JVP logits chain": jvp_logits_bytes(arch, settings, s), "JVP layer": jvp_layer_bytes(arch, settings, s)},
             0,
             # directions (factor dtype), their copy in the layer dtype, and the zero primals of the
-            # perturbation D (made for every call, used by vmap when M > 1)
+            # perturbation D (made on every call, used by the vmap path)
             resident=per_module(
                 lambda mod: m * matrix(mod)
                 + (m * mod.weight_elements * mod.dtype_bytes if mod.dtype_bytes != f else 0)
                 + mod.weight_elements * mod.dtype_bytes
             ),
-            transient=per_module(lambda mod: 2 * (1 + m) * n * mod.out_features * mod.dtype_bytes),
+            transient=per_module(lambda mod: 2 * (1 + jvp_tangents(settings)) * n * mod.out_features * mod.dtype_bytes),
         ),
     }
     sizes = {

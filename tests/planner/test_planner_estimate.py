@@ -134,6 +134,18 @@ def test_saved_activations_match_autograd(dtype, padding):
     assert _saved_bytes(model, batch) == expected
 
 
+def test_token_pass_carries_one_tangent_until_vmap():
+    from infra_pl.influence.tokens import DUAL_LOOP_MAX_DIRECTIONS
+    from infra_pl.planner.estimate import jvp_logits_bytes, jvp_tangents
+
+    loop, vmap = Settings(measurements=DUAL_LOOP_MAX_DIRECTIONS), Settings(measurements=DUAL_LOOP_MAX_DIRECTIONS + 1)
+    assert jvp_tangents(loop) == 1 and jvp_tangents(vmap) == DUAL_LOOP_MAX_DIRECTIONS + 1
+    arch = Architecture.from_config(tiny_llama(device="meta").config)
+    one = Settings(batch_size=1, seq_len=10, measurements=1)
+    # float32 model, one tangent: primal + tangent logits (8), log-softmax + exp (8), tangent product/result (4)
+    assert jvp_logits_bytes(arch, one, 4) == 10 * 100 * 20
+
+
 def test_logits_chain_covers_sampling_and_backward():
     arch = Architecture.from_config(tiny_llama(device="meta").config)
     base = dict(batch_size=1, seq_len=10)
