@@ -142,11 +142,11 @@ class Estimate:
 
 
 # --------------------------------------------------------------------------------- model terms
-def saved_activation_bytes(arch: Architecture, settings: Settings, s: int) -> int:
-    """Bytes autograd saves for the backward in one forward of a [B, T] batch (weights trainable).
+def saved_activation_bytes(arch: Architecture, settings: Settings, s: int, frozen: bool = False) -> int:
+    """Bytes autograd saves for the backward in one forward of a [B, T] batch.
 
     Per decoder layer and token (s = bytes of the model dtype; counted on HF's Llama/Qwen2 code and
-    checked with ``saved_tensors_hooks`` in the tests):
+    checked with ``saved_tensors_hooks`` in the tests), with trainable weights:
       * 2 RMSNorms: the float32 input of ``pow`` (4H), ``rsqrt`` (4), the normalised input of the
         weight product in the model dtype (sH): 2·(4H + 4 + sH);
       * the two norm outputs, saved by q/k/v and gate/up projections: 2·sH;
@@ -156,35 +156,61 @@ def saved_activation_bytes(arch: Architecture, settings: Settings, s: int) -> in
       * gated MLP: gate output, SiLU output, up output, their product: 4·sI.
     Once per batch: final norm and lm_head input, the rotary cos/sin (2·T·head_dim·s), and with
     padding the float copy of the [B, 1, T, T] attention mask that the kernel keeps per layer.
+
+    ``frozen``: the base weights do not require grad (a LoRA model), so autograd keeps only what
+    input gradients need: the norms' weighted input (sH), the projections' inputs (2·sH, the lm_head
+    input) and the MLP product (sI) are not saved. Adapter inputs: :func:`lora_activation_bytes`.
+    Nothing before the first adapter is recorded either (part of layer 0); counting it anyway makes
+    the frozen estimate an upper bound by less than one layer.
     Not counted: eager attention (it would keep the [B, heads, T, T] probabilities).
     """
     h, i, q = arch.hidden, arch.intermediate, arch.q_width
     kv = q if (settings.padding and arch.kv_heads < arch.heads) else arch.kv_width
-    norm = 4 * h + 4 + s * h
-    per_layer = 2 * norm + 2 * s * h + s * (q + 2 * kv) + s * q + 4 * arch.heads + 4 * s * i
-    per_token = arch.layers * per_layer + norm + s * h
+    weighted = 0 if frozen else s * h  # the norm's input to the weight product; the projections' inputs
+    norm = 4 * h + 4 + weighted
+    attention = s * (q + 2 * kv) + s * q + 4 * arch.heads
+    mlp = (3 if frozen else 4) * s * i
+    per_layer = 2 * norm + 2 * weighted + attention + mlp
+    per_token = arch.layers * per_layer + norm + weighted
     total = settings.tokens * per_token + 2 * settings.seq_len * arch.head_dim * s
     if settings.padding:
         total += arch.layers * settings.batch_size * settings.seq_len**2 * s
     return total
 
 
-def lora_activation_bytes(model: nn.Module, settings: Settings) -> int:
-    """Extra saved bytes of peft LoRA adapters: the input cast to the adapter dtype, and lora_B's input.
+# The tensor a base projection reads, for sharing one saved input between adapters (frozen base):
+# q/k/v read the attention norm's output, gate/up the MLP norm's output, o_proj the SDPA output
+# (already saved by the kernel), down_proj the gated product.
+_LORA_INPUTS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in",
+                "up_proj": "mlp_in", "o_proj": "sdpa_out", "down_proj": "mlp_product"}
 
-    Upper bound for a LoRA model: :func:`saved_activation_bytes` counts what a fully trainable model
-    saves, while frozen base weights let autograd skip some inputs.
+
+def lora_activation_bytes(model: nn.Module, settings: Settings, frozen: bool = True) -> int:
+    """Saved bytes of peft LoRA adapters: each adapted layer's input and lora_B's input (a·r).
+
+    peft casts the layer input to the adapter dtype (float32 adapters on a bf16 model): then every
+    adapter keeps its own float32 copy (a·in). Otherwise the adapters keep the layer input itself,
+    counted once per input tensor (q/k/v share one, gate/up another) and not at all for o_proj,
+    whose input the SDPA kernel already keeps; with trainable base weights
+    (``frozen=False``) :func:`saved_activation_bytes` already counts those inputs.
     """
-    total = 0
-    for module in model.modules():
+    total, shared = 0, set()
+    for name, module in model.named_modules():
         lora_a = getattr(module, "lora_A", None)
         if not isinstance(lora_a, nn.ModuleDict) or not hasattr(module, "base_layer"):
             continue
         base_bytes = module.base_layer.weight.element_size()
+        kind = _LORA_INPUTS.get(name.rsplit(".", 1)[-1])
+        layer = name.rsplit(".", 2)[0]
         for adapter in lora_a.values():
             a_bytes = adapter.weight.element_size()
-            cast = adapter.in_features * a_bytes if a_bytes != base_bytes else 0
-            total += settings.tokens * (cast + adapter.out_features * a_bytes)
+            if a_bytes != base_bytes:
+                total += settings.tokens * adapter.in_features * a_bytes
+            elif frozen and kind != "sdpa_out" and (layer, kind) not in shared:
+                total += settings.tokens * adapter.in_features * base_bytes
+                if kind is not None:
+                    shared.add((layer, kind))
+            total += settings.tokens * adapter.out_features * a_bytes
     return total
 
 
@@ -340,7 +366,9 @@ def estimate(
 
     weights = parameter_bytes(model)
     batch = 3 * n * INT64  # input_ids, attention_mask, labels
-    activations = saved_activation_bytes(arch, settings, s) + lora_activation_bytes(model, settings)
+    # Frozen base weights (a LoRA model): autograd keeps fewer inputs (see saved_activation_bytes).
+    frozen = any(not p.requires_grad for p in model.parameters()) and any(p.requires_grad for p in model.parameters())
+    activations = saved_activation_bytes(arch, settings, s, frozen) + lora_activation_bytes(model, settings, frozen)
     grad_fixed = {"weights": weights, "batch": batch, "saved activations": activations}
     logits = {"logits chain": logits_chain_bytes(arch, settings, s)}
     working = backward_working_bytes(arch, settings, s)

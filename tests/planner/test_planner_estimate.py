@@ -160,3 +160,34 @@ def test_bad_settings_are_refused():
         Settings(fisher="exact")
     with pytest.raises(ValueError, match="activation model knows"):
         Architecture.from_config(transformers.GPT2Config())
+
+
+def test_lora_tracks_the_adapters_and_counts_their_inputs():
+    from infra_pl.planner.model import meta_model
+
+    settings = Settings(batch_size=2, seq_len=8, measurements=1)
+    lora = {"r": 4, "alpha": 8, "target_modules": ["gate_proj", "up_proj", "down_proj"]}
+    est = estimate(meta_model(tiny_llama(device="meta").config, dtype=torch.bfloat16, lora=lora), settings)
+    assert len(est.modules) == 12 and all(".lora_" in m.name for m in est.modules)
+    shapes = {m.name[m.name.index("layers."):]: (m.out_features, m.in_dim, m.dtype_bytes) for m in est.modules}
+    assert shapes["layers.0.mlp.down_proj.lora_A.default"] == (4, 64, 4)  # float32 adapters on a bf16 model
+    assert shapes["layers.0.mlp.down_proj.lora_B.default"] == (32, 4, 4)
+
+
+@pytest.mark.parametrize("targets", [["gate_proj", "up_proj", "down_proj"], None], ids=["mlp", "all"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_lora_saved_activations_bound_autograd_within_one_layer(targets, dtype):
+    """Frozen base + adapters: the estimate is autograd's saved bytes plus at most layer 0's share."""
+    from infra_pl.models import LoraOptions, apply_lora
+
+    options = LoraOptions(r=4, alpha=8) if targets is None else LoraOptions(r=4, alpha=8, target_modules=targets)
+    model = apply_lora(tiny_llama(dtype), options)
+    b, t = 2, 24
+    ids = torch.randint(0, 100, (b, t), generator=torch.Generator().manual_seed(0))
+    real = _saved_bytes(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    settings = Settings(batch_size=b, seq_len=t)
+    est = estimate(model, settings).phases[COVARIANCE].fixed["saved activations"]
+    s = torch.empty((), dtype=dtype).element_size()
+    arch = Architecture.from_config(model.config)
+    one_layer = saved_activation_bytes(arch, settings, s) // arch.layers
+    assert real <= est <= real + one_layer
