@@ -288,6 +288,10 @@ class EKFACFactors(AttributionStep):
                 phase_store.save_eigen, lambda: self._distributed_eigen(trainer, covariance),
             )
             self._eigen_for_pass = eigen
+            if self.offload:  # the lambda pass reads only the eigenbases: A and S wait in CPU memory
+                for sums in (covariance.activation_sums, covariance.gradient_sums):
+                    for name in sums:
+                        sums[name] = sums[name].cpu()
             lambdas = self._phase(
                 trainer, out, key, device, "3/3 lambda" + label, phase_store.load_lambda,
                 phase_store.save_lambda, lambda: run_pass(LAMBDA),

@@ -225,7 +225,7 @@ class InfluenceScores(AttributionStep):
             gradients[spec.name], info[spec.name]["f_value"] = self._measurement_gradient(trainer, pl_module, datamodule, sub, spec)
         directions = None
         if trainer.is_global_zero:
-            group_factors = factors.subset(group).to(pl_module.device)
+            group_factors = factors.subset(group).to(pl_module.device, covariances=False)
             directions = measurement_directions(group_factors, gradients)
             del group_factors
         if trainer.world_size > 1:
@@ -319,7 +319,7 @@ class InfluenceScores(AttributionStep):
         order = [i for batch in loader for i in batch_indices(batch, "pairwise scores")]  # query_k = k-th item in loader order
         frames = []
         for part in parts:  # the additive share of every module group (one group without partitions)
-            group_factors = factors.subset(part.group).to(pl_module.device)
+            group_factors = factors.subset(part.group).to(pl_module.device, covariances=False)
             directions = query_directions(self._model(pl_module), loader, group_factors, part.tracked, loss_fn=loss_fn_for(pl_module))
             del group_factors
             key = _directions_key(directions, factors)

@@ -74,4 +74,5 @@ def eigendecompose(
             gradient_eigenvectors=s_vecs.to(store).contiguous(),
             gradient_eigenvalues=s_vals.to(store),
         )
+        del a_cov, s_cov, a_vals, a_vecs, s_vals, s_vecs  # free this module's float64 buffers before the next eigh
     return result

@@ -141,15 +141,19 @@ class Factors:
         modules = {n: replace(m, damping=resolve_damping(m.lambdas, damping)) for n, m in self.modules.items()}
         return replace(self, modules=modules, damping_rule=damping_rule(damping))
 
-    def to(self, device: torch.device | str) -> "Factors":
-        """Copy of the factors with every tensor on ``device``."""
+    def to(self, device: torch.device | str, covariances: bool = True) -> "Factors":
+        """Copy of the factors with every tensor on ``device``.
+
+        ``covariances=False`` leaves A and S where they are: preconditioning reads only the
+        eigenbases and Λ, and at 8B scale A and S are a fifth of the factors' memory.
+        """
 
         def move(m: ModuleFactors) -> ModuleFactors:
             eig = EigenBasis(**{k: v.to(device) for k, v in vars(m.eigen).items()})
             return replace(
                 m,
-                activation_covariance=m.activation_covariance.to(device),
-                gradient_covariance=m.gradient_covariance.to(device),
+                activation_covariance=m.activation_covariance.to(device) if covariances else m.activation_covariance,
+                gradient_covariance=m.gradient_covariance.to(device) if covariances else m.gradient_covariance,
                 eigen=eig,
                 lambdas=m.lambdas.to(device),
             )

@@ -40,7 +40,8 @@ def main() -> None:
     scores = len(sys.argv) > 6 and sys.argv[6] == "1"
     torch.set_num_threads(1)
     module, datamodule = build(cache, limit)
-    callbacks = [EKFACFactors(fisher="empirical", output_dir=out, batch_size=8, log_spectra=False, partitions=partitions)]
+    callbacks = [EKFACFactors(fisher="empirical", output_dir=out, batch_size=8, log_spectra=False, partitions=partitions,
+                              offload=partitions > 1)]
     if scores:
         measurement = TargetLogProb(name="answer", prompts=["What is 2 + 3?", "Add 4 and 5."], targets=["5", "9"])
         callbacks.append(InfluenceScores(measurements=[measurement], batch_size=8, token_top_k=3, sentence_top_k=0,
