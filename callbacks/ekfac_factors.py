@@ -215,7 +215,8 @@ class EKFACFactors(AttributionStep):
             raise ValueError("partitions: auto needs device_budget (e.g. '16GiB') when the model is not on a CUDA device")
         batch_size = self.batch_size or getattr(datamodule, "eval_batch_size", None) or 1
         seq_len = getattr(datamodule, "max_length", None) or 2048
-        settings = Settings(batch_size=batch_size, seq_len=seq_len, factor_dtype=self.dtype, fisher=self.fisher, padding=True)
+        settings = Settings(batch_size=batch_size, seq_len=seq_len, factor_dtype=self.dtype, fisher=self.fisher,
+                            padding=True, keep_covariance=not self.offload)
         plan = plan_partitions(estimate(model, settings, modules=list(tracked)), budget)
         phase, peak = plan.largest_peak
         _log(f"EK-FAC plan: {len(plan.partitions)} partition(s) for a {format_bytes(budget)} budget "
