@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma-separated methods to compare: ekfac, ekfac-empirical, ekfac-damping-x<scale>, kfac, "
-                        "identity, bm25, kronfluence-ekfac (skipped with a note if not installed) (default: %(default)s)")
+                        "identity, bm25, kronfluence-ekfac (skipped with a note if not installed), domain (a reference: in-domain count) (default: %(default)s)")
     g = p.add_argument_group("LDS")
     g.add_argument("--m", type=int, default=defaults_o.n_subsets, help="number of random subsets retrained (default: %(default)s)")
     g.add_argument("--alpha", type=float, default=defaults_o.alpha, help="subset size as a fraction of the training set (default: %(default)s)")

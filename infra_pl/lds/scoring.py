@@ -35,6 +35,8 @@ METHOD_DESCRIPTIONS = {
     "kfac": "K-FAC, true Fisher: Λ := eig(S) ⊗ eig(A), λ = 0.1·mean",
     "identity": "identity Hessian: gradient dot product ∇fᵀ∇log p(z)",
     "bm25": "BM25 text similarity (rank-bm25), no model",
+    "domain": "reference predictor, not an attribution method: score 1 for every training example of the "
+    "measured item's domain, 0 otherwise (Σ over a subset = its in-domain count)",
     "kronfluence-ekfac": "kronfluence 1.0.1 EK-FAC, true Fisher, its default damping (if installed)",
 }
 DEFAULT_METHODS = (
@@ -46,6 +48,7 @@ DEFAULT_METHODS = (
     "identity",
     "bm25",
     "kronfluence-ekfac",
+    "domain",
 )
 _DAMPING = re.compile(r"^ekfac-damping-x([0-9.eE+-]+)$")
 
@@ -142,8 +145,16 @@ def method_pairwise(method: str, ctx: ScoringContext) -> np.ndarray:
             [example_text(ctx.data.eval_examples[i]) for i in ctx.query_indices]
         ),
         "kronfluence-ekfac": lambda: _kronfluence(ctx),
+        "domain": lambda: _same_domain(ctx),
     }
     return builders[method]()
+
+
+def _same_domain(ctx: ScoringContext) -> np.ndarray:
+    """1 where the training example shares the measured item's domain: what domain mix alone predicts."""
+    train = np.array([e["domain"] for e in ctx.data.train_examples])
+    query = np.array([ctx.data.eval_examples[i]["domain"] for i in ctx.query_indices])
+    return (query[:, None] == train[None, :]).astype(np.float64)
 
 
 def _kronfluence(ctx: ScoringContext) -> np.ndarray:

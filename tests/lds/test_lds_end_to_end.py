@@ -32,7 +32,7 @@ SETTING = LDSSetting(
     max_new_tokens=4,
 )
 OPTIONS = LDSOptions(
-    n_subsets=3, methods=("ekfac", "kfac", "identity", "bm25"), topk=(2,), topk_seeds=(0, 1),
+    n_subsets=3, methods=("ekfac", "kfac", "identity", "bm25", "domain"), topk=(2,), topk_seeds=(0, 1),
     topk_controls=("random", "domain-random"), noise_subsets=2, n_bootstrap=100, sandbox_workers=1,
 )
 
@@ -45,7 +45,7 @@ def test_run_lds_tiny_end_to_end_and_resume(tmp_path):
     # 1 full + 3 LDS + 2 noise + (full seed 1) + top-2 x 2 measurements x 2 seeds + 2 random + 2 x 2 domain-random
     assert len(list((root / "retrains").glob("*.json"))) == 1 + 3 + 2 + 1 + 4 + 2 + 4
     assert sum("retrain " in line for line in lines) == 3 + 2 + 1 + 4 + 2 + 4
-    assert set(results["lds"]) == {"ekfac", "kfac", "identity", "bm25"}
+    assert set(results["lds"]) == {"ekfac", "kfac", "identity", "bm25", "domain"}
     for row in results["lds"].values():
         assert -1.0 <= row["lds"]["value"] <= 1.0 and set(row["per_measurement"]) == {"code", "math"}
         assert -1.0 <= row["item_lds"]["value"] <= 1.0
