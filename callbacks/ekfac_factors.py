@@ -70,8 +70,9 @@ class EKFACFactors(AttributionStep):
             own two data passes; factors go to ``partition-<k>/`` folders read lazily by module.
             ``auto``: the fewest groups the memory planner (``infra_pl.planner``) fits into
             ``device_budget`` for this model, batch size and the datamodule's ``max_length``.
-        offload: move each finished group's factors to CPU memory (with ``partitions``), so the
-            device only ever holds the group in progress.
+        offload: keep factors in CPU memory between uses: A and S leave the device after the
+            eigendecomposition (the lambda pass and scoring read only eigenbases and Λ), and each
+            finished group's factors leave it too, so the device only holds the group in progress.
         device_budget: device memory the ``auto`` plan may fill, e.g. ``70GiB`` (default: 90% of
             the CUDA device's memory; required on CPU).
     """
