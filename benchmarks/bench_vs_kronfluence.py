@@ -77,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                    help="cpu: process CPU seconds (robust when other jobs share the cores; with --threads 1 it "
                         "measures the work, not the waiting); wall: elapsed seconds (use on an idle machine)")
+    p.add_argument("--malloc-arenas", type=int, default=1,
+                   help="MALLOC_ARENA_MAX for BOTH children (0: leave glibc's default). With several threads, "
+                        "per-thread arenas fragment and inflate the RSS of either library; infra-pl's CLI caps "
+                        "them itself (infra_pl.threads.limit_malloc_arenas)")
     p.add_argument("--batch-size", type=int, default=16, help="training batch size for both libraries")
     p.add_argument("--scale", action="store_true", help="allow the size flags below to differ from the fixed setting")
     p.add_argument("--hidden", type=int, default=128)
@@ -284,6 +288,8 @@ def child(args: argparse.Namespace, which: str, tmp: Path) -> dict:
     if args.scale:
         cmd.append("--scale")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if args.malloc_arenas > 0:
+        env["MALLOC_ARENA_MAX"] = str(args.malloc_arenas)  # the same allocator setting for both libraries
     subprocess.run(cmd, check=True, env=env)
     result = json.loads(out.read_text())
     result["scores"] = torch.load(out.with_suffix(".pt"))
@@ -318,6 +324,7 @@ def report(args: argparse.Namespace, kron: dict, infra: dict) -> None:
     print(f"setting: Llama hidden={args.hidden} mlp={args.intermediate} layers={args.layers} heads={args.heads} "
           f"vocab={args.vocab}; {args.n_train} train + {args.n_query} query x {args.seq_len} tokens; "
           f"batch {args.batch_size}; threads={args.threads}; repeats={args.repeats}; clock={args.clock} seconds; "
+          f"MALLOC_ARENA_MAX={args.malloc_arenas or 'default'} (both); "
           f"torch {torch.__version__}")
     print(f"one epoch (plain fwd+bwd over {args.n_train} seqs, the same code in both children): infra child median "
           f"{epoch:.2f} s, kronfluence child median {kron_epoch:.2f} s (a difference here is machine noise)")
