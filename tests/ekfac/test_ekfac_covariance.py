@@ -122,3 +122,24 @@ def test_upper_strip_gram_plus_mirror_equals_the_full_product() -> None:
         expected = x1.t() @ x1 + x2.t() @ x2
         assert torch.allclose(target, expected, atol=1e-10), dim
         assert torch.equal(symmetrize_(target.clone()), target)  # idempotent
+
+
+def test_layers_sharing_an_input_share_one_activation_eigendecomposition(batches, monkeypatch) -> None:
+    """gate_proj and up_proj read the same tensor: their A is bit-identical and is decomposed once."""
+    import infra_pl.ekfac.eigen as eigen_module
+    from infra_pl.ekfac import eigendecompose, find_tracked_modules, fit_covariance
+
+    model = tiny_llama()
+    tracked = find_tracked_modules(model)
+    state = fit_covariance(model, batches, tracked, fisher="empirical", progress=False)
+    calls = []
+    original = eigen_module.symmetric_eigh
+    monkeypatch.setattr(eigen_module, "symmetric_eigh", lambda m, name, what: calls.append(what) or original(m, name, what))
+    eigen = eigendecompose(state)
+    layers = {name.rsplit(".", 2)[0] for name in tracked}
+    assert calls.count("activation covariance A") == 2 * len(layers)  # gate/up once + down, per layer
+    assert calls.count("gradient covariance S") == len(tracked)
+    for layer in layers:
+        gate, up = eigen[f"{layer}.mlp.gate_proj"], eigen[f"{layer}.mlp.up_proj"]
+        assert torch.equal(gate.activation_eigenvectors, up.activation_eigenvectors)
+        assert not torch.equal(gate.gradient_eigenvectors, up.gradient_eigenvectors)
