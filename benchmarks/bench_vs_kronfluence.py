@@ -189,7 +189,9 @@ def run_infra(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------ kronfluence
 def run_kronfluence(args: argparse.Namespace) -> dict:
     from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.arguments import ScoreArguments
+
+    from infra_pl.lds.kronfluence_ref import ekfac_factor_arguments
     from kronfluence.task import Task
 
     model, train, query = setup(args)
@@ -225,16 +227,7 @@ def run_kronfluence(args: argparse.Namespace) -> dict:
         analysis_name="bench", model=model, task=task, cpu=True, log_level=logging.WARNING,
         disable_tqdm=True, output_dir=workdir,
     )
-    factor_args = FactorArguments(
-        strategy="ekfac",
-        use_empirical_fisher=True,
-        amp_dtype=None,
-        activation_covariance_dtype=torch.float32,
-        gradient_covariance_dtype=torch.float32,
-        eigendecomposition_dtype=torch.float64,
-        lambda_dtype=torch.float32,
-        per_sample_gradient_dtype=torch.float32,
-    )
+    factor_args = ekfac_factor_arguments(empirical=True)
     score_args = ScoreArguments(
         damping_factor=None, amp_dtype=None, per_sample_gradient_dtype=torch.float32,
         precondition_dtype=torch.float32, score_dtype=torch.float32,

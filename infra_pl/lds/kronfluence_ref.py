@@ -33,6 +33,26 @@ def kronfluence_available() -> bool:
     return True
 
 
+def ekfac_factor_arguments(empirical: bool) -> Any:
+    """kronfluence's EK-FAC settings that match ours: float32 factors, float64 eigendecomposition, no AMP.
+
+    One definition for every comparison against kronfluence (this LDS baseline and
+    ``benchmarks/bench_vs_kronfluence.py``), so they cannot drift apart.
+    """
+    from kronfluence.arguments import FactorArguments
+
+    return FactorArguments(
+        strategy="ekfac",
+        use_empirical_fisher=empirical,
+        amp_dtype=None,
+        activation_covariance_dtype=torch.float32,
+        gradient_covariance_dtype=torch.float32,
+        eigendecomposition_dtype=torch.float64,
+        lambda_dtype=torch.float32,
+        per_sample_gradient_dtype=torch.float32,
+    )
+
+
 def kronfluence_pairwise(
     model: nn.Module,
     module_names: Sequence[str],
@@ -45,7 +65,7 @@ def kronfluence_pairwise(
 ) -> np.ndarray:
     """[Q, N] kronfluence EK-FAC pairwise scores (our sign convention), on a copy of ``model``."""
     from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.arguments import ScoreArguments
     from kronfluence.task import Task
     from kronfluence.utils.dataset import DataLoaderKwargs
 
@@ -88,16 +108,7 @@ def kronfluence_pairwise(
             list(train_features),
             per_device_batch_size=batch_size,
             dataloader_kwargs=loader_kwargs,
-            factor_args=FactorArguments(
-                strategy="ekfac",
-                use_empirical_fisher=fisher == "empirical",
-                amp_dtype=None,
-                activation_covariance_dtype=torch.float32,
-                gradient_covariance_dtype=torch.float32,
-                eigendecomposition_dtype=torch.float64,
-                lambda_dtype=torch.float32,
-                per_sample_gradient_dtype=torch.float32,
-            ),
+            factor_args=ekfac_factor_arguments(empirical=fisher == "empirical"),
             overwrite_output_dir=True,
         )
         analyzer.compute_pairwise_scores(
