@@ -38,7 +38,7 @@ logits; ``chunk_size`` bounds how many directions are carried at once.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any, Callable, Iterator, Mapping
 
@@ -209,11 +209,15 @@ def token_scores(
             perturbation.current = None
         return target_log_probs(logits, batch["labels"])[0]  # fp32, already multiplied by the mask
 
+    vmapped = vectorize and len(directions) > DUAL_LOOP_MAX_DIRECTIONS
+    # Dual tensors lose their tangents under inference_mode, and only plain linears are patched.
+    dual = not vmapped and not torch.is_inference_mode_enabled() and all(_patchable(m) for m in tracked.values())
+
     def derivative(*direction: torch.Tensor) -> torch.Tensor:
-        if torch.is_inference_mode_enabled() or not all(_patchable(m) for m in tracked.values()):
-            # torch.func along α with v fixed (dual tensors lose their tangents under inference_mode).
-            return torch.func.jvp(lambda alpha: log_probs(alpha, direction), (alpha0,), (dalpha,))[1]
-        return _dual_derivative(model, batch, dict(zip(names, direction)), tracked, logits_fn)
+        if dual:
+            return _dual_derivative(model, batch, dict(zip(names, direction)), tracked, logits_fn)
+        # torch.func along α with v fixed, through the perturbation hooks.
+        return torch.func.jvp(lambda alpha: log_probs(alpha, direction), (alpha0,), (dalpha,))[1]
 
     # Several directions under vmap: differentiate D at 0 with the batched v as tangent, so the
     # primal forward is not batched (with α, v would make every primal activation batched).
@@ -224,8 +228,9 @@ def token_scores(
     def derivative_d(*tangent: torch.Tensor) -> torch.Tensor:
         return torch.func.jvp(lambda *deltas: log_probs(None, deltas), primals, tangent)[1]
 
-    with torch.no_grad(), eval_mode(model), sdpa_kernel(SDPBackend.MATH), perturbation.installed():
-        if vectorize and len(directions) > DUAL_LOOP_MAX_DIRECTIONS:
+    hooks = nullcontext() if dual else perturbation.installed()  # the dual path patches forwards instead
+    with torch.no_grad(), eval_mode(model), sdpa_kernel(SDPBackend.MATH), hooks:
+        if vmapped:
             scores = torch.func.vmap(derivative_d, chunk_size=chunk_size)(*tangents)
         else:
             scores = torch.stack([derivative(*(t[m] for t in tangents)) for m in range(len(directions))])
