@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from infra_pl.allocator import release_free_heap
 from infra_pl.protocol import model_is_built, require_data
 
 
@@ -122,6 +123,7 @@ class InfraTrainer(L.Trainer):
         # The work happens in the callbacks' batch hooks; a user's predict_step (generation, say)
         # must not run on every attribution batch, so it is shadowed for the pass.
         model.predict_step = _no_prediction
+        release_free_heap()  # each pass starts from a compact heap (infra_pl.allocator)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*predict returned None.*")
@@ -133,6 +135,7 @@ class InfraTrainer(L.Trainer):
             self.callbacks.remove(label)
             self.predict_loop.inference_mode = inference_mode
             self.attribution_phase = None
+            release_free_heap()
 
     # ------------------------------------------------------------ subcommand
     def attribute(self, model: L.LightningModule, datamodule: Any = None, ckpt_path: str | None = None) -> dict[str, Any]:

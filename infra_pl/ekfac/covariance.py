@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.capture import Capture
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import LayerShape, layer_shape
@@ -196,7 +197,10 @@ def fit_covariance(
     progress: bool = True,
 ) -> CovarianceState:
     """Covariance phase over a whole dataloader; returns the (un-normalised) state."""
+    release_free_heap()  # start from a compact heap (infra_pl.allocator)
     accumulator = CovarianceAccumulator(model, modules, loss_fn=loss_fn, fisher=fisher, dtype=dtype)
     for batch in progress_bar(loader, "EK-FAC covariance", enabled=progress):
         accumulator.step(batch)
-    return accumulator.state
+    state = accumulator.state
+    release_free_heap()
+    return state

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.capture import Capture
 from infra_pl.ekfac.eigen import EigenBasis, check_finite
 from infra_pl.ekfac.gradients import sequence_gradients
@@ -149,7 +150,10 @@ def fit_lambda(
     progress: bool = True,
 ) -> LambdaState:
     """Lambda phase over a whole dataloader; returns the (un-normalised) state."""
+    release_free_heap()  # start from a compact heap (infra_pl.allocator)
     accumulator = LambdaAccumulator(model, modules, eigen, loss_fn=loss_fn, fisher=fisher, dtype=dtype)
     for batch in progress_bar(loader, "EK-FAC eigenvalue correction", enabled=progress):
         accumulator.step(batch)
-    return accumulator.state
+    state = accumulator.state
+    release_free_heap()
+    return state

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Literal, Mapping
 import torch
 from torch import nn
 
+from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.capture import Capture
 from infra_pl.ekfac.factors import Factors
 from infra_pl.ekfac.gradients import sequence_gradients
@@ -166,10 +167,12 @@ def query_directions(
         rows.copy_(factors.precondition({name: grads})[name]).neg_()
 
     capture = Capture(tracked, on_pair=precondition_into, dtype=dtype)
+    release_free_heap()  # the Q directions are the largest buffer of a pairwise run: give them a compact heap
     with eval_mode(model), capture:
         for batch in batches:
             capture_pass(model, batch, loss_fn, capture, sample_labels=False)
             offset += batch_size(batch)
+    release_free_heap()
     return Directions([f"query_{k}" for k in range(count)], per_module)
 
 

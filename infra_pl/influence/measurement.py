@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.capture import Capture
 from infra_pl.ekfac.factors import Factors
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
@@ -119,10 +120,12 @@ def measurement_gradient(
 
     count = 0
     capture = Capture(tracked, on_pair=accumulate, dtype=dtype)
+    release_free_heap()
     with eval_mode(model), capture:
         for batch in batches:
             capture_pass(model, batch, loss_fn, capture, sample_labels=False)
             count += batch_size(batch)
+    release_free_heap()
     if count == 0:
         raise ValueError("the measurement set is empty: f is a mean over no sequences")
     return {name: -sums[name] / count for name in tracked}
