@@ -120,28 +120,6 @@ def setup(args: argparse.Namespace):
     return model, train, query
 
 
-def lifetime_peak(phases: dict, names: list[str], phase_peaks: dict) -> float:
-    """Peak RSS of the whole child, including one extra run of each phase measured on its own.
-
-    Resetting the kernel's high-water mark for a per-phase reading also resets ``ru_maxrss``, so
-    the peak so far is read first and the per-phase peaks are folded into it.
-    """
-    peak = peak_rss_mb()
-    for name in names:
-        phase_peaks[name] = phase_peak(phases[name])
-        if phase_peaks[name] is not None:
-            peak = max(peak, phase_peaks[name])
-    return peak
-
-
-def phase_peak(fn):
-    """Run fn once more after resetting the RSS high-water mark; return that phase's peak (MB) or None."""
-    if not reset_peak():
-        return None
-    fn()
-    return current_peak_mb()
-
-
 # ----------------------------------------------------------------------------------------------- infra
 def run_infra(args: argparse.Namespace) -> dict:
     from infra_pl.ekfac import find_tracked_modules, fit_factors
@@ -209,7 +187,6 @@ def run_infra(args: argparse.Namespace) -> dict:
         out["token_vs_instance_max_abs_diff"] = float((tok.sum(-1) - inst).abs().max())
         out["token_vs_instance_scale"] = float(inst.abs().max())
         out["baseline_rss_mb"] = baseline
-        out["peak_rss_mb"] = lifetime_peak(phases, ["factors", "pairwise", "token scores", "instance pass"], out["phase_peak_mb"])
         torch.save(results["pairwise"], Path(args.out).with_suffix(".pt"))
 
     serve(phases, finish, out, args)
@@ -305,7 +282,6 @@ def run_kronfluence(args: argparse.Namespace) -> dict:
     def finish(results: dict) -> None:
         out["token_scores_shape"] = list(results["token scores"].shape)
         out["baseline_rss_mb"] = baseline
-        out["peak_rss_mb"] = lifetime_peak(phases, ["factors", "pairwise", "token scores"], out["phase_peak_mb"])
         torch.save(results["pairwise"].float(), Path(args.out).with_suffix(".pt"))
 
     serve(phases, finish, out, args)
@@ -319,7 +295,9 @@ PROTOCOL = "@@bench "  # prefix of the lines a child sends its parent (anything 
 def serve(phases: dict, finish, out: dict, args: argparse.Namespace) -> None:
     """Child side: run the phases the parent names on stdin, one per line, and answer with the time.
 
-    ``finish`` ends the loop: the child records its per-phase memory peaks and writes its results.
+    ``finish`` ends the loop and the child writes its results. Memory: the kernel's RSS high-water
+    mark is reset before every phase and read after it, so each phase's peak (the maximum over its
+    repeats) and the child's lifetime peak (the maximum of those and of the setup) are both exact.
     """
     set_clock(args.clock)
     results: dict = {}
@@ -331,8 +309,15 @@ def serve(phases: dict, finish, out: dict, args: argparse.Namespace) -> None:
             return
         if command not in phases:
             raise SystemExit(f"unknown phase {command!r}; known: {sorted(phases)}")
+        before = peak_rss_mb()  # the high-water mark so far (setup, warm-up, earlier phases)
+        out["peak_rss_mb"] = max(out.get("peak_rss_mb", 0.0), before)
+        tracked = reset_peak()  # outside the timing: this phase's own peak is read afterwards
         seconds, results[command] = timed(phases[command], 1)
         out["times"].setdefault(command, []).append(seconds[0])
+        peak = current_peak_mb() if tracked else None
+        if peak is not None:
+            out["phase_peak_mb"][command] = max(out["phase_peak_mb"].get(command, 0.0), peak)
+            out["peak_rss_mb"] = max(out["peak_rss_mb"], peak)
         print(PROTOCOL + json.dumps({"phase": command, "seconds": seconds[0]}), flush=True)
 
 
@@ -415,6 +400,11 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm()))
 
 
+def library_peak(result: dict) -> float:
+    """Highest RSS during any phase of the library itself (the plain epoch is the benchmark's yardstick)."""
+    return max(v for k, v in result["phase_peak_mb"].items() if k != "epoch" and v is not None)
+
+
 def report(args: argparse.Namespace, kron: dict, infra: dict) -> None:
     kt, it = kron["times"], infra["times"]
     kt["factors+pairwise"] = [f + p for f, p in zip(kt["factors"], kt["pairwise"])]
@@ -449,15 +439,19 @@ def report(args: argparse.Namespace, kron: dict, infra: dict) -> None:
           "child; epoch ratio = infra epochs / kron epochs, which cancels a machine that is slower during one child)")
     print()
     print(f"{'peak RSS (MB)':<17} | {'kronfluence':>11} | {'infra-pl':>9}")
+    kron_lib, infra_lib = library_peak(kron), library_peak(infra)
     print(f"{'whole process':<17} | {kron['peak_rss_mb']:11.0f} | {infra['peak_rss_mb']:9.0f}")
+    print(f"{'library phases':<17} | {kron_lib:11.0f} | {infra_lib:9.0f}")
     print(f"{'after setup':<17} | {kron['baseline_rss_mb']:11.0f} | {infra['baseline_rss_mb']:9.0f}")
-    for phase in ["factors", "pairwise", "token scores", "instance pass"]:
+    for phase in ["epoch", "factors", "pairwise", "token scores", "instance pass"]:
         k, i = kron["phase_peak_mb"].get(phase), infra["phase_peak_mb"].get(phase)
         fk = f"{k:11.0f}" if k is not None else f"{'-':>11}"
         fi = f"{i:9.0f}" if i is not None else f"{'-':>9}"
         print(f"{'  ' + phase:<17} | {fk} | {fi}")
-    print("(whole process: the child's lifetime peak, per-phase runs included; per-phase rows: RSS high-water mark "
-          "of one extra run of that phase after resetting it, at the end of the child)")
+    print("(whole process: the child's lifetime peak, setup and the plain epoch included; library phases: the highest "
+          "of the per-phase rows except the plain epoch, which is the benchmark's yardstick, not part of either "
+          "library; per-phase rows: the highest RSS during any repeat of that phase, read from the kernel's "
+          "high-water mark reset just before it)")
     print()
     ks, is_ = kron["scores"], infra["scores"]
     print(f"pairwise scores: kronfluence {tuple(ks.shape)}, infra-pl {tuple(is_.shape)}")
@@ -477,15 +471,15 @@ def report(args: argparse.Namespace, kron: dict, infra: dict) -> None:
     print()
     fp = med(paired)
     tok = med(it["token scores"]) / med(it["instance pass"])
-    mem_ok = infra["peak_rss_mb"] <= kron["peak_rss_mb"]
+    mem_ok = infra_lib <= kron_lib
     fp_epochs = (med(it["factors+pairwise"]) / med(it["epoch"])) / (med(kt["factors+pairwise"]) / med(kt["epoch"]))
     print(f"{'PASS' if fp <= 0.8 else 'FAIL'}: factors+pairwise = {fp:.2f}x kronfluence, median of "
           f"{len(paired)} paired repeats (target <= 0.8x); ratio of medians "
           f"{med(it['factors+pairwise']) / med(kt['factors+pairwise']):.2f}x; in epochs of each child: {fp_epochs:.2f}x")
     print(f"{'PASS' if r >= 0.999 else 'FAIL'}: Pearson = {r:.6f} (target >= 0.999)")
     print(f"{'PASS' if tok <= 1.5 else 'FAIL'}: token scores for {args.n_train} seqs = {tok:.2f}x our instance-score pass (target <= 1.5x)")
-    print(f"{'PASS' if mem_ok else 'FAIL'}: peak RSS infra-pl {infra['peak_rss_mb']:.0f} MB vs kronfluence "
-          f"{kron['peak_rss_mb']:.0f} MB (target <=)")
+    print(f"{'PASS' if mem_ok else 'FAIL'}: peak RSS of the library phases infra-pl {infra_lib:.0f} MB vs kronfluence "
+          f"{kron_lib:.0f} MB (target <=); whole process {infra['peak_rss_mb']:.0f} vs {kron['peak_rss_mb']:.0f} MB")
 
 
 def main(argv: list[str] | None = None) -> None:
