@@ -203,23 +203,39 @@ class EKFACFactors(AttributionStep):
             return split_modules({n: layer_shape(m) for n, m in tracked.items()}, self.partitions)
         return check_partitions(self.partitions, list(tracked))
 
-    def _planned_groups(self, tracked: dict[str, torch.nn.Module], model: torch.nn.Module, datamodule: Any) -> list[list[str]]:
-        """Module groups from the memory planner for this model, batch shape and device budget."""
-        from infra_pl.planner import Settings, estimate, format_bytes, parse_bytes, plan_partitions
+    def memory_plan(self, model: torch.nn.Module, datamodule: Any, measurements: int = 2) -> tuple[Any, Any, int | None]:
+        """The planner's per-phase estimate for this model and batch shape, and its partition plan.
+
+        Returns ``(estimate, plan, budget)``; ``plan`` and ``budget`` are None when no device budget
+        is known (``device_budget`` unset and the model not on a CUDA device). Used by
+        ``partitions: auto`` and by ``infra-pl attribute --print_plan``.
+        """
+        from infra_pl.planner import Settings, estimate, parse_bytes, plan_partitions
 
         device = model_device(model)
+        budget: int | None = None
         if self.device_budget is not None:
             budget = parse_bytes(self.device_budget)
         elif device.type == "cuda":
             budget = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
-        else:
-            raise ValueError("partitions: auto needs device_budget (e.g. '16GiB') when the model is not on a CUDA device")
         batch_size = self.batch_size or getattr(datamodule, "eval_batch_size", None) or 1
         seq_len = getattr(datamodule, "max_length", None) or 2048
-        settings = Settings(batch_size=batch_size, seq_len=seq_len, factor_dtype=self.dtype, fisher=self.fisher,
-                            padding=True, keep_covariance=not self.offload)
-        plan = plan_partitions(estimate(model, settings, modules=list(tracked)), budget)
+        settings = Settings(batch_size=batch_size, seq_len=seq_len, measurements=measurements, factor_dtype=self.dtype,
+                            fisher=self.fisher, padding=True, keep_covariance=not self.offload)
+        tracked = resolve_modules(model, self.modules)
+        est = estimate(model, settings, modules=list(tracked))
+        return est, (plan_partitions(est, budget) if budget is not None else None), budget
+
+    def _planned_groups(self, tracked: dict[str, torch.nn.Module], model: torch.nn.Module, datamodule: Any) -> list[list[str]]:
+        """Module groups from the memory planner for this model, batch shape and device budget."""
+        from infra_pl.planner import format_bytes
+
+        _, plan, budget = self.memory_plan(model, datamodule)
+        if plan is None or budget is None:
+            raise ValueError("partitions: auto needs device_budget (e.g. '16GiB') when the model is not on a CUDA device")
         phase, peak = plan.largest_peak
+        batch_size = self.batch_size or getattr(datamodule, "eval_batch_size", None) or 1
+        seq_len = getattr(datamodule, "max_length", None) or 2048
         _log(f"EK-FAC plan: {len(plan.partitions)} partition(s) for a {format_bytes(budget)} budget "
              f"(batch {batch_size} x {seq_len} tokens; largest estimated peak {format_bytes(peak)} in the {phase})")
         return check_partitions(plan.partitions, list(tracked))

@@ -59,9 +59,22 @@ class InfraCLI(LightningCLI):
             default=None,
             help="torch CPU threads (default: INFRA_PL_THREADS/OMP_NUM_THREADS, else the cores not busy)",
         )
+        parser.add_argument(
+            "--print_plan",
+            type=bool,
+            default=False,
+            help="attribute only: print the memory planner's per-phase estimate for this model, batch size and "
+                 "max_length (and the partition plan when EKFACFactors.device_budget is set or a GPU is used), "
+                 "then exit without attributing",
+        )
+
+    def _subcommand_config(self) -> Any:
+        return self.config.get(self.subcommand, self.config) if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        config = self._subcommand_config()
+        if config.get("print_plan") and self.subcommand != "attribute":
+            raise ValueError(f"--print_plan applies to `attribute`, not `{self.subcommand}`")
         threads = configure_threads(config.get("threads"))
         print(f"[infra-pl] using {threads} torch thread(s)", file=sys.stderr)
 
@@ -87,6 +100,11 @@ class InfraCLI(LightningCLI):
             print(f"  correctness file : {model.last_correctness_path}")
 
 
+    def before_attribute(self) -> None:
+        if self._subcommand_config().get("print_plan"):
+            print(memory_plan_text(self.trainer, self.model, self.datamodule))
+            raise SystemExit(0)
+
     def after_attribute(self) -> None:
         state = getattr(self.trainer, "attribution_state", {})
         print("\n[infra-pl] attribute finished")
@@ -96,6 +114,48 @@ class InfraCLI(LightningCLI):
                            ("sentence scores", "sentence_scores_path"), ("report", "report_path")):
             if state.get(key):
                 print(f"  {label:<16} : {state[key]}")
+
+
+def memory_plan_text(trainer: L.Trainer, module: L.LightningModule, datamodule: Any) -> str:
+    """The planner's table for the configured attribution run (``attribute --print_plan``).
+
+    Builds the network if the module has not yet (``configure_model``) but loads no checkpoint:
+    memory depends on shapes and dtypes, not on weight values.
+    """
+    from infra_pl.callbacks import EKFACFactors, InfluenceScores
+    from infra_pl.planner import PartitionError, plan_table
+    from infra_pl.protocol import attribution_model, model_is_built
+
+    factors = next((c for c in trainer.callbacks if isinstance(c, EKFACFactors)), None)
+    if factors is None:
+        raise ValueError("--print_plan needs an EKFACFactors callback in trainer.callbacks (it sets modules, dtype, "
+                         "batch size and the device budget)")
+    if not model_is_built(module) and hasattr(module, "configure_model"):
+        # What `attribute` does before its first pass: the data (SFTModule takes its tokenizer from
+        # it), then the network.
+        for hook, arg in (("prepare_data", ()), ("setup", ("predict",))):
+            if callable(getattr(datamodule, hook, None)):
+                getattr(datamodule, hook)(*arg)
+        if isinstance(datamodule, L.LightningDataModule):
+            trainer.datamodule = datamodule
+            datamodule.trainer = trainer
+        module.trainer = trainer
+        module.configure_model()
+    model = attribution_model(module)
+    scores = next((c for c in trainer.callbacks if isinstance(c, InfluenceScores)), None)
+    # Measurements are built per evaluation domain at run time (the default: one per domain), so
+    # count domains x measurement objects; the table's header shows the number assumed.
+    domains = {ex.get("domain") for ex in getattr(datamodule, "eval_examples", None) or []} - {None}
+    measurements = max(1, (len(scores.measurements) if scores is not None else 1) * max(1, len(domains)))
+    try:
+        est, plan, budget = factors.memory_plan(model, datamodule, measurements=measurements)
+    except PartitionError as err:
+        return f"[infra-pl] memory plan: {err}"
+    text = plan_table(est, plan, budget)
+    if plan is None:
+        text += ("\n\n(no partition plan: the model is not on a GPU and EKFACFactors has no device_budget; set "
+                 "`device_budget: 80GiB` under its init_args in the YAML to plan partitions for that budget)")
+    return text
 
 
 def run_cli(args: list[str] | None = None) -> InfraCLI:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from infra_pl.cli import run_cli as main
+from infra_pl.planner import format_bytes
 from tests.conftest import TINY_DEMO, TINY_MODEL
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
@@ -51,3 +52,38 @@ def test_fit_then_validate_writes_checkpoint_logs_and_correctness(tmp_path, monk
     assert set(rows[0]) >= {"id", "domain", "correct", "generated", "status"}
     events = list((tmp_path / "runs/demo/tensorboard").rglob("events.out.tfevents.*"))
     assert events, "TensorBoard event files are written"
+
+
+def test_attribute_print_plan_prints_the_estimate_and_attributes_nothing(tmp_path, monkeypatch, tiny_cache, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attribute", *tiny_args(tiny_cache), "--print_plan", "true"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "Memory plan for LlamaForCausalLM" in out
+    assert "2 measurement(s)" in out  # the default measurement: one per evaluation domain (math, code)
+    for phase in ("covariance pass", "lambda pass", "instance scores", "token scores (JVP)"):
+        assert f"| {phase} |" in out
+    assert "no partition plan" in out  # CPU model and no device_budget: estimate only, and how to get a plan
+    assert not (tmp_path / "runs/demo/attribution").exists()
+
+
+def test_attribute_print_plan_with_a_budget_plans_partitions(tmp_path, monkeypatch, tiny_cache, capsys):
+    monkeypatch.chdir(tmp_path)
+    budget = tmp_path / "budget.yaml"
+    budget.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: infra_pl.callbacks.EKFACFactors\n      init_args: {batch_size: 4, device_budget: 8GiB}\n"
+        "    - class_path: infra_pl.callbacks.InfluenceScores\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attribute", *tiny_args(tiny_cache), "-c", str(budget), "--print_plan", "true"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"budget {format_bytes(8 * 2**30)} per device" in out, out[:400]
+    assert "1 partition(s); highest peak" in out and "batch 4 x" in out
+
+
+def test_print_plan_is_refused_outside_attribute(tiny_cache):
+    with pytest.raises(ValueError, match="applies to `attribute`"):
+        main(["fit", *tiny_args(tiny_cache), "--print_plan", "true"])
