@@ -218,13 +218,25 @@ class EKFACFactors(AttributionStep):
             budget = parse_bytes(self.device_budget)
         elif device.type == "cuda":
             budget = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
-        batch_size = self.batch_size or getattr(datamodule, "eval_batch_size", None) or 1
-        seq_len = getattr(datamodule, "max_length", None) or 2048
+        batch_size, seq_len = self._batch_shape(datamodule)
         settings = Settings(batch_size=batch_size, seq_len=seq_len, measurements=measurements, factor_dtype=self.dtype,
                             fisher=self.fisher, padding=True, keep_covariance=not self.offload)
         tracked = resolve_modules(model, self.modules)
         est = estimate(model, settings, modules=list(tracked))
         return est, (plan_partitions(est, budget) if budget is not None else None), budget
+
+    def _batch_shape(self, datamodule: Any) -> tuple[int, int]:
+        """(sequences, tokens per sequence) of the largest attribution batch the planner must fit.
+
+        With a token budget (``attribution_max_tokens``), the largest activations come from the
+        budget's worth of longest sequences: budget // max_length of them, capped by the batch size.
+        """
+        batch_size = self.batch_size or getattr(datamodule, "eval_batch_size", None) or 1
+        seq_len = getattr(datamodule, "max_length", None) or 2048
+        max_tokens = getattr(datamodule, "attribution_max_tokens", None)
+        if max_tokens:
+            batch_size = max(1, min(batch_size, max_tokens // seq_len))
+        return batch_size, seq_len
 
     def _planned_groups(self, tracked: dict[str, torch.nn.Module], model: torch.nn.Module, datamodule: Any) -> list[list[str]]:
         """Module groups from the memory planner for this model, batch shape and device budget."""
@@ -234,8 +246,7 @@ class EKFACFactors(AttributionStep):
         if plan is None or budget is None:
             raise ValueError("partitions: auto needs device_budget (e.g. '16GiB') when the model is not on a CUDA device")
         phase, peak = plan.largest_peak
-        batch_size = self.batch_size or getattr(datamodule, "eval_batch_size", None) or 1
-        seq_len = getattr(datamodule, "max_length", None) or 2048
+        batch_size, seq_len = self._batch_shape(datamodule)
         _log(f"EK-FAC plan: {len(plan.partitions)} partition(s) for a {format_bytes(budget)} budget "
              f"(batch {batch_size} x {seq_len} tokens; largest estimated peak {format_bytes(peak)} in the {phase})")
         return check_partitions(plan.partitions, list(tracked))

@@ -127,6 +127,8 @@ class InfraTrainer(L.Trainer):
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*predict returned None.*")
+                # Token-budget batches (ReasoningDataModule.attribution_max_tokens) cover every example.
+                warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
                 self.predict(model, dataloaders=loader, return_predictions=False, ckpt_path=ckpt_path)
         finally:
             del model.predict_step

@@ -41,3 +41,49 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
         rng.shuffle(batches)
         return iter(batches)
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_sequences: int | None = None) -> list[list[int]]:
+    """Group positions 0..n-1, in order, into batches whose padded size fits ``max_tokens``.
+
+    A batch's padded size is (number of sequences) × (its longest sequence), which is what the
+    activations of an attribution pass scale with. Pass lengths sorted ascending, as the
+    attribution loaders do. Short sequences then share large batches and long ones get small
+    batches: the whole pass runs near the token budget instead of at the batch size that the
+    longest example forces.
+
+    ``max_sequences`` caps the number of sequences per batch: per-sequence buffers (the [B, out, in]
+    gradients of the lambda and instance passes) grow with the number of sequences, not the
+    tokens. A sequence longer than ``max_tokens`` gets a batch of its own.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if max_sequences is not None and max_sequences < 1:
+        raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for position, length in enumerate(lengths):
+        grown = max(longest, int(length))
+        full = max_sequences is not None and len(current) >= max_sequences
+        if current and (full or (len(current) + 1) * grown > max_tokens):
+            batches.append(current)
+            current, grown = [], int(length)
+        current.append(position)
+        longest = grown
+    if current:
+        batches.append(current)
+    return batches
+
+
+class FixedBatches(Sampler[list[int]]):
+    """A precomputed list of batches as a batch sampler (Lightning wraps samplers, not lists)."""
+
+    def __init__(self, batches: Sequence[Sequence[int]]) -> None:
+        self.batches = [list(batch) for batch in batches]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([list(batch) for batch in self.batches])

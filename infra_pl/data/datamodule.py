@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from infra_pl.data.batching import LengthGroupedBatchSampler
+from infra_pl.data.batching import FixedBatches, LengthGroupedBatchSampler, token_budget_batches
 from infra_pl.data.difficulty import DifficultyOptions, apply_difficulty
 from infra_pl.data.exploration import remove_exploration as cut_exploration
 from infra_pl.data.flip import FlipOptions, apply_flip, write_difficulty_histograms
@@ -90,6 +90,12 @@ class ReasoningDataModule(L.LightningDataModule):
         max_length: longest sequence in tokens; longer examples are truncated (counted, warned).
         batch_size: training batch size.
         eval_batch_size: batch size for evaluation and generation.
+        attribution_max_tokens: form attribution batches by padded tokens (sequences × the longest
+            one) instead of a fixed count: short examples share big batches, long ones get small
+            ones, so passes over mixed-length data (short MetaMathQA items next to long reasoning
+            traces) run near this budget throughout. The attribution callbacks' ``batch_size``
+            still caps the sequences per batch. Must be ≥ ``max_length``; ignored under DDP,
+            where Lightning's distributed sampler shards fixed-size batches. ``None``: fixed size.
         group_by_length: batch training sequences of similar length (less padding; single process).
         num_workers: DataLoader worker processes.
         seed: shuffling seed.
@@ -113,6 +119,7 @@ class ReasoningDataModule(L.LightningDataModule):
         max_length: int = 320,
         batch_size: int = 16,
         eval_batch_size: int = 64,
+        attribution_max_tokens: int | None = None,
         group_by_length: bool = True,
         num_workers: int = 0,
         seed: int = 0,
@@ -139,6 +146,12 @@ class ReasoningDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        if attribution_max_tokens is not None and attribution_max_tokens < max_length:
+            raise ValueError(
+                f"attribution_max_tokens ({attribution_max_tokens}) must be at least max_length ({max_length}): "
+                "a batch has to hold one sequence of the longest allowed length"
+            )
+        self.attribution_max_tokens = attribution_max_tokens
         self.group_by_length = group_by_length
         self.num_workers = num_workers
         self.seed = seed
@@ -346,12 +359,22 @@ class ReasoningDataModule(L.LightningDataModule):
         # Attribution sums and per-example scores do not depend on order, so batch similar lengths
         # together: less padding, faster passes. ``index`` in every batch keeps the bookkeeping.
         features = sorted(features, key=lambda f: len(f["input_ids"]))
+        collate = partial(collate_padded, pad_token_id=self.pad_token_id)
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if self.attribution_max_tokens is not None and not distributed:
+            batches = token_budget_batches(
+                [len(f["input_ids"]) for f in features], self.attribution_max_tokens, batch_size or self.eval_batch_size
+            )
+            return DataLoader(
+                TokenizedDataset(features), batch_sampler=FixedBatches(batches), num_workers=self.num_workers,
+                collate_fn=collate,
+            )
         return DataLoader(
             TokenizedDataset(features),
             batch_size=batch_size or self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=partial(collate_padded, pad_token_id=self.pad_token_id),
+            collate_fn=collate,
         )
 
     # ------------------------------------------- attribution data protocol

@@ -166,3 +166,21 @@ def test_auto_partitions_follow_the_memory_planner():
     assert len(groups) >= 2 and [n for g in groups for n in g] == list(tracked)
     with pytest.raises(ValueError, match="device_budget"):
         EKFACFactors(partitions="auto")._planned_groups(tracked, model, datamodule)
+
+
+def test_token_budget_batches_give_the_same_factors(tmp_path, tiny_cache):
+    """Covariance and Lambda are sums over tokens and sequences: regrouping batches changes nothing."""
+    module, datamodule = build(str(tiny_cache), None)
+    datamodule.attribution_max_tokens = 640  # up to 8 short sequences, 2 of the longest (max_length 320)
+    trainer, _ = make_trainer(tmp_path)
+    trainer.attribute(module, datamodule=datamodule)
+    batched = trainer.attribution_state["factors"]
+    sizes = [len(b["index"]) for b in datamodule.attribution_dataloader("train", 8)]
+    assert min(sizes) < 8 and max(sizes) == 8  # the budget really regrouped the batches
+    datamodule.attribution_max_tokens = None
+    reference = fit_factors(module.model, datamodule.attribution_dataloader("train", 8), fisher="empirical", progress=False)
+    for name, ref in reference.modules.items():
+        got = batched.modules[name]
+        assert rel_err(got.activation_covariance, ref.activation_covariance) < 1e-5
+        assert rel_err(got.gradient_covariance, ref.gradient_covariance) < 1e-5
+        assert rel_err(got.lambdas, ref.lambdas) < 1e-4
