@@ -203,27 +203,27 @@ class EKFACFactors(AttributionStep):
             return split_modules({n: layer_shape(m) for n, m in tracked.items()}, self.partitions)
         return check_partitions(self.partitions, list(tracked))
 
-    def memory_plan(self, model: torch.nn.Module, datamodule: Any, measurements: int = 2) -> tuple[Any, Any, int | None]:
-        """The planner's per-phase estimate for this model and batch shape, and its partition plan.
+    def memory_estimate(self, model: torch.nn.Module, datamodule: Any, measurements: int = 2) -> Any:
+        """The planner's per-phase estimate (``infra_pl.planner.Estimate``) for this model and batch shape.
 
-        Returns ``(estimate, plan, budget)``; ``plan`` and ``budget`` are None when no device budget
-        is known (``device_budget`` unset and the model not on a CUDA device). Used by
-        ``partitions: auto`` and by ``infra-pl attribute --print_plan``.
+        Used by ``partitions: auto`` and by ``infra-pl attribute --print_plan``.
         """
-        from infra_pl.planner import Settings, estimate, parse_bytes, plan_partitions
+        from infra_pl.planner import Settings, estimate
 
-        device = model_device(model)
-        budget: int | None = None
-        if self.device_budget is not None:
-            budget = parse_bytes(self.device_budget)
-        elif device.type == "cuda":
-            budget = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
         batch_size, seq_len = self._batch_shape(datamodule)
         settings = Settings(batch_size=batch_size, seq_len=seq_len, measurements=measurements, factor_dtype=self.dtype,
                             fisher=self.fisher, padding=True, keep_covariance=not self.offload)
-        tracked = resolve_modules(model, self.modules)
-        est = estimate(model, settings, modules=list(tracked))
-        return est, (plan_partitions(est, budget) if budget is not None else None), budget
+        return estimate(model, settings, modules=list(resolve_modules(model, self.modules)))
+
+    def budget_bytes(self, device: torch.device) -> int | None:
+        """``device_budget`` if set, else 90% of a CUDA device's memory, else None (nothing to plan for)."""
+        from infra_pl.planner import parse_bytes
+
+        if self.device_budget is not None:
+            return parse_bytes(self.device_budget)
+        if device.type == "cuda":
+            return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+        return None
 
     def _batch_shape(self, datamodule: Any) -> tuple[int, int]:
         """(sequences, tokens per sequence) of the largest attribution batch the planner must fit.
@@ -242,9 +242,12 @@ class EKFACFactors(AttributionStep):
         """Module groups from the memory planner for this model, batch shape and device budget."""
         from infra_pl.planner import format_bytes
 
-        _, plan, budget = self.memory_plan(model, datamodule)
-        if plan is None or budget is None:
+        from infra_pl.planner import plan_partitions
+
+        budget = self.budget_bytes(model_device(model))
+        if budget is None:
             raise ValueError("partitions: auto needs device_budget (e.g. '16GiB') when the model is not on a CUDA device")
+        plan = plan_partitions(self.memory_estimate(model, datamodule), budget)
         phase, peak = plan.largest_peak
         batch_size, seq_len = self._batch_shape(datamodule)
         _log(f"EK-FAC plan: {len(plan.partitions)} partition(s) for a {format_bytes(budget)} budget "

@@ -123,7 +123,7 @@ def memory_plan_text(trainer: L.Trainer, module: L.LightningModule, datamodule: 
     memory depends on shapes and dtypes, not on weight values.
     """
     from infra_pl.callbacks import EKFACFactors, InfluenceScores
-    from infra_pl.planner import PartitionError, plan_table
+    from infra_pl.planner import PartitionError, plan_partitions, plan_table
     from infra_pl.protocol import attribution_model, model_is_built
 
     factors = next((c for c in trainer.callbacks if isinstance(c, EKFACFactors)), None)
@@ -147,15 +147,19 @@ def memory_plan_text(trainer: L.Trainer, module: L.LightningModule, datamodule: 
     # count domains x measurement objects; the table's header shows the number assumed.
     domains = {ex.get("domain") for ex in getattr(datamodule, "eval_examples", None) or []} - {None}
     measurements = max(1, (len(scores.measurements) if scores is not None else 1) * max(1, len(domains)))
+    est = factors.memory_estimate(model, datamodule, measurements=measurements)
+    # The network is still on the CPU here; the device the run will use is the strategy's.
+    budget = factors.budget_bytes(trainer.strategy.root_device)
+    if budget is None:
+        return plan_table(est, None) + (
+            "\n\n(no partition plan: the run is not on a GPU and EKFACFactors has no device_budget; set "
+            "`device_budget: 80GiB` under its init_args in the YAML to plan partitions for that budget)"
+        )
     try:
-        est, plan, budget = factors.memory_plan(model, datamodule, measurements=measurements)
+        plan = plan_partitions(est, budget)
     except PartitionError as err:
-        return f"[infra-pl] memory plan: {err}"
-    text = plan_table(est, plan, budget)
-    if plan is None:
-        text += ("\n\n(no partition plan: the model is not on a GPU and EKFACFactors has no device_budget; set "
-                 "`device_budget: 80GiB` under its init_args in the YAML to plan partitions for that budget)")
-    return text
+        return plan_table(est, None) + f"\n\nerror: {err}"
+    return plan_table(est, plan, budget)
 
 
 def run_cli(args: list[str] | None = None) -> InfraCLI:

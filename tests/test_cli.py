@@ -87,3 +87,18 @@ def test_attribute_print_plan_with_a_budget_plans_partitions(tmp_path, monkeypat
 def test_print_plan_is_refused_outside_attribute(tiny_cache):
     with pytest.raises(ValueError, match="applies to `attribute`"):
         main(["fit", *tiny_args(tiny_cache), "--print_plan", "true"])
+
+
+def test_attribute_print_plan_says_when_nothing_fits(tmp_path, monkeypatch, tiny_cache, capsys):
+    monkeypatch.chdir(tmp_path)
+    budget = tmp_path / "budget.yaml"
+    budget.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: infra_pl.callbacks.EKFACFactors\n      init_args: {batch_size: 4, device_budget: 1MiB}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attribute", *tiny_args(tiny_cache), "-c", str(budget), "--print_plan", "true"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "| covariance pass |" in out  # the estimate is still shown ...
+    assert "\nerror: " in out and "partition(s); highest peak" not in out  # ... with why no plan exists
