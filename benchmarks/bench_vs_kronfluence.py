@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--malloc-arenas", type=int, default=1,
                    help="MALLOC_ARENA_MAX for BOTH children (0: leave glibc's default). With several threads, "
                         "per-thread arenas fragment and inflate the RSS of either library; infra-pl's CLI caps "
-                        "them itself (infra_pl.threads.limit_malloc_arenas)")
+                        "them itself (infra_pl.allocator.limit_malloc_arenas)")
     p.add_argument("--batch-size", type=int, default=16, help="training batch size for both libraries")
     p.add_argument("--scale", action="store_true", help="allow the size flags below to differ from the fixed setting")
     p.add_argument("--hidden", type=int, default=128)

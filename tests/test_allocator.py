@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from infra_pl.allocator import _libc, release_free_heap
+from infra_pl.allocator import glibc, release_free_heap
 
 
 def _rss_mb() -> float:
@@ -18,7 +18,7 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or _libc() is None, reason="glibc malloc_trim only")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or glibc() is None, reason="glibc malloc_trim only")
 def test_freed_heap_pages_return_to_the_os_and_live_tensors_survive() -> None:
     # 64 KiB buffers stay below glibc's mmap threshold, so they live in the heap; keeping the last
     # one alive pins the heap top, so only an interior release (what malloc_trim(0) adds to plain
