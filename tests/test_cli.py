@@ -54,12 +54,27 @@ def test_fit_then_validate_writes_checkpoint_logs_and_correctness(tmp_path, monk
     assert events, "TensorBoard event files are written"
 
 
+def print_plan(tiny_cache, capsys, *extra: str) -> str:
+    """Run ``attribute --print_plan true`` (it must exit 0) and return what it printed."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attribute", *tiny_args(tiny_cache), *extra, "--print_plan", "true"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def factors_callback_yaml(path: Path, device_budget: str) -> str:
+    """A config that replaces the callbacks with an EKFACFactors holding ``device_budget``."""
+    path.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: infra_pl.callbacks.EKFACFactors\n"
+        f"      init_args: {{batch_size: 4, device_budget: {device_budget}}}\n"
+    )
+    return str(path)
+
+
 def test_attribute_print_plan_prints_the_estimate_and_attributes_nothing(tmp_path, monkeypatch, tiny_cache, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["attribute", *tiny_args(tiny_cache), "--print_plan", "true"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+    out = print_plan(tiny_cache, capsys)
     assert "Memory plan for LlamaForCausalLM" in out
     assert "2 measurement(s)" in out  # the default measurement: one per evaluation domain (math, code)
     for phase in ("covariance pass", "lambda pass", "instance scores", "token scores (JVP)"):
@@ -70,35 +85,18 @@ def test_attribute_print_plan_prints_the_estimate_and_attributes_nothing(tmp_pat
 
 def test_attribute_print_plan_with_a_budget_plans_partitions(tmp_path, monkeypatch, tiny_cache, capsys):
     monkeypatch.chdir(tmp_path)
-    budget = tmp_path / "budget.yaml"
-    budget.write_text(
-        "trainer:\n  callbacks:\n"
-        "    - class_path: infra_pl.callbacks.EKFACFactors\n      init_args: {batch_size: 4, device_budget: 8GiB}\n"
-        "    - class_path: infra_pl.callbacks.InfluenceScores\n"
-    )
-    with pytest.raises(SystemExit) as exit_info:
-        main(["attribute", *tiny_args(tiny_cache), "-c", str(budget), "--print_plan", "true"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+    out = print_plan(tiny_cache, capsys, "-c", factors_callback_yaml(tmp_path / "budget.yaml", "8GiB"))
     assert f"budget {format_bytes(8 * 2**30)} per device" in out, out[:400]
     assert "1 partition(s); highest peak" in out and "batch 4 x" in out
+
+
+def test_attribute_print_plan_says_when_nothing_fits(tmp_path, monkeypatch, tiny_cache, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = print_plan(tiny_cache, capsys, "-c", factors_callback_yaml(tmp_path / "budget.yaml", "1MiB"))
+    assert "| covariance pass |" in out  # the estimate is still shown ...
+    assert "\nerror: " in out and "partition(s); highest peak" not in out  # ... with why no plan exists
 
 
 def test_print_plan_is_refused_outside_attribute(tiny_cache):
     with pytest.raises(ValueError, match="applies to `attribute`"):
         main(["fit", *tiny_args(tiny_cache), "--print_plan", "true"])
-
-
-def test_attribute_print_plan_says_when_nothing_fits(tmp_path, monkeypatch, tiny_cache, capsys):
-    monkeypatch.chdir(tmp_path)
-    budget = tmp_path / "budget.yaml"
-    budget.write_text(
-        "trainer:\n  callbacks:\n"
-        "    - class_path: infra_pl.callbacks.EKFACFactors\n      init_args: {batch_size: 4, device_budget: 1MiB}\n"
-    )
-    with pytest.raises(SystemExit) as exit_info:
-        main(["attribute", *tiny_args(tiny_cache), "-c", str(budget), "--print_plan", "true"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert "| covariance pass |" in out  # the estimate is still shown ...
-    assert "\nerror: " in out and "partition(s); highest peak" not in out  # ... with why no plan exists
