@@ -90,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "per-thread arenas fragment and inflate the RSS of either library; infra-pl's CLI caps "
                         "them itself (infra_pl.allocator.limit_malloc_arenas)")
     p.add_argument("--batch-size", type=int, default=16, help="training batch size for both libraries")
+    p.add_argument("--streams", type=int, default=None,
+                   help="infra-pl's `streams` option (batches run at once, each on threads/streams intra-op "
+                        "threads) for factors, pairwise and the instance pass; default: --threads (one thread "
+                        "per stream). Token scores always run as one stream. kronfluence has no such option")
     p.add_argument("--scale", action="store_true", help="allow the size flags below to differ from the fixed setting")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
@@ -104,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.intermediate is None:
         args.intermediate = 4 * args.hidden
+    if args.streams is None:
+        args.streams = args.threads
     fixed = dict(hidden=128, intermediate=512, layers=4, heads=4, vocab=2048, seq_len=128, n_train=256, n_query=32)
     changed = [k for k, v in fixed.items() if getattr(args, k) != v]
     if changed and not args.scale:
@@ -124,7 +130,7 @@ def setup(args: argparse.Namespace):
 def run_infra(args: argparse.Namespace) -> dict:
     from infra_pl.ekfac import find_tracked_modules, fit_factors
     from infra_pl.influence import (
-        instance_scores,
+        instance_scores_per_batch,
         measurement_directions,
         measurement_gradient,
         query_directions,
@@ -145,12 +151,14 @@ def run_infra(args: argparse.Namespace) -> dict:
     state: dict = {}
 
     def factors():
-        state["factors"] = fit_factors(model, train_loader, modules=modules, fisher="empirical", progress=False)
+        state["factors"] = fit_factors(
+            model, train_loader, modules=modules, fisher="empirical", progress=False, streams=args.streams
+        )
 
     def pairwise():
-        directions = query_directions(model, query_loader, state["factors"], modules)
+        directions = query_directions(model, query_loader, state["factors"], modules, streams=args.streams)
         with torch.no_grad():
-            parts = [instance_scores(model, b, directions, modules) for b in train_loader]
+            parts = list(instance_scores_per_batch(model, train_loader, directions, modules, streams=args.streams))
         return torch.cat(parts).t().contiguous()  # [Q, N]
 
     def one_direction():
@@ -166,7 +174,8 @@ def run_infra(args: argparse.Namespace) -> dict:
     def instance():
         direction = state["direction"]
         with torch.no_grad():
-            return torch.cat([instance_scores(model, b, direction, modules)[:, 0] for b in train_loader])
+            parts = instance_scores_per_batch(model, train_loader, direction, modules, streams=args.streams)
+            return torch.cat([part[:, 0] for part in parts])
 
     def tokens_with_direction():
         if "direction" not in state:
@@ -329,7 +338,7 @@ class Worker:
         self.which = which
         self.out = tmp / f"{which}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--only", which, "--out", str(self.out)]
-        for key in ("threads", "repeats", "clock", "batch_size", "hidden", "intermediate", "layers", "heads",
+        for key in ("threads", "repeats", "clock", "batch_size", "streams", "hidden", "intermediate", "layers", "heads",
                     "vocab", "seq_len", "n_train", "n_query"):
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         if args.scale:
@@ -417,7 +426,7 @@ def report(args: argparse.Namespace, kron: dict, infra: dict) -> None:
     print()
     print(f"setting: Llama hidden={args.hidden} mlp={args.intermediate} layers={args.layers} heads={args.heads} "
           f"vocab={args.vocab}; {args.n_train} train + {args.n_query} query x {args.seq_len} tokens; "
-          f"batch {args.batch_size}; threads={args.threads}; repeats={args.repeats}; clock={args.clock} seconds; "
+          f"batch {args.batch_size}; threads={args.threads}; infra-pl streams={args.streams}; repeats={args.repeats}; clock={args.clock} seconds; "
           f"MALLOC_ARENA_MAX={args.malloc_arenas or 'default'} (both); "
           f"torch {torch.__version__}")
     print(f"one epoch (plain fwd+bwd over {args.n_train} seqs, the same code in both children): infra child median "

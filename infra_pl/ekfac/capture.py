@@ -13,6 +13,7 @@ activations again.
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 from typing import Callable, Mapping
 
@@ -63,11 +64,15 @@ class Capture:
         self._outputs: list[torch.Tensor] = []
         self._pending: dict[str, torch.Tensor | None] = {}
         self._done: set[str] = set()
+        self._owner: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
         if self._handles:
             raise RuntimeError("this Capture is already active; hooks would be registered twice")
+        # Module hooks fire for every thread's forward; a Capture only records the thread that
+        # entered it, so several streams (infra_pl.ekfac.streams) can each run their own.
+        self._owner = threading.get_ident()
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_hook(partial(self._forward_hook, name)))
         return self
@@ -76,6 +81,7 @@ class Capture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._owner = None
         self._reset()
 
     def start_batch(self, attention_mask: torch.Tensor | None) -> None:
@@ -117,6 +123,8 @@ class Capture:
         return None
 
     def _forward_hook(self, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != self._owner:
+            return None  # another stream's forward pass: its own Capture records it
         if not torch.is_grad_enabled():
             return None  # evaluation passes run under no_grad: nothing to attribute
         if name in self._pending:

@@ -15,6 +15,7 @@ happens just before the eigendecomposition in ``factor/eigen.py`` (``perform_eig
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -27,6 +28,7 @@ from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import LayerShape, layer_shape
 from infra_pl.ekfac.passes import batch_size, capture_pass, check_fisher, eval_mode, model_device
 from infra_pl.ekfac.progress import progress_bar
+from infra_pl.ekfac.streams import accumulate_in_streams, check_streams
 
 
 @dataclass
@@ -195,12 +197,21 @@ def fit_covariance(
     fisher: str = "true",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    streams: int = 1,
 ) -> CovarianceState:
-    """Covariance phase over a whole dataloader; returns the (un-normalised) state."""
+    """Covariance phase over a whole dataloader; returns the (un-normalised) state.
+
+    ``streams > 1`` (CPU only) runs that many batches at once, one accumulator each, and merges
+    their sums (:mod:`infra_pl.ekfac.streams`).
+    """
+    check_streams(streams, model_device(model))
     release_free_heap()  # start from a compact heap (infra_pl.allocator)
-    accumulator = CovarianceAccumulator(model, modules, loss_fn=loss_fn, fisher=fisher, dtype=dtype)
-    for batch in progress_bar(loader, "EK-FAC covariance", enabled=progress):
-        accumulator.step(batch)
-    state = accumulator.state
+    accumulators = accumulate_in_streams(
+        lambda: CovarianceAccumulator(model, modules, loss_fn=loss_fn, fisher=fisher, dtype=dtype),
+        progress_bar(loader, "EK-FAC covariance", enabled=progress),
+        streams,
+        sampled_labels=check_fisher(fisher) == "true",
+    )
+    state = functools.reduce(CovarianceState.merge, (a.state for a in accumulators))
     release_free_heap()
     return state

@@ -43,6 +43,7 @@ def fit_factors(
     dtype: torch.dtype = torch.float32,
     train_ids: Iterable[object] | None = None,
     partitions: int | Sequence[Sequence[str]] | None = None,
+    streams: int = 1,
 ) -> Factors:
     """Fit EK-FAC factors of the Fisher of the mean per-sequence training loss.
 
@@ -53,23 +54,29 @@ def fit_factors(
     eigendecompositions are always float64. Both data passes are seeded with ``seed``, so with a
     deterministic loader they sample the same labels. ``train_ids`` (example ids of the loader's
     data) are fingerprinted into the factors for later :meth:`Factors.check_compatible` calls.
+    ``streams``: on CPU, how many batches run at once, each on its own share of the threads
+    (:mod:`infra_pl.ekfac.streams`); the result equals the single-stream fit up to summation order.
     """
     check_fisher(fisher)
     tracked = resolve_modules(model, modules)
     if partitions is not None:
-        return _fit_partitioned(model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions)
+        return _fit_partitioned(
+            model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions, streams
+        )
     device = model_device(model)
     with seeded(seed, device):
-        covariance = fit_covariance(model, loader, tracked, loss_fn, fisher, dtype, progress)
+        covariance = fit_covariance(model, loader, tracked, loss_fn, fisher, dtype, progress, streams)
     eigen = eigendecompose(covariance, progress=progress)
     with seeded(seed, device):
-        lambdas = fit_lambda(model, loader, tracked, eigen, loss_fn, fisher, dtype, progress)
+        lambdas = fit_lambda(model, loader, tracked, eigen, loss_fn, fisher, dtype, progress, streams)
     return Factors.from_states(
         covariance, eigen, lambdas, fisher=fisher, damping=damping, model=model, tracked=tracked, train_ids=train_ids
     )
 
 
-def _fit_partitioned(model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions) -> Factors:
+def _fit_partitioned(
+    model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions, streams
+) -> Factors:
     """One full fit per module group, merged; fingerprints are the whole model's."""
     from infra_pl.ekfac.modules import layer_shape
     from infra_pl.ekfac.partition import check_partitions, split_modules
@@ -79,7 +86,9 @@ def _fit_partitioned(model, loader, loss_fn, tracked, fisher, damping, progress,
     else:
         groups = check_partitions(partitions, list(tracked))
     parts = [
-        fit_factors(model, loader, loss_fn, {n: tracked[n] for n in group}, fisher, damping, progress, seed, dtype)
+        fit_factors(
+            model, loader, loss_fn, {n: tracked[n] for n in group}, fisher, damping, progress, seed, dtype, streams=streams
+        )
         for group in groups
     ]
     return Factors.merge(parts).fingerprint(model, tracked, train_ids)

@@ -15,6 +15,7 @@ the batch size; ``factor/config.py`` ``Ekfac.prepare`` divides), and the default
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -29,6 +30,7 @@ from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import LayerShape, layer_shape
 from infra_pl.ekfac.passes import batch_size, capture_pass, check_fisher, eval_mode, model_device
 from infra_pl.ekfac.progress import progress_bar
+from infra_pl.ekfac.streams import accumulate_in_streams, check_streams
 
 
 @dataclass
@@ -148,12 +150,20 @@ def fit_lambda(
     fisher: str = "true",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    streams: int = 1,
 ) -> LambdaState:
-    """Lambda phase over a whole dataloader; returns the (un-normalised) state."""
+    """Lambda phase over a whole dataloader; returns the (un-normalised) state.
+
+    ``streams > 1`` (CPU only): batches run concurrently, one accumulator per stream, merged.
+    """
+    check_streams(streams, model_device(model))
     release_free_heap()  # start from a compact heap (infra_pl.allocator)
-    accumulator = LambdaAccumulator(model, modules, eigen, loss_fn=loss_fn, fisher=fisher, dtype=dtype)
-    for batch in progress_bar(loader, "EK-FAC eigenvalue correction", enabled=progress):
-        accumulator.step(batch)
-    state = accumulator.state
+    accumulators = accumulate_in_streams(
+        lambda: LambdaAccumulator(model, modules, eigen, loss_fn=loss_fn, fisher=fisher, dtype=dtype),
+        progress_bar(loader, "EK-FAC eigenvalue correction", enabled=progress),
+        streams,
+        sampled_labels=check_fisher(fisher) == "true",
+    )
+    state = functools.reduce(LambdaState.merge, (a.state for a in accumulators))
     release_free_heap()
     return state

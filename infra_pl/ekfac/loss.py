@@ -10,7 +10,9 @@ sequence, so a gradient of L is a gradient of log p(z) up to sign.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+import contextlib
+import threading
+from typing import Any, Iterator, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -25,20 +27,46 @@ class LossFn(Protocol):
     def __call__(self, model: nn.Module, batch: Mapping[str, Any], sample_labels: bool) -> torch.Tensor: ...
 
 
+_LABEL_RNG = threading.local()
+
+
+@contextlib.contextmanager
+def label_generator(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Sample labels in this thread from a generator seeded with ``seed`` (``None``: the global RNG).
+
+    Why: batches running concurrently on several streams would otherwise take their draws from
+    the one global generator in whatever order the threads happen to reach it, so sampled labels
+    (and a true-Fisher fit) would change from run to run. A seed per batch, drawn in batch order
+    by the caller, makes every batch's draws independent of thread timing.
+    """
+    if seed is None:
+        yield
+        return
+    previous = getattr(_LABEL_RNG, "generator", None)
+    _LABEL_RNG.generator = torch.Generator(device=device).manual_seed(seed)
+    try:
+        yield
+    finally:
+        _LABEL_RNG.generator = previous
+
+
 @torch.no_grad()
 def sample_target_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Replace every target token (label != -100) with a draw from the model's prediction for it.
 
     ``labels`` are aligned with the inputs, so the label at position t+1 is predicted by the
     logits at position t; non-target positions keep -100. Uses the global torch RNG, so callers
-    control reproducibility with ``torch.manual_seed``/``fork_rng``.
+    control reproducibility with ``torch.manual_seed``/``fork_rng`` (or, per thread, the
+    generator set by :func:`label_generator`).
     """
     targets = labels[:, 1:]
     mask = targets.ne(IGNORE_INDEX)
     sampled = labels.clone()
     if mask.any():
         probs = torch.softmax(logits[:, :-1, :][mask].float(), dim=-1)
-        sampled[:, 1:][mask] = torch.multinomial(probs, num_samples=1).squeeze(-1).to(labels.dtype)
+        generator = getattr(_LABEL_RNG, "generator", None)
+        draws = torch.multinomial(probs, num_samples=1, generator=generator)
+        sampled[:, 1:][mask] = draws.squeeze(-1).to(labels.dtype)
     return sampled
 
 

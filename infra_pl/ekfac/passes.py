@@ -8,6 +8,7 @@ phases cannot disagree on masking, sampling or which tensors are differentiated.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Iterator, Literal, Mapping
 
 import torch
@@ -38,20 +39,37 @@ def batch_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str,
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+_EVAL_LOCK = threading.Lock()
+_EVAL_USERS: dict[int, tuple[int, dict[nn.Module, bool]]] = {}  # id(model) -> (nesting depth, saved flags)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run with dropout off and restore each submodule's training flag afterwards.
 
     Attribution differentiates the deterministic model; dropout noise in the Fisher or in the
-    gradients would only add variance.
+    gradients would only add variance. Nested and concurrent uses (several streams on one model,
+    see :mod:`infra_pl.ekfac.streams`) share one saved copy of the flags: the first entry saves
+    them, the last exit restores them, so one stream finishing never switches dropout back on
+    under another that is still running.
     """
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
+    key = id(model)
+    with _EVAL_LOCK:
+        depth, flags = _EVAL_USERS.get(key, (0, {}))
+        if depth == 0:
+            flags = {m: m.training for m in model.modules()}
+            model.eval()
+        _EVAL_USERS[key] = (depth + 1, flags)
     try:
         yield
     finally:
-        for module, flag in flags.items():
-            module.train(flag)
+        with _EVAL_LOCK:
+            depth, flags = _EVAL_USERS.pop(key)
+            if depth > 1:
+                _EVAL_USERS[key] = (depth - 1, flags)
+            else:
+                for module, flag in flags.items():
+                    module.train(flag)
 
 
 def capture_pass(

@@ -13,6 +13,7 @@ positive = up-weighting z raises f.
 from infra_pl.influence.instance import (
     choose_contraction,
     instance_scores,
+    instance_scores_per_batch,
     pairwise_scores,
     position_contributions,
     query_directions,
@@ -35,6 +36,7 @@ __all__ = [
     "choose_contraction",
     "content_offset",
     "instance_scores",
+    "instance_scores_per_batch",
     "last_assistant_turn",
     "measurement_directions",
     "measurement_gradient",

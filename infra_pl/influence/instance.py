@@ -21,7 +21,8 @@ model that is also being trained or checkpointed.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal, Mapping
+import itertools
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ from infra_pl.ekfac.gradients import sequence_gradients
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import layer_shape, resolve_modules
 from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode, model_device
+from infra_pl.ekfac.streams import check_streams, map_batches_in_streams, map_in_streams, split_batch
 from infra_pl.influence.measurement import Directions, Modules
 
 Contraction = Literal["auto", "sequence", "token"]
@@ -135,6 +137,7 @@ def query_directions(
     modules: Modules = None,
     loss_fn: LossFn = causal_lm_loss,
     dtype: torch.dtype = torch.float32,
+    streams: int = 1,
 ) -> Directions:
     """One direction per query sequence: v_q = H⁻¹∇log p(q) = −H⁻¹∇L(q), named ``"query_<k>"``.
 
@@ -144,7 +147,8 @@ def query_directions(
     Each module's per-query gradients are preconditioned inside the backward hook, as soon as
     they exist, and written straight into a preallocated [Q, out, in(+1)] buffer: only one
     module's raw gradients are alive at a time, and no list of parts is concatenated at the end
-    (which would briefly hold every direction twice).
+    (which would briefly hold every direction twice). ``streams > 1`` (CPU): each query batch is
+    split into that many parts that run at once, each writing its own rows.
     """
     if modules is None:
         named = dict(model.named_modules())
@@ -159,21 +163,50 @@ def query_directions(
         name: torch.empty((count, *layer_shape(module).matrix_shape), dtype=dtype, device=device)
         for name, module in tracked.items()
     }
-    offset = 0
+    if check_streams(streams, device) > 1:  # one part per stream, so no more sequences are in flight
+        batches = [part for batch in batches for part in split_batch(batch, streams)]
+    offsets = [0, *itertools.accumulate(batch_size(b) for b in batches)][:-1]
 
-    def precondition_into(name: str, activations: torch.Tensor, output_grads: torch.Tensor) -> None:
-        grads = sequence_gradients(activations, output_grads)
-        rows = per_module[name][offset : offset + grads.shape[0]]
-        rows.copy_(factors.precondition({name: grads})[name]).neg_()
+    def precondition_batch(item: tuple[Mapping[str, Any], int]) -> None:
+        batch, offset = item
 
-    capture = Capture(tracked, on_pair=precondition_into, dtype=dtype)
-    release_free_heap()  # the Q directions are the largest buffer of a pairwise run: give them a compact heap
-    with eval_mode(model), capture:
-        for batch in batches:
+        def precondition_into(name: str, activations: torch.Tensor, output_grads: torch.Tensor) -> None:
+            grads = sequence_gradients(activations, output_grads)
+            rows = per_module[name][offset : offset + grads.shape[0]]
+            rows.copy_(factors.precondition({name: grads})[name]).neg_()
+
+        capture = Capture(tracked, on_pair=precondition_into, dtype=dtype)
+        with eval_mode(model), capture:
             capture_pass(model, batch, loss_fn, capture, sample_labels=False)
-            offset += batch_size(batch)
+
+    release_free_heap()  # the Q directions are the largest buffer of a pairwise run: give them a compact heap
+    for _ in map_in_streams(precondition_batch, zip(batches, offsets), streams):
+        pass  # each batch writes its own rows of the buffers
     release_free_heap()
     return Directions([f"query_{k}" for k in range(count)], per_module)
+
+
+def instance_scores_per_batch(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    directions: Directions,
+    modules: Modules = None,
+    loss_fn: LossFn = causal_lm_loss,
+    contraction: Contraction = "auto",
+    streams: int = 1,
+) -> Iterator[torch.Tensor]:
+    """:func:`instance_scores` of each batch in turn ([B, M] each, in input order).
+
+    ``streams > 1`` (CPU only) splits each batch into that many parts scored at once, each on its
+    share of the threads (:mod:`infra_pl.ekfac.streams`); the scores are the same, only faster on
+    small models.
+    """
+    check_streams(streams, model_device(model))
+
+    def score(batch: Mapping[str, Any]) -> torch.Tensor:
+        return instance_scores(model, batch, directions, modules, loss_fn, contraction)
+
+    return map_batches_in_streams(score, batches, streams)
 
 
 def pairwise_scores(

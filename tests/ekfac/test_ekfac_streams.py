@@ -1,0 +1,179 @@
+"""Several batches at once on CPU threads (``streams``) give the single-stream results."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from ekfac_helpers import make_batches, tiny_llama
+
+from infra_pl.ekfac import Capture, find_tracked_modules, fit_covariance, fit_factors
+from infra_pl.ekfac.loss import causal_lm_loss
+from infra_pl.ekfac.passes import capture_pass, eval_mode
+from infra_pl.ekfac.streams import (
+    Streams,
+    check_streams,
+    map_batches_in_streams,
+    map_in_streams,
+    split_batch,
+    threads_per_stream,
+)
+from infra_pl.influence import instance_scores, instance_scores_per_batch, query_directions
+
+LENGTHS = [[10, 6, 8], [9, 10, 5], [4, 10, 7], [10, 3, 8], [6, 9]]
+
+
+@pytest.fixture(scope="module")
+def five_batches() -> list[dict[str, torch.Tensor]]:
+    return make_batches(LENGTHS, seed=3)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    return bool((a - b).norm() <= tol * b.norm())
+
+
+def _assert_factors_equal(left, right) -> None:
+    assert list(left.modules) == list(right.modules)
+    for name in left.modules:
+        one, two = left.modules[name], right.modules[name]
+        assert _close(one.activation_covariance, two.activation_covariance), name
+        assert _close(one.gradient_covariance, two.gradient_covariance), name
+        assert _close(one.lambdas, two.lambdas), name
+
+
+def test_factors_with_two_streams_equal_one_stream(five_batches):
+    model = tiny_llama()
+    one = fit_factors(model, five_batches, fisher="empirical", progress=False)
+    two = fit_factors(model, five_batches, fisher="empirical", progress=False, streams=2)
+    _assert_factors_equal(two, one)
+
+
+def test_true_fisher_streams_do_not_depend_on_thread_timing(five_batches):
+    """Label seeds are drawn per batch part in order, so a rerun samples the same labels."""
+    model = tiny_llama()
+    two = fit_factors(model, five_batches, fisher="true", progress=False, seed=7, streams=2)
+    again = fit_factors(model, five_batches, fisher="true", progress=False, seed=7, streams=2)
+    _assert_factors_equal(again, two)
+    other_seed = fit_factors(model, five_batches, fisher="true", progress=False, seed=8, streams=2)
+    name = next(iter(two.modules))
+    assert not _close(other_seed.modules[name].gradient_covariance, two.modules[name].gradient_covariance, 1e-3)
+
+
+def test_covariance_streams_count_every_token_once(five_batches):
+    model = tiny_llama()
+    modules = find_tracked_modules(model)
+    state = fit_covariance(model, five_batches, modules, fisher="empirical", progress=False, streams=2)
+    tokens = sum(int(b["attention_mask"].sum()) for b in five_batches)
+    assert int(state.n_sequences) == sum(len(x) for x in LENGTHS)
+    assert all(int(c) == tokens for c in state.activation_counts.values())
+
+
+def test_query_directions_and_scores_with_streams(five_batches):
+    model = tiny_llama()
+    factors = fit_factors(model, five_batches, fisher="empirical", progress=False)
+    queries = five_batches[:3]
+    one = query_directions(model, queries, factors)
+    two = query_directions(model, queries, factors, streams=2)
+    assert one.names == two.names
+    for name in one.per_module:
+        assert _close(two.per_module[name], one.per_module[name]), name
+    with torch.no_grad():
+        expected = [instance_scores(model, b, one) for b in five_batches]
+        got = list(instance_scores_per_batch(model, five_batches, one, streams=2))
+    assert [g.shape for g in got] == [e.shape for e in expected]  # input order kept
+    for g, e in zip(got, expected):
+        assert _close(g, e)
+
+
+def test_eval_mode_restores_training_flags_after_concurrent_users():
+    model = tiny_llama().train()
+    inside = threading.Event()
+    release = threading.Event()
+    seen: list[bool] = []
+
+    def other_stream() -> None:
+        with eval_mode(model):
+            inside.set()
+            release.wait(5)
+            seen.append(model.training)
+
+    worker = threading.Thread(target=other_stream)
+    worker.start()
+    assert inside.wait(5)
+    with eval_mode(model):
+        assert not model.training
+    # this stream finished first: the model must stay in eval mode for the other one
+    assert not model.training
+    release.set()
+    worker.join(5)
+    assert seen == [False]
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_capture_ignores_forward_passes_of_other_threads(five_batches):
+    model = tiny_llama()
+    modules = find_tracked_modules(model)
+    recorded: list[str] = []
+    capture = Capture(modules, on_activation=lambda name, a, n: recorded.append(name))
+    with capture:
+        worker = threading.Thread(target=lambda: capture_pass_outside(model, five_batches[0]))
+        worker.start()
+        worker.join(30)
+        assert recorded == []  # another thread's forward went through untouched
+        capture_pass(model, five_batches[0], causal_lm_loss, capture, sample_labels=False)
+    assert sorted(set(recorded)) == sorted(modules)
+
+
+def capture_pass_outside(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    with torch.enable_grad():
+        causal_lm_loss(model, batch, False).sum().backward()
+
+
+def test_each_stream_gets_its_share_of_threads():
+    assert threads_per_stream(2, 2) == 1 and threads_per_stream(2, 5) == 2 and threads_per_stream(4, 2) == 1
+    caller = torch.get_num_threads()
+    with Streams(2, lambda: None, threads=4) as pool:
+        counts = [pool.submit(lambda _state, _x: torch.get_num_threads(), i).result() for i in range(4)]
+    assert counts == [2] * 4
+    assert torch.get_num_threads() == caller
+
+
+def test_split_batch_keeps_rows_together():
+    batch = {"input_ids": torch.arange(10).view(5, 2), "index": [10, 11, 12, 13, 14], "shift": 3,
+             "measurement_weight": torch.ones(5)}
+    parts = split_batch(batch, 2)
+    assert [p["index"] for p in parts] == [[10, 11], [12, 13, 14]]
+    assert torch.equal(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
+    assert all(p["shift"] == 3 and p["measurement_weight"].shape[0] == len(p["index"]) for p in parts)
+    assert len(split_batch(batch, 8)) == 5  # never an empty part
+
+
+def test_batches_split_over_streams_come_back_whole_and_in_order():
+    batches = [{"input_ids": torch.arange(n).view(n, 1) + 100 * k} for k, n in enumerate([5, 1, 4])]
+    got = list(map_batches_in_streams(lambda b: b["input_ids"][:, 0] * 2, batches, 3))
+    assert [g.tolist() for g in got] == [(b["input_ids"][:, 0] * 2).tolist() for b in batches]
+
+
+def test_streams_keep_order_and_raise_worker_errors():
+    assert list(map_in_streams(lambda x: x * x, range(9), 3)) == [x * x for x in range(9)]
+
+    def fail(x: int) -> int:
+        if x == 4:
+            raise ValueError("row 4 is malformed")
+        return x
+
+    with pytest.raises(ValueError, match="row 4 is malformed"):
+        list(map_in_streams(fail, range(9), 2))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_bad_stream_counts_are_refused(bad):
+    with pytest.raises(ValueError, match="streams must be a positive integer"):
+        check_streams(bad)
+
+
+def test_streams_are_refused_off_cpu():
+    with pytest.raises(ValueError, match="CPU threads.*use streams=1"):
+        check_streams(2, "cuda")
+    assert check_streams(1, "cuda") == 1
