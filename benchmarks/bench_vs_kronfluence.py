@@ -92,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="training batch size for both libraries")
     p.add_argument("--streams", type=int, default=None,
                    help="infra-pl's `streams` option (batches run at once, each on threads/streams intra-op "
-                        "threads) for factors, pairwise and the instance pass; default: --threads (one thread "
-                        "per stream). Token scores always run as one stream. kronfluence has no such option")
+                        "threads) for every infra-pl phase; default: --threads (one thread per stream). "
+                        "kronfluence has no such option")
     p.add_argument("--scale", action="store_true", help="allow the size flags below to differ from the fixed setting")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
@@ -130,7 +130,7 @@ def setup(args: argparse.Namespace):
 def run_infra(args: argparse.Namespace) -> dict:
     from infra_pl.ekfac import find_tracked_modules, fit_factors
     from infra_pl.influence import (
-        instance_scores_per_batch,
+        instance_scores,
         measurement_directions,
         measurement_gradient,
         query_directions,
@@ -158,7 +158,7 @@ def run_infra(args: argparse.Namespace) -> dict:
     def pairwise():
         directions = query_directions(model, query_loader, state["factors"], modules, streams=args.streams)
         with torch.no_grad():
-            parts = list(instance_scores_per_batch(model, train_loader, directions, modules, streams=args.streams))
+            parts = [instance_scores(model, b, directions, modules, streams=args.streams) for b in train_loader]
         return torch.cat(parts).t().contiguous()  # [Q, N]
 
     def one_direction():
@@ -169,13 +169,13 @@ def run_infra(args: argparse.Namespace) -> dict:
 
     def tokens():
         direction = state["direction"]
-        return torch.cat([token_scores(model, b, direction, modules)[0] for b in train_loader])
+        return torch.cat([token_scores(model, b, direction, modules, streams=args.streams)[0] for b in train_loader])
 
     def instance():
         direction = state["direction"]
         with torch.no_grad():
-            parts = instance_scores_per_batch(model, train_loader, direction, modules, streams=args.streams)
-            return torch.cat([part[:, 0] for part in parts])
+            return torch.cat([instance_scores(model, b, direction, modules, streams=args.streams)[:, 0]
+                              for b in train_loader])
 
     def tokens_with_direction():
         if "direction" not in state:

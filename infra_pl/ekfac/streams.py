@@ -163,31 +163,17 @@ def map_in_streams(fn: Callable[[T], R], items: Iterable[T], streams: int) -> It
             yield window.popleft().result()
 
 
-def map_batches_in_streams(
-    fn: Callable[[Mapping[str, Any]], torch.Tensor], batches: Iterable[Mapping[str, Any]], streams: int, dim: int = 0
-) -> Iterator[torch.Tensor]:
-    """``fn`` of every batch, each batch split over the streams and its parts' results concatenated.
+def map_parts(
+    fn: Callable[[Mapping[str, Any]], torch.Tensor], batch: Mapping[str, Any], streams: int, dim: int = 0
+) -> torch.Tensor:
+    """``fn(batch)``, computed as ``streams`` parts of the batch at once and concatenated along ``dim``.
 
-    ``dim`` is the dimension of ``fn``'s result that runs over the batch's sequences.
+    ``dim`` is the dimension of ``fn``'s result that runs over the batch's sequences. With one
+    stream this is just ``fn(batch)``.
     """
     if check_streams(streams) == 1:
-        yield from map(fn, batches)
-        return
-    sizes: deque[int] = deque()
-
-    def parts() -> Iterator[Mapping[str, Any]]:
-        for batch in batches:
-            chunks = split_batch(batch, streams)
-            sizes.append(len(chunks))
-            yield from chunks
-
-    pending: list[torch.Tensor] = []
-    for result in map_in_streams(fn, parts(), streams):
-        pending.append(result)
-        if len(pending) == sizes[0]:
-            sizes.popleft()
-            yield torch.cat(pending, dim=dim)
-            pending = []
+        return fn(batch)
+    return torch.cat(list(map_in_streams(fn, split_batch(batch, streams), streams)), dim=dim)
 
 
 class Stepper(Protocol):

@@ -13,7 +13,6 @@ positive = up-weighting z raises f.
 from infra_pl.influence.instance import (
     choose_contraction,
     instance_scores,
-    instance_scores_per_batch,
     pairwise_scores,
     position_contributions,
     query_directions,
@@ -36,7 +35,6 @@ __all__ = [
     "choose_contraction",
     "content_offset",
     "instance_scores",
-    "instance_scores_per_batch",
     "last_assistant_turn",
     "measurement_directions",
     "measurement_gradient",

@@ -22,7 +22,7 @@ model that is also being trained or checkpointed.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ from infra_pl.ekfac.gradients import sequence_gradients
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import layer_shape, resolve_modules
 from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode, model_device
-from infra_pl.ekfac.streams import check_streams, map_batches_in_streams, map_in_streams, split_batch
+from infra_pl.ekfac.streams import check_streams, map_in_streams, map_parts, split_batch
 from infra_pl.influence.measurement import Directions, Modules
 
 Contraction = Literal["auto", "sequence", "token"]
@@ -103,14 +103,23 @@ def instance_scores(
     modules: Modules = None,
     loss_fn: LossFn = causal_lm_loss,
     contraction: Contraction = "auto",
+    streams: int = 1,
 ) -> torch.Tensor:
     """S(z) = v_mᵀ∇log p(z) for every sequence b and measurement m: [B, M].
 
     Positive = up-weighting the sequence raises f_m. ``modules=None`` uses the directions' own
     module names. Works under a caller's ``torch.no_grad()`` (grad is enabled inside), not under
-    ``inference_mode``. Computed in the directions' dtype.
+    ``inference_mode``. Computed in the directions' dtype. ``streams > 1`` (CPU only) splits the
+    batch into that many parts scored at once, each on its share of the threads
+    (:mod:`infra_pl.ekfac.streams`): the same scores, sooner on small models.
     """
-    return _score_pass(model, batch, directions, modules, loss_fn, contraction, per_position=False)
+    check_streams(streams, model_device(model))
+    _check_grad_mode()  # in the caller's thread: a worker thread starts outside inference_mode
+
+    def score(part: Mapping[str, Any]) -> torch.Tensor:
+        return _score_pass(model, part, directions, modules, loss_fn, contraction, per_position=False)
+
+    return map_parts(score, batch, streams, dim=0)
 
 
 def position_contributions(
@@ -184,29 +193,6 @@ def query_directions(
         pass  # each batch writes its own rows of the buffers
     release_free_heap()
     return Directions([f"query_{k}" for k in range(count)], per_module)
-
-
-def instance_scores_per_batch(
-    model: nn.Module,
-    batches: Iterable[Mapping[str, Any]],
-    directions: Directions,
-    modules: Modules = None,
-    loss_fn: LossFn = causal_lm_loss,
-    contraction: Contraction = "auto",
-    streams: int = 1,
-) -> Iterator[torch.Tensor]:
-    """:func:`instance_scores` of each batch in turn ([B, M] each, in input order).
-
-    ``streams > 1`` (CPU only) splits each batch into that many parts scored at once, each on its
-    share of the threads (:mod:`infra_pl.ekfac.streams`); the scores are the same, only faster on
-    small models.
-    """
-    check_streams(streams, model_device(model))
-
-    def score(batch: Mapping[str, Any]) -> torch.Tensor:
-        return instance_scores(model, batch, directions, modules, loss_fn, contraction)
-
-    return map_batches_in_streams(score, batches, streams)
 
 
 def pairwise_scores(

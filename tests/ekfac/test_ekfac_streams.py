@@ -14,12 +14,12 @@ from infra_pl.ekfac.passes import capture_pass, eval_mode
 from infra_pl.ekfac.streams import (
     Streams,
     check_streams,
-    map_batches_in_streams,
     map_in_streams,
+    map_parts,
     split_batch,
     threads_per_stream,
 )
-from infra_pl.influence import instance_scores, instance_scores_per_batch, query_directions
+from infra_pl.influence import instance_scores, query_directions, token_scores
 
 LENGTHS = [[10, 6, 8], [9, 10, 5], [4, 10, 7], [10, 3, 8], [6, 9]]
 
@@ -80,10 +80,23 @@ def test_query_directions_and_scores_with_streams(five_batches):
         assert _close(two.per_module[name], one.per_module[name]), name
     with torch.no_grad():
         expected = [instance_scores(model, b, one) for b in five_batches]
-        got = list(instance_scores_per_batch(model, five_batches, one, streams=2))
-    assert [g.shape for g in got] == [e.shape for e in expected]  # input order kept
+        got = [instance_scores(model, b, one, streams=2) for b in five_batches]
+    assert [g.shape for g in got] == [e.shape for e in expected]  # rows come back in batch order
     for g, e in zip(got, expected):
         assert _close(g, e)
+
+
+def test_token_scores_with_streams_equal_one_stream(five_batches):
+    model = tiny_llama()
+    factors = fit_factors(model, five_batches, fisher="empirical", progress=False)
+    directions = query_directions(model, five_batches[:1], factors).select(["query_0"])
+    batch = five_batches[1]
+    one = token_scores(model, batch, directions)
+    two = token_scores(model, batch, directions, streams=2)
+    assert two.shape == one.shape == (1, batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+    assert _close(two, one)
+    with torch.no_grad():
+        assert _close(two.sum(-1).t(), instance_scores(model, batch, directions), 1e-4)
 
 
 def test_eval_mode_restores_training_flags_after_concurrent_users():
@@ -149,10 +162,11 @@ def test_split_batch_keeps_rows_together():
     assert len(split_batch(batch, 8)) == 5  # never an empty part
 
 
-def test_batches_split_over_streams_come_back_whole_and_in_order():
-    batches = [{"input_ids": torch.arange(n).view(n, 1) + 100 * k} for k, n in enumerate([5, 1, 4])]
-    got = list(map_batches_in_streams(lambda b: b["input_ids"][:, 0] * 2, batches, 3))
-    assert [g.tolist() for g in got] == [(b["input_ids"][:, 0] * 2).tolist() for b in batches]
+def test_batch_parts_come_back_whole_and_in_order():
+    for rows in (5, 1, 4):
+        batch = {"input_ids": torch.arange(2 * rows).view(rows, 2)}
+        got = map_parts(lambda b: b["input_ids"].t() * 2, batch, 3, dim=1)
+        assert torch.equal(got, batch["input_ids"].t() * 2)
 
 
 def test_streams_keep_order_and_raise_worker_errors():
