@@ -92,8 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="training batch size for both libraries")
     p.add_argument("--streams", type=int, default=None,
                    help="infra-pl's `streams` option (batches run at once, each on threads/streams intra-op "
-                        "threads) for every infra-pl phase; default: --threads (one thread per stream). "
-                        "kronfluence has no such option")
+                        "threads) for factors, pairwise and the instance pass; default: --threads (one thread "
+                        "per stream). Token scores run as one stream: their forward-mode pass already uses both "
+                        "cores well (measured: no gain from streams). kronfluence has no such option")
     p.add_argument("--scale", action="store_true", help="allow the size flags below to differ from the fixed setting")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
@@ -169,7 +170,7 @@ def run_infra(args: argparse.Namespace) -> dict:
 
     def tokens():
         direction = state["direction"]
-        return torch.cat([token_scores(model, b, direction, modules, streams=args.streams)[0] for b in train_loader])
+        return torch.cat([token_scores(model, b, direction, modules)[0] for b in train_loader])
 
     def instance():
         direction = state["direction"]

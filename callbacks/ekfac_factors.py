@@ -9,6 +9,7 @@ resumes from the last finished phase) and logs spectra to TensorBoard.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from infra_pl.ekfac.modules import layer_shape, resolve_modules
 from infra_pl.ekfac.partition import check_partitions, split_modules
 from infra_pl.ekfac.passes import model_device
 from infra_pl.ekfac.storage import partition_dir, read_partition_index, write_partition_index
+from infra_pl.ekfac.streams import AccumulatorStreams, check_streams
 from infra_pl.hooks import FactorsReady, dispatch, tensorboard_writer
 from infra_pl.protocol import attribution_model, loss_fn_for, model_is_built, require_data, require_module, require_true_fisher
 from infra_pl.trainer import AttributionStep
@@ -75,6 +77,11 @@ class EKFACFactors(AttributionStep):
             finished group's factors leave it too, so the device only holds the group in progress.
         device_budget: device memory the ``auto`` plan may fill, e.g. ``70GiB`` (default: 90% of
             the CUDA device's memory; required on CPU).
+        streams: CPU only: split every batch into this many parts that run at once, each on
+            threads ÷ streams cores (``infra_pl.ekfac.streams``). Small models leave cores idle
+            between torch ops; 2 streams on 2 cores fitted factors ~20% faster here
+            (``benchmarks/bench_vs_kronfluence.py``). The same sequences are in flight as with one
+            stream, so memory does not grow. Refused on a GPU.
     """
 
     order = 10
@@ -94,7 +101,9 @@ class EKFACFactors(AttributionStep):
         partitions: int | str | list[list[str]] | None = None,
         offload: bool = False,
         device_budget: str | None = None,
+        streams: int = 1,
     ) -> None:
+        check_streams(streams)
         if fisher not in ("true", "empirical"):
             raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
         if dtype not in DTYPES:
@@ -116,8 +125,9 @@ class EKFACFactors(AttributionStep):
         self.device_budget = device_budget
         self.partitions = partitions
         self.offload = offload
+        self.streams = streams
         self._tracked_for_pass: dict[str, torch.nn.Module] | None = None
-        self._accumulator: CovarianceAccumulator | LambdaAccumulator | None = None
+        self._accumulator: AccumulatorStreams | None = None
         self._eigen_for_pass: dict[str, EigenBasis] = {}
         self._result: Any = None
 
@@ -146,6 +156,7 @@ class EKFACFactors(AttributionStep):
         if self.fisher == "true":
             require_true_fisher(pl_module, "EKFACFactors")
         require_data(datamodule, ["attribution_ids", "attribution_dataloader"], "EKFACFactors")
+        check_streams(self.streams, pl_module.device)
         out = self.factors_dir(trainer)
         train_ids = list(datamodule.attribution_ids("train"))
         self._ensure_model_ready(trainer, pl_module, datamodule)
@@ -357,11 +368,16 @@ class EKFACFactors(AttributionStep):
         tracked = self._tracked_for_pass if self._tracked_for_pass is not None else resolve_modules(model, self.modules)
         torch.manual_seed(self.seed + trainer.global_rank)  # true-Fisher label sampling, same in both passes
         loss_fn = loss_fn_for(pl_module)
+        check_streams(self.streams, pl_module.device)
         if phase == COVARIANCE:
-            self._accumulator = CovarianceAccumulator(model, tracked, loss_fn, self.fisher, self.dtype)
+            def make() -> Any:
+                return CovarianceAccumulator(model, tracked, loss_fn, self.fisher, self.dtype)
         else:
             eigen = {n: _basis_to(b, pl_module.device) for n, b in self._eigen_for_pass.items()}
-            self._accumulator = LambdaAccumulator(model, tracked, eigen, loss_fn, self.fisher, self.dtype)
+
+            def make() -> Any:
+                return LambdaAccumulator(model, tracked, eigen, loss_fn, self.fisher, self.dtype)
+        self._accumulator = AccumulatorStreams(make, self.streams, sampled_labels=self.fisher == "true")
 
     def on_predict_batch_end(self, trainer: Any, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self._accumulator is None or getattr(trainer, "attribution_phase", None) not in (COVARIANCE, LAMBDA):
@@ -372,12 +388,18 @@ class EKFACFactors(AttributionStep):
     def on_predict_end(self, trainer: Any, pl_module: L.LightningModule) -> None:
         if self._accumulator is None:
             return
-        state = self._accumulator.state
+        accumulators = self._accumulator.finish()
         self._accumulator = None
+        state = functools.reduce(type(accumulators[0].state).merge, (a.state for a in accumulators))
         if trainer.world_size > 1:  # exactly once per pass: ranks may have seen different batch counts
             for tensor in state.tensors():
                 tensor.copy_(trainer.strategy.reduce(tensor.clone(), reduce_op="sum"))
         self._result = state
+
+    def on_exception(self, trainer: Any, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._accumulator is not None:  # stop the stream workers of an interrupted pass
+            self._accumulator.close()
+            self._accumulator = None
 
     # ------------------------------------------------------- distribution
     def _distributed_eigen(self, trainer: Any, covariance: Any) -> dict[str, EigenBasis]:

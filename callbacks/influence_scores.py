@@ -28,6 +28,7 @@ import lightning as L
 import pandas as pd
 import torch
 
+from infra_pl.ekfac.streams import check_streams
 from infra_pl.hooks import ScoresReady, dispatch
 from infra_pl.influence.measurement import Directions
 from infra_pl.measurements import CorrectAnswerLogLikelihood, Measurement, MeasurementContext, MeasurementSpec, build_specs
@@ -73,6 +74,10 @@ class InfluenceScores(AttributionStep):
         pairwise: also write per-query scores (every measured item x every training example) to
             ``pairwise_scores.parquet``, for analyses beyond the mean measurement.
         output_dir: where scores go (default: ``<default_root_dir>/attribution/scores``).
+        streams: CPU only: split every instance-score and pairwise-query batch into this many parts
+            that run at once, each on threads ÷ streams cores (``infra_pl.ekfac.streams``); the same
+            scores, sooner on small models. Token scores run as one stream (their forward-mode
+            pass already keeps the cores busy). Refused on a GPU.
     """
 
     order = 20
@@ -91,7 +96,9 @@ class InfluenceScores(AttributionStep):
         sentence_top_k: int = 10,
         pairwise: bool = False,
         output_dir: str | None = None,
+        streams: int = 1,
     ) -> None:
+        check_streams(streams)
         if fallback not in (None, "reference"):
             raise ValueError(f"fallback must be null or 'reference', got {fallback!r}")
         self.measurements: list[Measurement] = list(measurements) if measurements else [
@@ -109,6 +116,7 @@ class InfluenceScores(AttributionStep):
         self.sentence_top_k = sentence_top_k
         self.pairwise = pairwise
         self.output_dir = output_dir
+        self.streams = streams
         self._phase_data: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -129,6 +137,7 @@ class InfluenceScores(AttributionStep):
         """Fail before any pass when a requested product lacks a protocol method (named in the error)."""
         require_module(pl_module, ["attribution_model", "per_example_loss"], "InfluenceScores")
         require_data(datamodule, ["attribution_ids", "attribution_dataloader"], "InfluenceScores")
+        check_streams(self.streams, getattr(pl_module, "device", None))
         if self._wants_tokens:
             require_module(pl_module, ["attribution_logits"], "InfluenceScores token scores",
                            "Or set token_top_k: 0 on InfluenceScores.")
@@ -320,7 +329,8 @@ class InfluenceScores(AttributionStep):
         frames = []
         for part in parts:  # the additive share of every module group (one group without partitions)
             group_factors = factors.subset(part.group).to(pl_module.device, covariances=False)
-            directions = query_directions(self._model(pl_module), loader, group_factors, part.tracked, loss_fn=loss_fn_for(pl_module))
+            directions = query_directions(self._model(pl_module), loader, group_factors, part.tracked,
+                                          loss_fn=loss_fn_for(pl_module), streams=self.streams)
             del group_factors
             key = _directions_key(directions, factors)
             frames.append(self._score_training_set(trainer, pl_module, datamodule, part.tracked, directions,
@@ -351,7 +361,8 @@ class InfluenceScores(AttributionStep):
                 self._measure_batch(model, batch, measurement_gradient)
             elif phase == INSTANCE:
                 indices = batch_indices(batch, "instance scores")
-                scores = instance_scores(model, batch, data["directions"], data["tracked"], loss_fn=data["loss_fn"]).detach().cpu()
+                scores = instance_scores(model, batch, data["directions"], data["tracked"], loss_fn=data["loss_fn"],
+                                         streams=self.streams).detach().cpu()
                 ids = data["ids"]
                 rows = [
                     {"index": i, "id": ids[i], **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(data["names"])}}

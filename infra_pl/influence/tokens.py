@@ -51,7 +51,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from infra_pl.ekfac.loss import LossFn, causal_lm_logits, causal_lm_loss
 from infra_pl.ekfac.modules import is_conv1d, layer_shape
 from infra_pl.ekfac.passes import batch_to_device, eval_mode, model_device
-from infra_pl.ekfac.streams import check_streams, map_parts
 from infra_pl.influence.instance import position_contributions
 from infra_pl.influence.measurement import Directions, Modules
 from infra_pl.losses import target_log_probs
@@ -154,25 +153,17 @@ def _dual_linears(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Itera
 
 def _dual_derivative(
     model: nn.Module, batch: Mapping[str, Any], deltas: Mapping[str, torch.Tensor],
-    tracked: Mapping[str, nn.Module], logits_fn: LogitsFn, streams: int = 1,
+    tracked: Mapping[str, nn.Module], logits_fn: LogitsFn,
 ) -> torch.Tensor:
     """s_t for one direction with forward-AD dual tensors: V p enters each tracked layer's tangent only.
 
     Compared with ``torch.func.jvp`` along α, the primal carries no α·(V p) terms and every linear
-    layer costs two matmuls instead of three (see :func:`_dual_linear_forward`). The dual level and
-    the patched forwards are global and set up here, in the calling thread, once per direction;
-    with ``streams > 1`` the parts of the batch then run their forward passes on worker threads.
+    layer costs two matmuls instead of three (see :func:`_dual_linear_forward`).
     """
     named = dict(model.named_modules())
     with fwAD.dual_level(), _dual_linears(model, {n: deltas[n] for n in tracked if named.get(n) is tracked[n]}):
-        return map_parts(partial(_dual_tangent, model, logits_fn), batch, streams, dim=0)
-
-
-def _dual_tangent(model: nn.Module, logits_fn: LogitsFn, batch: Mapping[str, Any]) -> torch.Tensor:
-    """Tangent of the target log-probabilities for one (part of a) batch, inside a dual level."""
-    with torch.no_grad():  # grad mode is per thread: a stream's worker must switch it off itself
         log_probs = target_log_probs(logits_fn(model, batch), batch["labels"])[0]
-    tangent = fwAD.unpack_dual(log_probs).tangent
+        tangent = fwAD.unpack_dual(log_probs).tangent
     if tangent is None:
         raise RuntimeError("no tracked layer influenced the log-probabilities; check the module selection")
     return tangent
@@ -187,7 +178,6 @@ def token_scores(
     vectorize: bool = True,
     chunk_size: int | None = None,
     logits_fn: LogitsFn = causal_lm_logits,
-    streams: int = 1,
 ) -> torch.Tensor:
     """Eq. 9 target-token scores s_t = v_mᵀ∇log p(z_t | z_<t): [M, B, T-1], float32.
 
@@ -198,10 +188,8 @@ def token_scores(
     vectorised with ``torch.func.vmap`` (``vectorize=False``: always a loop; ``chunk_size`` bounds
     how many tangents vmap carries at once, for memory). Under ``inference_mode`` (where dual
     tensors lose their tangents) ``torch.func.jvp`` is used. The model is left as it was: hooks removed,
-    training flags restored, no ``.grad``. ``streams > 1`` (CPU, dual-tensor path only; the other
-    paths ignore it) splits the batch into that many parts run at once (:mod:`infra_pl.ekfac.streams`).
+    training flags restored, no ``.grad``.
     """
-    check_streams(streams, model_device(model))
     tracked = directions.modules_of(model, modules)
     names = list(tracked)
     device = model_device(model)
@@ -227,7 +215,7 @@ def token_scores(
 
     def derivative(*direction: torch.Tensor) -> torch.Tensor:
         if dual:
-            return _dual_derivative(model, batch, dict(zip(names, direction)), tracked, logits_fn, streams)
+            return _dual_derivative(model, batch, dict(zip(names, direction)), tracked, logits_fn)
         # torch.func along α with v fixed, through the perturbation hooks.
         return torch.func.jvp(lambda alpha: log_probs(alpha, direction), (alpha0,), (dalpha,))[1]
 

@@ -184,3 +184,24 @@ def test_token_budget_batches_give_the_same_factors(tmp_path, tiny_cache):
         assert rel_err(got.activation_covariance, ref.activation_covariance) < 1e-5
         assert rel_err(got.gradient_covariance, ref.gradient_covariance) < 1e-5
         assert rel_err(got.lambdas, ref.lambdas) < 1e-4
+
+
+def test_streams_give_the_same_factors(tmp_path, tiny_cache):
+    """Two CPU streams split every batch in two parts: the sums, and so the factors, are unchanged."""
+    module, datamodule = build(str(tiny_cache), None)
+    trainer, callback = make_trainer(tmp_path, streams=2)
+    trainer.attribute(module, datamodule=datamodule)
+    streamed = trainer.attribution_state["factors"]
+    assert callback._accumulator is None  # the pass finished and released its workers
+    reference = fit_factors(module.model, datamodule.attribution_dataloader("train", 8), fisher="empirical", progress=False)
+    for name, ref in reference.modules.items():
+        got = streamed.modules[name]
+        assert got.n_sequences == ref.n_sequences and got.n_tokens == ref.n_tokens
+        assert rel_err(got.activation_covariance, ref.activation_covariance) < 1e-5
+        assert rel_err(got.gradient_covariance, ref.gradient_covariance) < 1e-5
+        assert rel_err(got.lambdas, ref.lambdas) < 1e-4
+
+
+def test_bad_streams_are_refused_at_construction():
+    with pytest.raises(ValueError, match="streams must be a positive integer"):
+        EKFACFactors(streams=0)

@@ -19,7 +19,7 @@ from infra_pl.ekfac.streams import (
     split_batch,
     threads_per_stream,
 )
-from infra_pl.influence import instance_scores, query_directions, token_scores
+from infra_pl.influence import instance_scores, query_directions
 
 LENGTHS = [[10, 6, 8], [9, 10, 5], [4, 10, 7], [10, 3, 8], [6, 9]]
 
@@ -84,19 +84,6 @@ def test_query_directions_and_scores_with_streams(five_batches):
     assert [g.shape for g in got] == [e.shape for e in expected]  # rows come back in batch order
     for g, e in zip(got, expected):
         assert _close(g, e)
-
-
-def test_token_scores_with_streams_equal_one_stream(five_batches):
-    model = tiny_llama()
-    factors = fit_factors(model, five_batches, fisher="empirical", progress=False)
-    directions = query_directions(model, five_batches[:1], factors).select(["query_0"])
-    batch = five_batches[1]
-    one = token_scores(model, batch, directions)
-    two = token_scores(model, batch, directions, streams=2)
-    assert two.shape == one.shape == (1, batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
-    assert _close(two, one)
-    with torch.no_grad():
-        assert _close(two.sum(-1).t(), instance_scores(model, batch, directions), 1e-4)
 
 
 def test_eval_mode_restores_training_flags_after_concurrent_users():
