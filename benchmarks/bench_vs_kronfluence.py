@@ -131,11 +131,11 @@ def setup(args: argparse.Namespace):
 def run_infra(args: argparse.Namespace) -> dict:
     from infra_pl.ekfac import find_tracked_modules, fit_factors
     from infra_pl.influence import (
-        instance_scores,
+        instance_scores_over,
         measurement_directions,
         measurement_gradient,
         query_directions,
-        token_scores,
+        token_scores_over,
     )
 
     model, train, query = setup(args)
@@ -159,8 +159,8 @@ def run_infra(args: argparse.Namespace) -> dict:
     def pairwise():
         directions = query_directions(model, query_loader, state["factors"], modules, streams=args.streams)
         with torch.no_grad():
-            parts = [instance_scores(model, b, directions, modules, streams=args.streams) for b in train_loader]
-        return torch.cat(parts).t().contiguous()  # [Q, N]
+            scores = instance_scores_over(model, train_loader, directions, modules, streams=args.streams)
+        return scores.t().contiguous()  # [Q, N]
 
     def one_direction():
         grad = measurement_gradient(model, query_loader, modules)
@@ -170,13 +170,12 @@ def run_infra(args: argparse.Namespace) -> dict:
 
     def tokens():
         direction = state["direction"]
-        return torch.cat([token_scores(model, b, direction, modules)[0] for b in train_loader])
+        return torch.cat([part[0] for part in token_scores_over(model, train_loader, direction, modules)])
 
     def instance():
         direction = state["direction"]
         with torch.no_grad():
-            return torch.cat([instance_scores(model, b, direction, modules, streams=args.streams)[:, 0]
-                              for b in train_loader])
+            return instance_scores_over(model, train_loader, direction, modules, streams=args.streams)[:, 0]
 
     def tokens_with_direction():
         if "direction" not in state:

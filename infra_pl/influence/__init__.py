@@ -13,6 +13,7 @@ positive = up-weighting z raises f.
 from infra_pl.influence.instance import (
     choose_contraction,
     instance_scores,
+    instance_scores_over,
     pairwise_scores,
     position_contributions,
     query_directions,
@@ -26,7 +27,7 @@ from infra_pl.influence.sentences import (
     sentence_scores,
     token_spans_for_sentences,
 )
-from infra_pl.influence.tokens import causal_lm_logits, token_scores, token_scores_by_position
+from infra_pl.influence.tokens import causal_lm_logits, token_scores, token_scores_by_position, token_scores_over
 
 __all__ = [
     "Directions",
@@ -35,6 +36,7 @@ __all__ = [
     "choose_contraction",
     "content_offset",
     "instance_scores",
+    "instance_scores_over",
     "last_assistant_turn",
     "measurement_directions",
     "measurement_gradient",
@@ -46,5 +48,6 @@ __all__ = [
     "sentence_scores",
     "token_scores",
     "token_scores_by_position",
+    "token_scores_over",
     "token_spans_for_sentences",
 ]

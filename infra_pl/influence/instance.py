@@ -22,7 +22,7 @@ model that is also being trained or checkpointed.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
@@ -193,6 +193,42 @@ def query_directions(
         pass  # each batch writes its own rows of the buffers
     release_free_heap()
     return Directions([f"query_{k}" for k in range(count)], per_module)
+
+
+def instance_scores_over(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    directions: Directions,
+    modules: Modules = None,
+    loss_fn: LossFn = causal_lm_loss,
+    contraction: Contraction = "auto",
+    streams: int = 1,
+) -> torch.Tensor:
+    """:func:`instance_scores` of every sequence of a loader, in loader order: [N, M].
+
+    One attribution pass, like the factor passes: it starts and ends by returning freed heap to
+    the OS (:func:`infra_pl.allocator.release_free_heap`), so one pass's garbage never inflates
+    the next one's peak. With ``streams > 1`` (CPU) the parts of consecutive batches flow through
+    the streams without waiting for each batch to finish. Scores of N × M floats stay in memory:
+    for very large N, score batch by batch and write them out (the ``InfluenceScores`` callback
+    streams them to Parquet parts).
+    """
+    check_streams(streams, model_device(model))
+    _check_grad_mode()
+
+    def score(part: Mapping[str, Any]) -> torch.Tensor:
+        return _score_pass(model, part, directions, modules, loss_fn, contraction, per_position=False)
+
+    def parts() -> Iterator[Mapping[str, Any]]:
+        for batch in batches:
+            yield from split_batch(batch, streams) if streams > 1 else [batch]
+
+    release_free_heap()
+    scores = list(map_in_streams(score, parts(), streams))
+    release_free_heap()
+    if not scores:
+        raise ValueError("no training batches given")
+    return torch.cat(scores)
 
 
 def pairwise_scores(

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from functools import partial
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.loss import LossFn, causal_lm_logits, causal_lm_loss
 from infra_pl.ekfac.modules import is_conv1d, layer_shape
 from infra_pl.ekfac.passes import batch_to_device, eval_mode, model_device
@@ -235,6 +236,25 @@ def token_scores(
         else:
             scores = torch.stack([derivative(*(t[m] for t in tangents)) for m in range(len(directions))])
     return scores.float()
+
+
+def token_scores_over(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    directions: Directions,
+    modules: Modules = None,
+    *,
+    logits_fn: LogitsFn = causal_lm_logits,
+) -> list[torch.Tensor]:
+    """:func:`token_scores` of every batch of a loader ([M, B, T-1] each; T may differ by batch).
+
+    One attribution pass: it starts and ends by returning freed heap to the OS
+    (:func:`infra_pl.allocator.release_free_heap`), like the factor and instance passes.
+    """
+    release_free_heap()
+    scores = [token_scores(model, batch, directions, modules, logits_fn=logits_fn) for batch in batches]
+    release_free_heap()
+    return scores
 
 
 def token_scores_by_position(

@@ -25,8 +25,11 @@ def tiny_config(tmp_path: Path, cache: Path) -> Path:
     config["trainer"]["max_steps"] = 40
     config["trainer"]["enable_progress_bar"] = False
     for callback in config["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("EKFACFactors"):
+            callback["init_args"]["streams"] = 2  # batches split over 2 CPU threads (checked below against one stream)
         if callback["class_path"].endswith("InfluenceScores"):
-            callback["init_args"].update({"fallback": "reference", "token_top_k": 3, "sentence_top_k": 1, "pairwise": True})
+            callback["init_args"].update({"fallback": "reference", "token_top_k": 3, "sentence_top_k": 1, "pairwise": True,
+                                          "streams": 2})
         if callback["class_path"].endswith("AttributionReport"):
             callback["init_args"].update({"top_k": 3, "n_boot": 200})
     path = tmp_path / "tiny.yaml"
@@ -57,6 +60,7 @@ def test_fit_validate_attribute_products_and_in_domain_influence(tmp_path, monke
     assert means.at["math", "score_math"] > means.at["code", "score_math"], means
     assert means.at["code", "score_code"] > means.at["math", "score_code"], means
 
+    # Token scores run as one stream, instance scores as two: their sums agreeing checks the streams too.
     tokens = pd.read_parquet(state["token_scores_path"])
     sums = tokens.groupby(["index", "measurement"])["score"].sum()
     by_index = instance.set_index("index")

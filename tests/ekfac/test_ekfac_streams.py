@@ -19,7 +19,7 @@ from infra_pl.ekfac.streams import (
     split_batch,
     threads_per_stream,
 )
-from infra_pl.influence import instance_scores, query_directions
+from infra_pl.influence import instance_scores, instance_scores_over, query_directions, token_scores, token_scores_over
 
 LENGTHS = [[10, 6, 8], [9, 10, 5], [4, 10, 7], [10, 3, 8], [6, 9]]
 
@@ -84,6 +84,21 @@ def test_query_directions_and_scores_with_streams(five_batches):
     assert [g.shape for g in got] == [e.shape for e in expected]  # rows come back in batch order
     for g, e in zip(got, expected):
         assert _close(g, e)
+    whole = torch.cat(expected)
+    for streams in (1, 2, 3):  # a whole loader as one pass, parts of consecutive batches in flight
+        assert _close(instance_scores_over(model, five_batches, one, streams=streams), whole)
+    with pytest.raises(ValueError, match="no training batches"):
+        instance_scores_over(model, [], one)
+
+
+def test_token_scores_over_a_loader_equal_batch_by_batch(five_batches):
+    model = tiny_llama()
+    factors = fit_factors(model, five_batches, fisher="empirical", progress=False)
+    direction = query_directions(model, five_batches[:1], factors).select(["query_0"])
+    got = token_scores_over(model, five_batches[:2], direction)
+    assert len(got) == 2
+    for part, batch in zip(got, five_batches[:2]):
+        assert torch.equal(part, token_scores(model, batch, direction))
 
 
 def test_eval_mode_restores_training_flags_after_concurrent_users():
