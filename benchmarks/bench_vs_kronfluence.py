@@ -28,6 +28,14 @@ far steadier than a ratio of two medians taken minutes apart. The speed verdict 
 the per-repeat paired ratios of factors + pairwise. kronfluence writes its factors and scores to a
 temporary directory (its normal mode of operation), which is inside its timings.
 
+infra-pl runs with ``--streams`` (default: one stream per thread, i.e. 2): every batch is split in
+halves that run at once on one core each (``infra_pl.ekfac.streams``, the documented ``streams``
+option of ``fit_factors``, ``query_directions``, ``instance_scores_over`` and the callbacks). The
+instance pass, the yardstick of the token-score target, runs with the same streams; token scores
+run as one stream (no gain measured from streams there). ``--streams 1`` gives the plain path.
+The score passes are ``instance_scores_over``/``token_scores_over``, whole-loader passes that
+return freed heap to the OS at their start and end, as every pass of ``infra-pl attribute`` does.
+
 Sign conventions: infra-pl's pairwise score is grad L(q)^T H^-1 grad L(z) (it negates both
 log-likelihood gradients), which is what kronfluence computes with measurement = summed NLL of
 the query; the two matrices are compared as they are.
