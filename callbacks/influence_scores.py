@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import lightning as L
 import pandas as pd
 import torch
 
-from infra_pl.ekfac.streams import check_streams
+from infra_pl.ekfac.streams import Streams, check_streams, split_batch
 from infra_pl.hooks import ScoresReady, dispatch
 from infra_pl.influence.measurement import Directions
 from infra_pl.measurements import CorrectAnswerLogLikelihood, Measurement, MeasurementContext, MeasurementSpec, build_specs
@@ -297,6 +298,8 @@ class InfluenceScores(AttributionStep):
                 "names": list(directions.names),
                 "loss_fn": loss_fn_for(pl_module),
                 "ids": list(datamodule.attribution_ids("train")),
+                "pool": Streams(self.streams, lambda: None) if self.streams > 1 else None,
+                "in_flight": deque(),
             }
             trainer.run_attribution_pass(INSTANCE, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=todo)
             trainer.strategy.barrier()
@@ -360,17 +363,46 @@ class InfluenceScores(AttributionStep):
             if phase == MEASURE:
                 self._measure_batch(model, batch, measurement_gradient)
             elif phase == INSTANCE:
-                indices = batch_indices(batch, "instance scores")
-                scores = instance_scores(model, batch, data["directions"], data["tracked"], loss_fn=data["loss_fn"],
-                                         streams=self.streams).detach().cpu()
-                ids = data["ids"]
-                rows = [
-                    {"index": i, "id": ids[i], **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(data["names"])}}
-                    for r, i in enumerate(indices)
-                ]
-                data["writer"].add(rows)
+                self._score_batch(model, batch, instance_scores)
             else:
                 self._token_rows(model, batch)
+
+    def _score_batch(self, model: torch.nn.Module, batch: Any, instance_scores: Any) -> None:
+        """Instance scores of one batch; with streams, its halves are queued and written once done.
+
+        With several streams the halves of consecutive batches flow through the stream workers
+        without waiting for each batch to finish (as in ``instance_scores_over``); finished
+        batches are written in loader order from this (the loop's) thread, so the score parts on
+        disk are the same as with one stream.
+        """
+        data = self._phase_data
+        indices = batch_indices(batch, "instance scores")
+
+        def score(part: Any) -> torch.Tensor:
+            return instance_scores(model, part, data["directions"], data["tracked"], loss_fn=data["loss_fn"]).detach().cpu()
+
+        if data["pool"] is None:
+            self._write_scores(indices, score(batch))
+            return
+        futures = [data["pool"].submit(lambda _state, part: score(part), part) for part in split_batch(batch, self.streams)]
+        data["in_flight"].append((indices, futures))
+        self._write_finished(wait=False)
+
+    def _write_finished(self, wait: bool) -> None:
+        """Write the queued batches whose halves are all done (all of them with ``wait``), in order."""
+        in_flight = self._phase_data["in_flight"]
+        while in_flight and (wait or all(f.done() for f in in_flight[0][1])):
+            indices, futures = in_flight.popleft()
+            self._write_scores(indices, torch.cat([f.result() for f in futures]))
+
+    def _write_scores(self, indices: list[int], scores: torch.Tensor) -> None:
+        data = self._phase_data
+        ids, names = data["ids"], data["names"]
+        rows = [
+            {"index": i, "id": ids[i], **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(names)}}
+            for r, i in enumerate(indices)
+        ]
+        data["writer"].add(rows)
 
     def _measure_batch(self, model: torch.nn.Module, batch: Any, measurement_gradient: Any) -> None:
         """Add Σ_i w_i ∇log p_i (w_i = 1 for unweighted batches) and Σ_i w_i log p_i of one batch."""
@@ -388,8 +420,17 @@ class InfluenceScores(AttributionStep):
         with torch.no_grad():
             data["f_sum"] += float(-data["loss_fn"](model, batch, False).sum())
 
+    def on_exception(self, trainer: Any, pl_module: L.LightningModule, exception: BaseException) -> None:
+        pool = self._phase_data.get("pool") if isinstance(self._phase_data, dict) else None
+        if pool is not None:  # an interrupted instance pass: drop the queued halves (written parts stay)
+            pool.close(wait=False)
+            self._phase_data["in_flight"].clear()
+
     def on_predict_end(self, trainer: Any, pl_module: L.LightningModule) -> None:
         phase = getattr(trainer, "attribution_phase", None)
+        if phase == INSTANCE and self._phase_data.get("pool") is not None:
+            self._write_finished(wait=True)
+            self._phase_data["pool"].close()
         if phase in (INSTANCE, TOKENS):
             self._phase_data["writer"].flush()
         elif phase == MEASURE and trainer.world_size > 1:
