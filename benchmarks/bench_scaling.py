@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                    help="cpu: process CPU seconds (robust on shared cores); wall: elapsed seconds")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--streams", type=int, default=1,
+                   help="infra-pl's CPU `streams` option for the factor fit and the instance pass (1: plain path)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--base-n", type=int, default=128)
@@ -71,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_point(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
     from infra_pl.ekfac import find_tracked_modules, fit_factors
-    from infra_pl.influence import instance_scores, measurement_directions, measurement_gradient
+    from infra_pl.influence import instance_scores_over, measurement_directions, measurement_gradient
 
     set_threads(args.threads)
     set_clock(args.clock)
@@ -84,11 +86,13 @@ def run_point(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
     state = {}
 
     def factors():
-        state["factors"] = fit_factors(model, train, modules=modules, fisher="empirical", progress=False)
+        state["factors"] = fit_factors(
+            model, train, modules=modules, fisher="empirical", progress=False, streams=args.streams
+        )
 
     def instance():
         with torch.no_grad():
-            return torch.cat([instance_scores(model, b, state["direction"], modules) for b in train])
+            return instance_scores_over(model, train, state["direction"], modules, streams=args.streams)
 
     reset_peak()
     factor_times, _ = timed(factors, args.repeats)
@@ -109,6 +113,7 @@ def run_point(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
 def child(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--point", f"{n},{seq},{width}",
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--clock", args.clock, "--batch-size", str(args.batch_size),
+           "--streams", str(args.streams),
            "--layers", str(args.layers), "--vocab", str(args.vocab)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
@@ -123,7 +128,7 @@ def main(argv=None) -> None:
         return
     print(f"scaling: Llama {args.layers} layers, vocab {args.vocab}, MLP = 4 x width, heads = width/32; "
           f"base N={args.base_n} seq={args.base_seq} width={args.base_width}; batch {args.batch_size}; "
-          f"threads={args.threads}; repeats={args.repeats} (median, {args.clock} seconds); torch {torch.__version__}")
+          f"threads={args.threads}; streams={args.streams}; repeats={args.repeats} (median, {args.clock} seconds); torch {torch.__version__}")
     print("memory = RSS high-water mark of the phase minus RSS after setup (MB)")
     axes = {"n": ("N train", args.n), "seq": ("seq len", args.seq), "width": ("width", args.width)}
     for axis in args.axes:
