@@ -9,7 +9,6 @@ resumes from the last finished phase) and logs spectra to TensorBoard.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +31,7 @@ from infra_pl.ekfac.modules import layer_shape, resolve_modules
 from infra_pl.ekfac.partition import check_partitions, split_modules
 from infra_pl.ekfac.passes import model_device
 from infra_pl.ekfac.storage import partition_dir, read_partition_index, write_partition_index
-from infra_pl.ekfac.streams import AccumulatorStreams, check_streams
+from infra_pl.ekfac.streams import AccumulatorStreams, check_streams, merged_state
 from infra_pl.hooks import FactorsReady, dispatch, tensorboard_writer
 from infra_pl.protocol import attribution_model, loss_fn_for, model_is_built, require_data, require_module, require_true_fisher
 from infra_pl.trainer import AttributionStep
@@ -390,7 +389,7 @@ class EKFACFactors(AttributionStep):
             return
         accumulators = self._accumulator.finish()
         self._accumulator = None
-        state = functools.reduce(type(accumulators[0].state).merge, (a.state for a in accumulators))
+        state = merged_state(accumulators)
         if trainer.world_size > 1:  # exactly once per pass: ranks may have seen different batch counts
             for tensor in state.tensors():
                 tensor.copy_(trainer.strategy.reduce(tensor.clone(), reduce_op="sum"))

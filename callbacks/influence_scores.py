@@ -358,7 +358,7 @@ class InfluenceScores(AttributionStep):
             return
         from infra_pl.influence import instance_scores, measurement_gradient
 
-        model, data = self._model(pl_module), self._phase_data
+        model = self._model(pl_module)
         with torch.enable_grad():
             if phase == MEASURE:
                 self._measure_batch(model, batch, measurement_gradient)

@@ -15,20 +15,17 @@ happens just before the eigendecomposition in ``factor/eigen.py`` (``perform_eig
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.capture import Capture
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import LayerShape, layer_shape
 from infra_pl.ekfac.passes import batch_size, capture_pass, check_fisher, eval_mode, model_device
-from infra_pl.ekfac.progress import progress_bar
-from infra_pl.ekfac.streams import accumulate_in_streams, check_streams
+from infra_pl.ekfac.streams import accumulation_pass
 
 
 @dataclass
@@ -201,17 +198,15 @@ def fit_covariance(
 ) -> CovarianceState:
     """Covariance phase over a whole dataloader; returns the (un-normalised) state.
 
-    ``streams > 1`` (CPU only) runs that many batches at once, one accumulator each, and merges
-    their sums (:mod:`infra_pl.ekfac.streams`).
+    ``streams > 1`` (CPU only) splits every batch into that many parts run at once, one
+    accumulator per stream, and merges their sums (:mod:`infra_pl.ekfac.streams`).
     """
-    check_streams(streams, model_device(model))
-    release_free_heap()  # start from a compact heap (infra_pl.allocator)
-    accumulators = accumulate_in_streams(
+    return accumulation_pass(
         lambda: CovarianceAccumulator(model, modules, loss_fn=loss_fn, fisher=fisher, dtype=dtype),
-        progress_bar(loader, "EK-FAC covariance", enabled=progress),
-        streams,
+        loader,
+        description="EK-FAC covariance",
+        progress=progress,
+        streams=streams,
         sampled_labels=check_fisher(fisher) == "true",
+        device=model_device(model),
     )
-    state = functools.reduce(CovarianceState.merge, (a.state for a in accumulators))
-    release_free_heap()
-    return state

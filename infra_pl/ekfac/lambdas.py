@@ -15,22 +15,19 @@ the batch size; ``factor/config.py`` ``Ekfac.prepare`` divides), and the default
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.capture import Capture
 from infra_pl.ekfac.eigen import EigenBasis, check_finite
 from infra_pl.ekfac.gradients import sequence_gradients
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import LayerShape, layer_shape
 from infra_pl.ekfac.passes import batch_size, capture_pass, check_fisher, eval_mode, model_device
-from infra_pl.ekfac.progress import progress_bar
-from infra_pl.ekfac.streams import accumulate_in_streams, check_streams
+from infra_pl.ekfac.streams import accumulation_pass
 
 
 @dataclass
@@ -154,16 +151,14 @@ def fit_lambda(
 ) -> LambdaState:
     """Lambda phase over a whole dataloader; returns the (un-normalised) state.
 
-    ``streams > 1`` (CPU only): batches run concurrently, one accumulator per stream, merged.
+    ``streams > 1`` (CPU only): every batch's parts run at once, one accumulator per stream, merged.
     """
-    check_streams(streams, model_device(model))
-    release_free_heap()  # start from a compact heap (infra_pl.allocator)
-    accumulators = accumulate_in_streams(
+    return accumulation_pass(
         lambda: LambdaAccumulator(model, modules, eigen, loss_fn=loss_fn, fisher=fisher, dtype=dtype),
-        progress_bar(loader, "EK-FAC eigenvalue correction", enabled=progress),
-        streams,
+        loader,
+        description="EK-FAC eigenvalue correction",
+        progress=progress,
+        streams=streams,
         sampled_labels=check_fisher(fisher) == "true",
+        device=model_device(model),
     )
-    state = functools.reduce(LambdaState.merge, (a.state for a in accumulators))
-    release_free_heap()
-    return state

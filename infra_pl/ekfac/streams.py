@@ -20,6 +20,7 @@ calling thread with no executor, so the single-stream path is the plain loop it 
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import deque
@@ -28,7 +29,9 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Protocol
 
 import torch
 
+from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.loss import label_generator
+from infra_pl.ekfac.progress import progress_bar
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -208,7 +211,10 @@ def map_parts(
 
 
 class Stepper(Protocol):
-    """An accumulator: takes one batch at a time (``CovarianceAccumulator``, ``LambdaAccumulator``)."""
+    """An accumulator: takes one batch at a time (``CovarianceAccumulator``, ``LambdaAccumulator``)
+    and exposes a ``state`` whose ``merge`` sums two states."""
+
+    state: Any
 
     def step(self, batch: Any) -> Any: ...
 
@@ -280,3 +286,33 @@ def accumulate_in_streams(
         runner.close()
         raise
     return runner.finish()
+
+
+def merged_state(accumulators: list[A]) -> Any:
+    """The sum of the accumulators' states (streams' partial sums, combined like DDP ranks')."""
+    return functools.reduce(lambda left, right: left.merge(right), (a.state for a in accumulators))
+
+
+def accumulation_pass(
+    make_accumulator: Callable[[], A],
+    loader: Iterable[Any],
+    *,
+    description: str,
+    progress: bool,
+    streams: int,
+    sampled_labels: bool,
+    device: torch.device,
+) -> Any:
+    """One whole pass of an accumulator over a loader: the merged state of all its streams.
+
+    Starts and ends by returning freed heap to the OS (:func:`infra_pl.allocator.release_free_heap`),
+    so a pass starts from a compact heap and leaves none of its garbage resident for the next.
+    """
+    check_streams(streams, device)
+    release_free_heap()
+    accumulators = accumulate_in_streams(
+        make_accumulator, progress_bar(loader, description, enabled=progress), streams, sampled_labels=sampled_labels
+    )
+    state = merged_state(accumulators)
+    release_free_heap()
+    return state
