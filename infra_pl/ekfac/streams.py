@@ -109,12 +109,11 @@ class Streams(Generic[S]):
 
     # -- worker side ---------------------------------------------------------------------------
     def _state(self) -> S:
-        state = getattr(self._local, "state", None)
-        if state is None:
-            state = self._local.state = self.make_state()
+        if not hasattr(self._local, "state"):  # first item on this worker (a state may be None)
+            self._local.state = self.make_state()
             with self._lock:
-                self._states.append(state)
-        return state
+                self._states.append(self._local.state)
+        return self._local.state
 
     def _run(self, fn: Callable[[S, T], R], item: T) -> R:
         return fn(self._state(), item)

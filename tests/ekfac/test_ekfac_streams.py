@@ -152,6 +152,7 @@ def test_each_stream_gets_its_share_of_threads():
         counts = [pool.submit(lambda _state, _x: torch.get_num_threads(), i).result() for i in range(4)]
     assert counts == [2] * 4
     assert torch.get_num_threads() == caller
+    assert len(pool.states()) <= 2  # one state per worker, however many items (None states too)
 
 
 def test_split_batch_keeps_rows_together():
