@@ -77,10 +77,11 @@ class EKFACFactors(AttributionStep):
         device_budget: device memory the ``auto`` plan may fill, e.g. ``70GiB`` (default: 90% of
             the CUDA device's memory; required on CPU).
         streams: CPU only: split every batch into this many parts that run at once, each on
-            threads ÷ streams cores (``infra_pl.ekfac.streams``). Small models leave cores idle
-            between torch ops; 2 streams on 2 cores fitted factors ~20% faster here
-            (``benchmarks/bench_vs_kronfluence.py``). The same sequences are in flight as with one
-            stream, so memory does not grow. Refused on a GPU.
+            threads ÷ streams cores, at least one (so more streams than threads oversubscribes;
+            ``infra_pl.ekfac.streams``). Small models leave cores idle between torch ops; 2 streams
+            on 2 cores fitted factors 0.74-0.79x kronfluence's time here, against 0.82x with one
+            stream (``benchmarks/bench_vs_kronfluence.py``). The same sequences are in flight as
+            with one stream, so memory does not grow. Refused on a GPU.
     """
 
     order = 10

@@ -76,9 +76,10 @@ class InfluenceScores(AttributionStep):
             ``pairwise_scores.parquet``, for analyses beyond the mean measurement.
         output_dir: where scores go (default: ``<default_root_dir>/attribution/scores``).
         streams: CPU only: split every instance-score and pairwise-query batch into this many parts
-            that run at once, each on threads ÷ streams cores (``infra_pl.ekfac.streams``); the same
-            scores, sooner on small models. Token scores run as one stream (their forward-mode
-            pass already keeps the cores busy). Refused on a GPU.
+            that run at once, each on threads ÷ streams cores, at least one
+            (``infra_pl.ekfac.streams``); the same scores, sooner on small models. Token scores
+            run as one stream (their forward-mode pass already keeps the cores busy). Refused on
+            a GPU.
     """
 
     order = 20
