@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -31,23 +31,23 @@ _LABEL_RNG = threading.local()
 
 
 @contextlib.contextmanager
-def label_generator(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Sample labels in this thread from a generator seeded with ``seed`` (``None``: the global RNG).
+def label_seeds(seeds: Sequence[int] | None) -> Iterator[None]:
+    """In this thread, sample each sequence's labels from its own generator, seeded with ``seeds[b]``.
 
-    Why: batches running concurrently on several streams would otherwise take their draws from
-    the one global generator in whatever order the threads happen to reach it, so sampled labels
-    (and a true-Fisher fit) would change from run to run. A seed per batch, drawn in batch order
-    by the caller, makes every batch's draws independent of thread timing.
+    ``None`` keeps the global RNG. Why: with one seed per *sequence*, drawn in data order by the
+    caller, a sequence's sampled labels depend only on its position in the data, not on how the
+    data is batched, split over streams (:mod:`infra_pl.ekfac.streams`) or timed across threads;
+    a true-Fisher fit with 2 streams then equals the 1-stream fit up to summation order.
     """
-    if seed is None:
+    if seeds is None:
         yield
         return
-    previous = getattr(_LABEL_RNG, "generator", None)
-    _LABEL_RNG.generator = torch.Generator(device=device).manual_seed(seed)
+    previous = getattr(_LABEL_RNG, "seeds", None)
+    _LABEL_RNG.seeds = [int(seed) for seed in seeds]
     try:
         yield
     finally:
-        _LABEL_RNG.generator = previous
+        _LABEL_RNG.seeds = previous
 
 
 @torch.no_grad()
@@ -56,17 +56,27 @@ def sample_target_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
     ``labels`` are aligned with the inputs, so the label at position t+1 is predicted by the
     logits at position t; non-target positions keep -100. Uses the global torch RNG, so callers
-    control reproducibility with ``torch.manual_seed``/``fork_rng`` (or, per thread, the
-    generator set by :func:`label_generator`).
+    control reproducibility with ``torch.manual_seed``/``fork_rng``, unless :func:`label_seeds`
+    gave this thread one seed per sequence.
     """
     targets = labels[:, 1:]
     mask = targets.ne(IGNORE_INDEX)
     sampled = labels.clone()
-    if mask.any():
-        probs = torch.softmax(logits[:, :-1, :][mask].float(), dim=-1)
-        generator = getattr(_LABEL_RNG, "generator", None)
-        draws = torch.multinomial(probs, num_samples=1, generator=generator)
-        sampled[:, 1:][mask] = draws.squeeze(-1).to(labels.dtype)
+    seeds = getattr(_LABEL_RNG, "seeds", None)
+    if seeds is None:
+        if mask.any():
+            probs = torch.softmax(logits[:, :-1, :][mask].float(), dim=-1)
+            sampled[:, 1:][mask] = torch.multinomial(probs, num_samples=1).squeeze(-1).to(labels.dtype)
+        return sampled
+    if len(seeds) != labels.shape[0]:
+        raise ValueError(f"label_seeds got {len(seeds)} seeds for a batch of {labels.shape[0]} sequences")
+    for row, seed in enumerate(seeds):
+        row_mask = mask[row]
+        if row_mask.any():
+            probs = torch.softmax(logits[row, :-1, :][row_mask].float(), dim=-1)
+            generator = torch.Generator(device=probs.device).manual_seed(seed)
+            draws = torch.multinomial(probs, num_samples=1, generator=generator)
+            sampled[row, 1:][row_mask] = draws.squeeze(-1).to(labels.dtype)
     return sampled
 
 

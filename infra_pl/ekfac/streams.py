@@ -30,7 +30,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Protocol
 import torch
 
 from infra_pl.allocator import release_free_heap
-from infra_pl.ekfac.loss import label_generator
+from infra_pl.ekfac.loss import label_seeds
 from infra_pl.ekfac.progress import progress_bar
 
 S = TypeVar("S")
@@ -226,30 +226,36 @@ class AccumulatorStreams(Generic[A]):
 
     The driver of a pass calls :meth:`step` per batch (a dataloader loop, or a Lightning batch
     hook) and :meth:`finish` at the end, then merges the accumulators' states. With one stream,
-    ``step`` is the accumulator's own ``step``, run inline. With sampled labels (true Fisher) and
-    several streams, each part gets its own label seed, drawn here in order from the global RNG,
-    so the fit does not depend on thread timing (:func:`infra_pl.ekfac.loss.label_generator`).
+    ``step`` runs the accumulator's own ``step`` inline. With sampled labels (true Fisher), every
+    sequence gets its own label seed, drawn here in data order from the global RNG, so the
+    sampled labels, and the fit, are the same for any number of streams and any thread timing
+    (:func:`infra_pl.ekfac.loss.label_seeds`).
     """
+
+    SEEDS_KEY = "_infra_label_seeds"
 
     def __init__(self, make_accumulator: Callable[[], A], streams: int, *, sampled_labels: bool) -> None:
         self.make_accumulator = make_accumulator
         self.streams = check_streams(streams)
-        self.per_part_seeds = sampled_labels and self.streams > 1
+        self.sampled_labels = sampled_labels
         self._pool: Streams[A] | None = Streams(self.streams, make_accumulator)
 
-    @staticmethod
-    def _step(accumulator: A, item: tuple[Any, int | None]) -> None:
-        part, seed = item
-        with label_generator(seed):
+    @classmethod
+    def _step(cls, accumulator: A, part: Mapping[str, Any]) -> None:
+        part = dict(part)
+        seeds = part.pop(cls.SEEDS_KEY, None)
+        with label_seeds(None if seeds is None else seeds.tolist()):
             accumulator.step(part)
 
     def step(self, batch: Mapping[str, Any]) -> None:
         """Hand one batch to the streams (returns once its parts are queued or, with one stream, done)."""
         if self._pool is None:
             raise RuntimeError("these streams are finished; start a new AccumulatorStreams for the next pass")
+        if self.sampled_labels:
+            size = int(batch["input_ids"].shape[0])
+            batch = {**batch, self.SEEDS_KEY: torch.randint(0, 2**62, (size,))}
         for part in split_batch(batch, self.streams) if self.streams > 1 else [batch]:
-            seed = int(torch.randint(0, 2**62, ())) if self.per_part_seeds else None
-            self._pool.submit(self._step, (part, seed))
+            self._pool.submit(self._step, part)
 
     def finish(self) -> list[A]:
         """Wait for every part; returns each stream's accumulator (at least one, empty if no batch came)."""

@@ -9,7 +9,7 @@ import torch
 from ekfac_helpers import make_batches, tiny_llama
 
 from infra_pl.ekfac import Capture, find_tracked_modules, fit_covariance, fit_factors
-from infra_pl.ekfac.loss import causal_lm_loss
+from infra_pl.ekfac.loss import causal_lm_loss, label_seeds, sample_target_labels
 from infra_pl.ekfac.passes import capture_pass, eval_mode
 from infra_pl.ekfac.streams import (
     Streams,
@@ -49,15 +49,31 @@ def test_factors_with_two_streams_equal_one_stream(five_batches):
     _assert_factors_equal(two, one)
 
 
-def test_true_fisher_streams_do_not_depend_on_thread_timing(five_batches):
-    """Label seeds are drawn per batch part in order, so a rerun samples the same labels."""
+def test_true_fisher_fit_does_not_depend_on_streams(five_batches):
+    """One label seed per sequence, drawn in data order: 1, 2 and 3 streams sample the same labels."""
     model = tiny_llama()
-    two = fit_factors(model, five_batches, fisher="true", progress=False, seed=7, streams=2)
-    again = fit_factors(model, five_batches, fisher="true", progress=False, seed=7, streams=2)
-    _assert_factors_equal(again, two)
+    one = fit_factors(model, five_batches, fisher="true", progress=False, seed=7)
+    for streams in (2, 3):
+        _assert_factors_equal(fit_factors(model, five_batches, fisher="true", progress=False, seed=7, streams=streams), one)
     other_seed = fit_factors(model, five_batches, fisher="true", progress=False, seed=8, streams=2)
-    name = next(iter(two.modules))
-    assert not _close(other_seed.modules[name].gradient_covariance, two.modules[name].gradient_covariance, 1e-3)
+    name = next(iter(one.modules))
+    assert not _close(other_seed.modules[name].gradient_covariance, one.modules[name].gradient_covariance, 1e-3)
+
+
+def test_label_seeds_make_each_sequence_independent_of_its_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    labels = torch.randint(0, 11, (3, 6))
+    labels[:, :2] = -100
+    with label_seeds([5, 6, 7]):
+        whole = sample_target_labels(logits, labels)
+    with label_seeds([6]):
+        middle = sample_target_labels(logits[1:2], labels[1:2])
+    assert torch.equal(middle, whole[1:2])
+    assert torch.equal(whole[:, :2], labels[:, :2])  # non-targets stay -100
+    with pytest.raises(ValueError, match="2 seeds for a batch of 3"):
+        with label_seeds([1, 2]):
+            sample_target_labels(logits, labels)
 
 
 def test_covariance_streams_count_every_token_once(five_batches):
