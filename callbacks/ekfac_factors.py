@@ -81,7 +81,8 @@ class EKFACFactors(AttributionStep):
             ``infra_pl.ekfac.streams``). Small models leave cores idle between torch ops; 2 streams
             on 2 cores fitted factors 0.74-0.79x kronfluence's time here, against 0.82x with one
             stream (``benchmarks/bench_vs_kronfluence.py``). The same sequences are in flight as
-            with one stream, so memory does not grow. Refused on a GPU.
+            with one stream, so the live tensors do not grow (the memory planner stays valid).
+            Refused on a GPU.
     """
 
     order = 10
