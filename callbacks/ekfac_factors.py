@@ -369,7 +369,6 @@ class EKFACFactors(AttributionStep):
         tracked = self._tracked_for_pass if self._tracked_for_pass is not None else resolve_modules(model, self.modules)
         torch.manual_seed(self.seed + trainer.global_rank)  # true-Fisher label sampling, same in both passes
         loss_fn = loss_fn_for(pl_module)
-        check_streams(self.streams, pl_module.device)
         if phase == COVARIANCE:
             def make() -> Any:
                 return CovarianceAccumulator(model, tracked, loss_fn, self.fisher, self.dtype)

@@ -21,6 +21,7 @@ model that is also being trained or checkpointed.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
@@ -215,9 +216,8 @@ def instance_scores_over(
     """
     check_streams(streams, model_device(model))
     _check_grad_mode()
-
-    def score(part: Mapping[str, Any]) -> torch.Tensor:
-        return _score_pass(model, part, directions, modules, loss_fn, contraction, per_position=False)
+    score = functools.partial(instance_scores, model, directions=directions, modules=modules, loss_fn=loss_fn,
+                              contraction=contraction)
 
     def parts() -> Iterator[Mapping[str, Any]]:
         for batch in batches:
