@@ -33,6 +33,10 @@ halves that run at once on one core each (``infra_pl.ekfac.streams``, the docume
 option of ``fit_factors``, ``query_directions``, ``instance_scores_over`` and the callbacks). The
 instance pass, the yardstick of the token-score target, runs with the same streams; token scores
 run as one stream (no gain measured from streams there). ``--streams 1`` gives the plain path.
+With ``--compute-dtype bfloat16`` (the default where the CPU has bfloat16 matrix units) the factor
+fit and the pairwise pass multiply bfloat16 operands (``compute_dtype`` of ``fit_factors``, bfloat16
+query directions); sums, eigendecompositions and factors stay float32 and the model is not cast.
+kronfluence runs in float32, so the Pearson row measures what that costs in accuracy.
 The score passes are ``instance_scores_over``/``token_scores_over``, whole-loader passes that
 return freed heap to the OS at their start and end, as every pass of ``infra-pl attribute`` does.
 
@@ -103,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "threads) for factors, pairwise and the instance pass; default: --threads (one thread "
                         "per stream). Token scores run as one stream: their forward-mode pass already uses both "
                         "cores well (measured: no gain from streams). kronfluence has no such option")
+    p.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="infra-pl's `compute_dtype` for factors and pairwise (operands of the big EK-FAC products; "
+                        "sums, eigendecompositions and factors stay float32; the model is never cast) and the dtype "
+                        "of the query directions. auto: bfloat16 where this CPU multiplies bfloat16 in hardware "
+                        "(AMX/AVX512-BF16), else float32. The token-score and instance-pass rows stay float32. "
+                        "kronfluence runs float32 throughout, the reference the Pearson target is measured against")
     p.add_argument("--scale", action="store_true", help="allow the size flags below to differ from the fixed setting")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
@@ -119,6 +129,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.intermediate = 4 * args.hidden
     if args.streams is None:
         args.streams = args.threads
+    if args.compute_dtype == "auto":
+        from infra_pl.ekfac.precision import native_bf16
+
+        args.compute_dtype = "bfloat16" if native_bf16("cpu") else "float32"
     fixed = dict(hidden=128, intermediate=512, layers=4, heads=4, vocab=2048, seq_len=128, n_train=256, n_query=32)
     changed = [k for k, v in fixed.items() if getattr(args, k) != v]
     if changed and not args.scale:
@@ -161,11 +175,13 @@ def run_infra(args: argparse.Namespace) -> dict:
 
     def factors():
         state["factors"] = fit_factors(
-            model, train_loader, modules=modules, fisher="empirical", progress=False, streams=args.streams
+            model, train_loader, modules=modules, fisher="empirical", progress=False, streams=args.streams,
+            compute_dtype=args.compute_dtype,
         )
 
     def pairwise():
-        directions = query_directions(model, query_loader, state["factors"], modules, streams=args.streams)
+        directions = query_directions(model, query_loader, state["factors"], modules, streams=args.streams,
+                                      dtype=getattr(torch, args.compute_dtype))
         with torch.no_grad():
             scores = instance_scores_over(model, train_loader, directions, modules, streams=args.streams)
         return scores.t().contiguous()  # [Q, N]
@@ -346,7 +362,7 @@ class Worker:
         self.which = which
         self.out = tmp / f"{which}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--only", which, "--out", str(self.out)]
-        for key in ("threads", "repeats", "clock", "batch_size", "streams", "hidden", "intermediate", "layers", "heads",
+        for key in ("threads", "repeats", "clock", "batch_size", "streams", "compute_dtype", "hidden", "intermediate", "layers", "heads",
                     "vocab", "seq_len", "n_train", "n_query"):
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         if args.scale:
@@ -434,7 +450,7 @@ def report(args: argparse.Namespace, kron: dict, infra: dict) -> None:
     print()
     print(f"setting: Llama hidden={args.hidden} mlp={args.intermediate} layers={args.layers} heads={args.heads} "
           f"vocab={args.vocab}; {args.n_train} train + {args.n_query} query x {args.seq_len} tokens; "
-          f"batch {args.batch_size}; threads={args.threads}; infra-pl streams={args.streams}; repeats={args.repeats}; clock={args.clock} seconds; "
+          f"batch {args.batch_size}; threads={args.threads}; infra-pl streams={args.streams} compute_dtype={args.compute_dtype}; repeats={args.repeats}; clock={args.clock} seconds; "
           f"MALLOC_ARENA_MAX={args.malloc_arenas or 'default'} (both); "
           f"torch {torch.__version__}")
     print(f"one epoch (plain fwd+bwd over {args.n_train} seqs, the same code in both children): infra child median "

@@ -20,6 +20,7 @@ from infra_pl.ekfac.lambdas import fit_lambda
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import resolve_modules
 from infra_pl.ekfac.passes import check_fisher, model_device
+from infra_pl.ekfac.precision import resolve_compute_dtype
 
 
 @contextlib.contextmanager
@@ -44,6 +45,7 @@ def fit_factors(
     train_ids: Iterable[object] | None = None,
     partitions: int | Sequence[Sequence[str]] | None = None,
     streams: int = 1,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> Factors:
     """Fit EK-FAC factors of the Fisher of the mean per-sequence training loss.
 
@@ -56,26 +58,31 @@ def fit_factors(
     data) are fingerprinted into the factors for later :meth:`Factors.check_compatible` calls.
     ``streams``: on CPU, how many batches run at once, each on its own share of the threads
     (:mod:`infra_pl.ekfac.streams`); the result equals the single-stream fit up to summation order.
+    ``compute_dtype``: operand dtype of the passes' big products, ``"bfloat16"`` for hardware with
+    bfloat16 matrix units; sums and factors stay in ``dtype`` (:mod:`infra_pl.ekfac.precision`).
     """
     check_fisher(fisher)
+    resolve_compute_dtype(compute_dtype, dtype)
     tracked = resolve_modules(model, modules)
     if partitions is not None:
         return _fit_partitioned(
-            model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions, streams
+            model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions, streams,
+            compute_dtype,
         )
     device = model_device(model)
     with seeded(seed, device):
-        covariance = fit_covariance(model, loader, tracked, loss_fn, fisher, dtype, progress, streams)
+        covariance = fit_covariance(model, loader, tracked, loss_fn, fisher, dtype, progress, streams, compute_dtype)
     eigen = eigendecompose(covariance, progress=progress)
     with seeded(seed, device):
-        lambdas = fit_lambda(model, loader, tracked, eigen, loss_fn, fisher, dtype, progress, streams)
+        lambdas = fit_lambda(model, loader, tracked, eigen, loss_fn, fisher, dtype, progress, streams, compute_dtype)
     return Factors.from_states(
         covariance, eigen, lambdas, fisher=fisher, damping=damping, model=model, tracked=tracked, train_ids=train_ids
     )
 
 
 def _fit_partitioned(
-    model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions, streams
+    model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions, streams,
+    compute_dtype,
 ) -> Factors:
     """One full fit per module group, merged; fingerprints are the whole model's."""
     from infra_pl.ekfac.modules import layer_shape
@@ -87,7 +94,8 @@ def _fit_partitioned(
         groups = check_partitions(partitions, list(tracked))
     parts = [
         fit_factors(
-            model, loader, loss_fn, {n: tracked[n] for n in group}, fisher, damping, progress, seed, dtype, streams=streams
+            model, loader, loss_fn, {n: tracked[n] for n in group}, fisher, damping, progress, seed, dtype,
+            streams=streams, compute_dtype=compute_dtype,
         )
         for group in groups
     ]

@@ -26,6 +26,7 @@ from infra_pl.ekfac.eigen import EigenBasis, check_finite
 from infra_pl.ekfac.gradients import sequence_gradients
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import LayerShape, layer_shape
+from infra_pl.ekfac.precision import resolve_compute_dtype
 from infra_pl.ekfac.passes import batch_size, capture_pass, check_fisher, eval_mode, model_device
 from infra_pl.ekfac.streams import accumulation_pass
 
@@ -107,6 +108,7 @@ class LambdaAccumulator:
         loss_fn: LossFn = causal_lm_loss,
         fisher: str = "true",
         dtype: torch.dtype = torch.float32,
+        compute_dtype: str | torch.dtype | None = None,
     ) -> None:
         missing = [n for n in modules if n not in eigen]
         if missing:
@@ -115,20 +117,22 @@ class LambdaAccumulator:
         self.model = model
         self.loss_fn = loss_fn
         self.sample_labels = check_fisher(fisher) == "true"
+        operands = resolve_compute_dtype(compute_dtype, dtype)  # rotations' operands; the sums stay in dtype
         self.bases = {
             n: (
-                eigen[n].activation_eigenvectors.to(device=device, dtype=dtype),
-                eigen[n].gradient_eigenvectors.to(device=device, dtype=dtype),
+                eigen[n].activation_eigenvectors.to(device=device, dtype=operands),
+                eigen[n].gradient_eigenvectors.to(device=device, dtype=operands),
             )
             for n in modules
         }
         self.state = LambdaState.zeros(modules, dtype=dtype, device=device)
-        self.capture = Capture(modules, on_pair=self._add, dtype=dtype)
+        self.capture = Capture(modules, on_pair=self._add, dtype=operands)
 
     def _add(self, name: str, activations: torch.Tensor, output_grads: torch.Tensor) -> None:
         q_a, q_s = self.bases[name]
         rotated = rotated_sequence_gradients(activations, output_grads, q_a, q_s)
-        self.state.sums[name] += rotated.square_().sum(dim=0)
+        sums = self.state.sums[name]
+        sums += rotated.to(sums.dtype).square_().sum(dim=0)  # squared in the sums' dtype, never in bfloat16
 
     def step(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Accumulate one batch; returns its per-sequence losses (detached)."""
@@ -148,13 +152,18 @@ def fit_lambda(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     streams: int = 1,
+    compute_dtype: str | torch.dtype | None = None,
 ) -> LambdaState:
     """Lambda phase over a whole dataloader; returns the (un-normalised) state.
 
     ``streams > 1`` (CPU only): every batch's parts run at once, one accumulator per stream, merged.
+    ``compute_dtype="bfloat16"``: rotations with bfloat16 operands, squared and summed in ``dtype``.
     """
+    resolve_compute_dtype(compute_dtype, dtype)
     return accumulation_pass(
-        lambda: LambdaAccumulator(model, modules, eigen, loss_fn=loss_fn, fisher=fisher, dtype=dtype),
+        lambda: LambdaAccumulator(
+            model, modules, eigen, loss_fn=loss_fn, fisher=fisher, dtype=dtype, compute_dtype=compute_dtype
+        ),
         loader,
         description="EK-FAC eigenvalue correction",
         progress=progress,

@@ -34,6 +34,7 @@ from infra_pl.ekfac.factors import Factors
 from infra_pl.ekfac.gradients import sequence_gradients
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import layer_shape, resolve_modules
+from infra_pl.ekfac.precision import is_reduced
 from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode, model_device
 from infra_pl.ekfac.streams import check_streams, map_in_streams, map_parts, split_batch
 from infra_pl.influence.measurement import Directions, Modules
@@ -89,6 +90,8 @@ def _score_pass(
                 term = -torch.einsum("btmi,bti->mbt", torch.einsum("bto,moi->btmi", output_grads, v), activations)
             if not per_position:
                 term = term.sum(dim=-1).t()
+        if is_reduced(term.dtype):
+            term = term.float()  # bfloat16 directions: each module's product is summed in float32
         result["total"] = term if "total" not in result else result["total"] + term
 
     capture = Capture(tracked, on_pair=contract, dtype=dtype)
@@ -110,7 +113,9 @@ def instance_scores(
 
     Positive = up-weighting the sequence raises f_m. ``modules=None`` uses the directions' own
     module names. Works under a caller's ``torch.no_grad()`` (grad is enabled inside), not under
-    ``inference_mode``. Computed in the directions' dtype. ``streams > 1`` (CPU only) splits the
+    ``inference_mode``. Computed in the directions' dtype (bfloat16 directions from
+    ``query_directions(dtype=torch.bfloat16)`` multiply bfloat16 operands and sum the modules'
+    products in float32; :mod:`infra_pl.ekfac.precision`). ``streams > 1`` (CPU only) splits the
     batch into that many parts scored at once, each on its share of the threads
     (:mod:`infra_pl.ekfac.streams`): the same scores, sooner on small models.
     """
@@ -152,7 +157,10 @@ def query_directions(
     """One direction per query sequence: v_q = H⁻¹∇log p(q) = −H⁻¹∇L(q), named ``"query_<k>"``.
 
     Compute once and pass to :func:`instance_scores` for every training batch (that is all
-    :func:`pairwise_scores` does); memory is Q × the tracked parameters.
+    :func:`pairwise_scores` does); memory is Q × the tracked parameters in ``dtype``. With
+    ``dtype=torch.bfloat16`` the query gradients are formed from bfloat16 operands, preconditioned
+    in the factors' float32 and stored as bfloat16: half the memory, and the training pass then
+    multiplies bfloat16 operands too (:mod:`infra_pl.ekfac.precision`).
 
     Each module's per-query gradients are preconditioned inside the backward hook, as soon as
     they exist, and written straight into a preallocated [Q, out, in(+1)] buffer: only one

@@ -35,7 +35,9 @@ def test_token_scores_match_per_token_backward(kind):
         instance = instance_scores(model, batch, directions, modules)  # [B, M]
         worst_sum = max(worst_sum, rel_err(scores.sum(-1).t(), instance))
     print(f"{kind}: token vs per-token backward {worst_token:.1e}, sum vs instance {worst_sum:.1e}")
-    assert worst_token < 1e-5
+    # float32 with two different summation orders (one JVP vs a backward per token): 1.03e-5 was
+    # seen for LoRA on an AMX CPU whose kernels sum in another order; a wrong formula is off by O(1).
+    assert worst_token < 5e-5
     assert worst_sum < 1e-4
 
 
