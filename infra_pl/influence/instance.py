@@ -80,8 +80,10 @@ def _score_pass(
             mode = choose_contraction(activations.shape[1], v.shape[0])
         if mode == "sequence":
             # Explicit bmm + one mm: ~3x faster on CPU than the equivalent einsums, which copy operands.
+            # V·Gᵀ rather than G·Vᵀ: with the long out·in axis contiguous in both operands' rows the
+            # product ran 1.5x (float32) to 2x (bfloat16) faster here for 8-16 sequences x 32 directions.
             grads = torch.bmm(output_grads.transpose(1, 2), activations)
-            term = -(grads.reshape(grads.shape[0], -1) @ v.reshape(v.shape[0], -1).t())
+            term = -(v.reshape(v.shape[0], -1) @ grads.reshape(grads.shape[0], -1).t()).t()
         else:
             # V a_t or g_tᵀ V: keep the narrower of out/in as the intermediate's last dim.
             if v.shape[1] <= v.shape[2]:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from infra_pl.callbacks import EKFACFactors
 from infra_pl.ekfac import Factors, FactorsMismatchError, fit_factors
@@ -205,3 +206,26 @@ def test_streams_give_the_same_factors(tmp_path, tiny_cache):
 def test_bad_streams_are_refused_at_construction():
     with pytest.raises(ValueError, match="streams must be a positive integer"):
         EKFACFactors(streams=0)
+
+
+def test_bfloat16_products_give_the_pure_torch_bfloat16_fit(tmp_path, tiny_cache):
+    """``compute_dtype: bfloat16`` reaches both passes: the callback equals ``fit_factors`` with it,
+    and both differ (slightly) from the float32 fit."""
+    module, datamodule = build(str(tiny_cache), None)
+    trainer, _ = make_trainer(tmp_path, compute_dtype="bfloat16")
+    trainer.attribute(module, datamodule=datamodule)
+    got_all = trainer.attribution_state["factors"]
+    loader = datamodule.attribution_dataloader("train", 8)
+    reference = fit_factors(module.model, loader, fisher="empirical", progress=False, compute_dtype="bfloat16")
+    float32 = fit_factors(module.model, loader, fisher="empirical", progress=False)
+    for name, ref in reference.modules.items():
+        got = got_all.modules[name]
+        assert got.lambdas.dtype == torch.float32
+        assert rel_err(got.gradient_covariance, ref.gradient_covariance) < 1e-5
+        assert rel_err(got.lambdas, ref.lambdas) < 1e-4
+        assert 0 < rel_err(got.lambdas, float32.modules[name].lambdas) < 3e-2
+
+
+def test_bad_compute_dtype_is_refused_at_construction():
+    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+        EKFACFactors(compute_dtype="float16")
