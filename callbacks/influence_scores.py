@@ -29,6 +29,7 @@ import lightning as L
 import pandas as pd
 import torch
 
+from infra_pl.ekfac.precision import resolve_compute_dtype
 from infra_pl.ekfac.streams import Streams, check_streams, split_batch
 from infra_pl.hooks import ScoresReady, dispatch
 from infra_pl.influence.measurement import Directions
@@ -80,6 +81,11 @@ class InfluenceScores(AttributionStep):
             (``infra_pl.ekfac.streams``); the same scores, sooner on small models. Token scores
             run as one stream (their forward-mode pass already keeps the cores busy). Refused on
             a GPU.
+        pairwise_dtype: dtype of the per-query directions of ``pairwise`` and of the products of
+            their training pass: ``float32`` or ``bfloat16`` (half the memory of Q directions, and
+            faster on hardware with bfloat16 matrix units; scores are summed in float32;
+            ``infra_pl.ekfac.precision``). The measurement directions stay float32, so token
+            scores still sum to the instance scores they are checked against.
     """
 
     order = 20
@@ -99,8 +105,10 @@ class InfluenceScores(AttributionStep):
         pairwise: bool = False,
         output_dir: str | None = None,
         streams: int = 1,
+        pairwise_dtype: str = "float32",
     ) -> None:
         check_streams(streams)
+        self.pairwise_dtype = resolve_compute_dtype(pairwise_dtype)
         if fallback not in (None, "reference"):
             raise ValueError(f"fallback must be null or 'reference', got {fallback!r}")
         self.measurements: list[Measurement] = list(measurements) if measurements else [
@@ -334,7 +342,8 @@ class InfluenceScores(AttributionStep):
         for part in parts:  # the additive share of every module group (one group without partitions)
             group_factors = factors.subset(part.group).to(pl_module.device, covariances=False)
             directions = query_directions(self._model(pl_module), loader, group_factors, part.tracked,
-                                          loss_fn=loss_fn_for(pl_module), streams=self.streams)
+                                          loss_fn=loss_fn_for(pl_module), streams=self.streams,
+                                          dtype=self.pairwise_dtype)
             del group_factors
             key = _directions_key(directions, factors)
             frames.append(self._score_training_set(trainer, pl_module, datamodule, part.tracked, directions,

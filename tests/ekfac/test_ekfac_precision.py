@@ -107,3 +107,12 @@ def test_bfloat16_pairwise_scores_track_float32(fits, batches):
     pearson = torch.corrcoef(torch.stack([approx.flatten().double(), exact.flatten().double()]))[0, 1]
     assert pearson > 0.999
     assert 0 < _rel(approx, exact) < 5e-2
+
+
+def test_influence_scores_pairwise_dtype_is_checked_at_construction():
+    from infra_pl.callbacks import InfluenceScores
+
+    assert InfluenceScores(pairwise_dtype="bfloat16").pairwise_dtype == torch.bfloat16
+    assert InfluenceScores().pairwise_dtype == torch.float32
+    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+        InfluenceScores(pairwise_dtype="fp16")
