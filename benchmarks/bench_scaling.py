@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--streams", type=int, default=1,
                    help="infra-pl's CPU `streams` option for the factor fit and the instance pass (1: plain path)")
+    p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="infra-pl's `compute_dtype` for the factor fit (operands of the big EK-FAC products)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--base-n", type=int, default=128)
@@ -87,7 +89,8 @@ def run_point(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
 
     def factors():
         state["factors"] = fit_factors(
-            model, train, modules=modules, fisher="empirical", progress=False, streams=args.streams
+            model, train, modules=modules, fisher="empirical", progress=False, streams=args.streams,
+            compute_dtype=args.compute_dtype,
         )
 
     def instance():
@@ -113,7 +116,7 @@ def run_point(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
 def child(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--point", f"{n},{seq},{width}",
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--clock", args.clock, "--batch-size", str(args.batch_size),
-           "--streams", str(args.streams),
+           "--streams", str(args.streams), "--compute-dtype", args.compute_dtype,
            "--layers", str(args.layers), "--vocab", str(args.vocab)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
@@ -128,7 +131,7 @@ def main(argv=None) -> None:
         return
     print(f"scaling: Llama {args.layers} layers, vocab {args.vocab}, MLP = 4 x width, heads = width/32; "
           f"base N={args.base_n} seq={args.base_seq} width={args.base_width}; batch {args.batch_size}; "
-          f"threads={args.threads}; streams={args.streams}; repeats={args.repeats} (median, {args.clock} seconds); torch {torch.__version__}")
+          f"threads={args.threads}; streams={args.streams}; compute_dtype={args.compute_dtype}; repeats={args.repeats} (median, {args.clock} seconds); torch {torch.__version__}")
     print("memory = RSS high-water mark of the phase minus RSS after setup (MB)")
     axes = {"n": ("N train", args.n), "seq": ("seq len", args.seq), "width": ("width", args.width)}
     for axis in args.axes:

@@ -38,6 +38,7 @@ from infra_pl.ekfac.precision import is_reduced
 from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode, model_device
 from infra_pl.ekfac.streams import check_streams, map_in_streams, map_parts, split_batch
 from infra_pl.influence.measurement import Directions, Modules
+from infra_pl.influence.packing import PackedResults
 
 Contraction = Literal["auto", "sequence", "token"]
 
@@ -234,7 +235,8 @@ def instance_scores_over(
             yield from split_batch(batch, streams) if streams > 1 else [batch]
 
     release_free_heap()
-    scores = list(map_in_streams(score, parts(), streams))
+    packed = PackedResults()  # one tensor per batch would pin glibc's heap and grow RSS with N
+    scores = [packed.add(part) for part in map_in_streams(score, parts(), streams)]
     release_free_heap()
     if not scores:
         raise ValueError("no training batches given")

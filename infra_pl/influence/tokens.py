@@ -54,6 +54,7 @@ from infra_pl.ekfac.modules import is_conv1d, layer_shape
 from infra_pl.ekfac.passes import batch_to_device, eval_mode, model_device
 from infra_pl.influence.instance import position_contributions
 from infra_pl.influence.measurement import Directions, Modules
+from infra_pl.influence.packing import PackedResults
 from infra_pl.losses import target_log_probs
 
 LogitsFn = Callable[[nn.Module, Mapping[str, Any]], torch.Tensor]
@@ -254,8 +255,9 @@ def token_scores_over(
     its peak RSS by a quarter on the benchmark model at the same speed.
     """
     release_free_heap()
+    packed = PackedResults()  # see infra_pl.influence.packing: keeps the memory flat in the number of batches
     with mmap_large_buffers():
-        scores = [token_scores(model, batch, directions, modules, logits_fn=logits_fn) for batch in batches]
+        scores = [packed.add(token_scores(model, batch, directions, modules, logits_fn=logits_fn)) for batch in batches]
     release_free_heap()
     return scores
 
