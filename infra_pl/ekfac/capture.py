@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from infra_pl.ekfac.modules import LayerShape, layer_shape
+from infra_pl.ekfac.precision import is_reduced
 
 # (module name, activations [N, in(+1)] already masked, number of real tokens among the N rows)
 ActivationFn = Callable[[str, torch.Tensor, int], None]
@@ -154,9 +155,11 @@ class Capture:
             if mask is not None:
                 ones = ones * mask.unsqueeze(-1)
             activation = torch.cat([activation, ones], dim=-1)
+        rows = activation.numel() // activation.shape[-1]
+        activation = _bucket_tokens(activation)
         if self.on_activation is not None:
             flat = activation.reshape(-1, activation.shape[-1])
-            self.on_activation(name, flat, self._count(mask, flat.shape[0]))
+            self.on_activation(name, flat, self._count(mask, rows))
         return activation
 
     def _backward_hook(self, name: str, grad: torch.Tensor) -> None:
@@ -165,9 +168,11 @@ class Capture:
             mask = self._token_mask(gradient.shape[:-1])
             if mask is not None:
                 gradient = gradient * mask.unsqueeze(-1)
+            rows = gradient.numel() // gradient.shape[-1]
+            gradient = _bucket_tokens(gradient)
             if self.on_gradient is not None:
                 flat = gradient.reshape(-1, gradient.shape[-1])
-                self.on_gradient(name, flat, self._count(mask, flat.shape[0]))
+                self.on_gradient(name, flat, self._count(mask, rows))
             if self.on_pair is not None:
                 activation = self._pending[name]
                 self.on_pair(name, _as_sequences(activation), _as_sequences(gradient))
@@ -177,6 +182,29 @@ class Capture:
     def _count(self, mask: torch.Tensor | None, rows: int) -> int:
         """Real tokens behind ``rows`` flattened positions (all of them when no padding mask applies)."""
         return self._mask_count if mask is not None else rows
+
+
+TOKEN_BUCKET = 64
+
+
+def _bucket_tokens(x: torch.Tensor) -> torch.Tensor:
+    """Reduced-precision [B, T, d] tensors get T zero-padded to a multiple of :data:`TOKEN_BUCKET`.
+
+    Why: on CPU, bfloat16 products run in oneDNN, which compiles and caches kernels for every
+    distinct shape and never frees them. With variable-length batches every batch has a new
+    token count, so memory grew without bound: 615 distinct shapes of a [N, 256] gram added
+    1.6 GB (capping oneDNN's primitive cache still left 390 MB). Zero tokens add nothing to any
+    sum this module feeds (grams, per-sequence gradients, score contractions), so padding is
+    exact, and it bounds the shapes to one per (batch size, bucket). float32 goes to MKL's GEMM,
+    which has no such cache, and is left alone.
+    """
+    if not is_reduced(x.dtype) or x.dim() != 3:
+        return x
+    tokens = x.shape[1]
+    padded = -(-tokens // TOKEN_BUCKET) * TOKEN_BUCKET
+    if padded == tokens:
+        return x
+    return torch.nn.functional.pad(x, (0, 0, 0, padded - tokens))
 
 
 def _as_sequences(x: torch.Tensor) -> torch.Tensor:

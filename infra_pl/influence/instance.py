@@ -100,6 +100,8 @@ def _score_pass(
     capture = Capture(tracked, on_pair=contract, dtype=dtype)
     with eval_mode(model), capture:
         capture_pass(model, batch, loss_fn, capture, sample_labels=False)
+    if per_position:  # bfloat16 captures pad the tokens to a bucket (Capture): cut back to T
+        return result["total"][..., : batch["input_ids"].shape[1]]
     return result["total"]
 
 

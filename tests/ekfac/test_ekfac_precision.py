@@ -116,3 +116,40 @@ def test_influence_scores_pairwise_dtype_is_checked_at_construction():
     assert InfluenceScores().pairwise_dtype == torch.float32
     with pytest.raises(ValueError, match="compute_dtype must be one of"):
         InfluenceScores(pairwise_dtype="fp16")
+
+
+def test_bfloat16_captures_pad_tokens_to_a_bucket_exactly(batches, monkeypatch):
+    """Padding T to a multiple of 64 (bounded oneDNN shapes) changes no sum and no token count."""
+    import infra_pl.ekfac.capture as capture_module
+
+    x = torch.randn(2, 10, 3)
+    assert capture_module._bucket_tokens(x) is x  # float32 is left alone
+    padded = capture_module._bucket_tokens(x.bfloat16())
+    assert padded.shape == (2, 64, 3) and torch.equal(padded[:, :10], x.bfloat16()) and not padded[:, 10:].any()
+
+    model = tiny_llama()
+    modules = find_tracked_modules(model)
+    bucketed = fit_covariance(model, batches, modules, fisher="empirical", progress=False, compute_dtype="bfloat16")
+    monkeypatch.setattr(capture_module, "TOKEN_BUCKET", 1)
+    plain = fit_covariance(model, batches, modules, fisher="empirical", progress=False, compute_dtype="bfloat16")
+    for name in modules:
+        assert torch.equal(bucketed.activation_counts[name], plain.activation_counts[name])
+        assert torch.equal(bucketed.gradient_counts[name], plain.gradient_counts[name])
+        # other shapes, other kernel blocking: only the summation order differs (4e-6 seen),
+        # far below the 2^-9 = 2e-3 rounding a wrongly counted or non-zero pad would show
+        assert _rel(bucketed.activation_sums[name], plain.activation_sums[name]) < 1e-4
+        assert _rel(bucketed.gradient_sums[name], plain.gradient_sums[name]) < 1e-4
+
+
+def test_position_contributions_keep_the_batch_length_with_bfloat16_directions(fits, batches):
+    from infra_pl.influence import position_contributions
+
+    model, _, reduced = fits
+    directions = query_directions(model, batches[:1], reduced, dtype=torch.bfloat16)
+    batch = batches[2]
+    with torch.no_grad():
+        split = position_contributions(model, batch, directions)
+        total = instance_scores_over(model, [batch], directions)
+    assert split.shape == (len(directions), *batch["input_ids"].shape)
+    # two bfloat16 contractions (per position vs per sequence) round differently: 1.7e-3 seen
+    assert _rel(split.sum(-1).t(), total) < 1e-2
