@@ -213,6 +213,15 @@ class EKFACFactors(AttributionStep):
             raise FactorsMismatchError(
                 f"factors in {out} use the {factors.fisher} Fisher but {self.fisher} was requested; set refit: true"
             )
+        fitted, wanted = getattr(torch, factors.compute_dtype), self.compute_dtype
+        if torch.finfo(fitted).bits < torch.finfo(wanted).bits:
+            raise FactorsMismatchError(
+                f"factors in {out} were fitted with {factors.compute_dtype} products but compute_dtype "
+                f"{str(wanted).removeprefix('torch.')} was requested; set refit: true"
+            )
+        if fitted != wanted:
+            _log(f"EK-FAC: the factors in {out} were fitted with {factors.compute_dtype} products, more precise "
+                 f"than the requested {str(wanted).removeprefix('torch.')}; reusing them")
         _log(f"EK-FAC: reusing factors from {out}")
         return factors.with_damping(self.damping).to("cpu" if self.offload else pl_module.device)
 
@@ -354,7 +363,8 @@ class EKFACFactors(AttributionStep):
             self._tracked_for_pass = None
             self._eigen_for_pass = {}
         return Factors.from_states(
-            covariance, eigen, lambdas, fisher=self.fisher, damping=self.damping, model=model, tracked=tracked, train_ids=train_ids
+            covariance, eigen, lambdas, fisher=self.fisher, damping=self.damping, model=model, tracked=tracked,
+            train_ids=train_ids, compute_dtype=str(self.compute_dtype).removeprefix("torch."),
         )
 
     def _phase(self, trainer: Any, out: Path, key: dict[str, Any], device: str, label: str,

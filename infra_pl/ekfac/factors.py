@@ -83,6 +83,8 @@ class Factors:
     module_fingerprints: dict[str, str] = field(default_factory=dict)
     untracked_fingerprint: str | None = None
     data_fingerprint: str | None = None
+    # operand dtype of the passes' products (infra_pl.ekfac.precision): provenance, so reuse can tell
+    compute_dtype: str = "float32"
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -97,6 +99,7 @@ class Factors:
         model: nn.Module | None = None,
         tracked: Mapping[str, nn.Module] | None = None,
         train_ids: Iterable[object] | None = None,
+        compute_dtype: str = "float32",
     ) -> "Factors":
         """Normalise the phase states, resolve damping, and fingerprint the model/data if given."""
         per_module: dict[str, ModuleFactors] = {}
@@ -117,7 +120,8 @@ class Factors:
                 n_sequences=int(lambdas.n_sequences),
             )
         dtype = next(iter(per_module.values())).lambdas.dtype
-        factors = cls(modules=per_module, fisher=fisher, damping_rule=damping_rule(damping), dtype=dtype)
+        factors = cls(modules=per_module, fisher=fisher, damping_rule=damping_rule(damping), dtype=dtype,
+                      compute_dtype=compute_dtype)
         return factors.fingerprint(model, tracked, train_ids)
 
     def fingerprint(
@@ -200,7 +204,7 @@ class Factors:
         first = parts[0]
         modules: dict[str, ModuleFactors] = {}
         for part in parts:
-            if (part.fisher, part.dtype) != (first.fisher, first.dtype):
+            if (part.fisher, part.dtype, part.compute_dtype) != (first.fisher, first.dtype, first.compute_dtype):
                 raise ValueError("cannot merge factors fitted with different Fisher types or dtypes")
             overlap = set(modules) & set(part.modules)
             if overlap:

@@ -76,7 +76,8 @@ def fit_factors(
     with seeded(seed, device):
         lambdas = fit_lambda(model, loader, tracked, eigen, loss_fn, fisher, dtype, progress, streams, compute_dtype)
     return Factors.from_states(
-        covariance, eigen, lambdas, fisher=fisher, damping=damping, model=model, tracked=tracked, train_ids=train_ids
+        covariance, eigen, lambdas, fisher=fisher, damping=damping, model=model, tracked=tracked, train_ids=train_ids,
+        compute_dtype=str(resolve_compute_dtype(compute_dtype, dtype)).removeprefix("torch."),
     )
 
 

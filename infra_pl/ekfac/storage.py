@@ -62,6 +62,7 @@ def save_factors(factors: Factors, directory: str | Path) -> Path:
         "fisher": factors.fisher,
         "damping_rule": factors.damping_rule,
         "dtype": str(factors.dtype).removeprefix("torch."),
+        "compute_dtype": factors.compute_dtype,
         "files": FILES,
         "model_fingerprint": factors.model_fingerprint,
         "module_fingerprints": factors.module_fingerprints,
@@ -145,6 +146,7 @@ def load_factors(
         module_fingerprints=dict(manifest.get("module_fingerprints") or {}),
         untracked_fingerprint=manifest.get("untracked_fingerprint"),
         data_fingerprint=manifest.get("data_fingerprint"),
+        compute_dtype=manifest.get("compute_dtype", "float32"),  # manifests before the option: float32
     )
 
 
@@ -214,4 +216,5 @@ def _load_partitioned(root: Path, device: torch.device | str, modules: Iterable[
         module_fingerprints=dict(index.get("module_fingerprints") or {}),
         untracked_fingerprint=index.get("untracked_fingerprint"),
         data_fingerprint=index.get("data_fingerprint"),
+        compute_dtype=first.compute_dtype,
     )

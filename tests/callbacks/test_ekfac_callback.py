@@ -224,6 +224,17 @@ def test_bfloat16_products_give_the_pure_torch_bfloat16_fit(tmp_path, tiny_cache
         assert rel_err(got.gradient_covariance, ref.gradient_covariance) < 1e-5
         assert rel_err(got.lambdas, ref.lambdas) < 1e-4
         assert 0 < rel_err(got.lambdas, float32.modules[name].lambdas) < 3e-2
+    assert got_all.compute_dtype == "bfloat16"
+    assert Factors.load(tmp_path / "attribution" / "factors").compute_dtype == "bfloat16"  # in the manifest
+    # bfloat16 factors on disk do not pass for float32 ones; the other way round they are reused
+    trainer, _ = make_trainer(tmp_path)
+    with pytest.raises(FactorsMismatchError, match="fitted with bfloat16 products"):
+        trainer.attribute(module, datamodule=datamodule)
+    trainer, _ = make_trainer(tmp_path, compute_dtype="float32", refit=True)
+    trainer.attribute(module, datamodule=datamodule)
+    trainer, _ = make_trainer(tmp_path, compute_dtype="bfloat16")
+    trainer.attribute(module, datamodule=datamodule)
+    assert trainer.attribution_state["factors"].compute_dtype == "float32"
 
 
 def test_bad_compute_dtype_is_refused_at_construction():
