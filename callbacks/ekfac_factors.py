@@ -31,7 +31,7 @@ from infra_pl.ekfac.modules import layer_shape, resolve_modules
 from infra_pl.ekfac.partition import check_partitions, split_modules
 from infra_pl.ekfac.passes import model_device
 from infra_pl.ekfac.storage import partition_dir, read_partition_index, write_partition_index
-from infra_pl.ekfac.precision import resolve_compute_dtype
+from infra_pl.ekfac.precision import dtype_name, resolve_compute_dtype
 from infra_pl.ekfac.streams import AccumulatorStreams, check_streams, merged_state
 from infra_pl.hooks import FactorsReady, dispatch, tensorboard_writer
 from infra_pl.protocol import attribution_model, loss_fn_for, model_is_built, require_data, require_module, require_true_fisher
@@ -217,11 +217,11 @@ class EKFACFactors(AttributionStep):
         if torch.finfo(fitted).bits < torch.finfo(wanted).bits:
             raise FactorsMismatchError(
                 f"factors in {out} were fitted with {factors.compute_dtype} products but compute_dtype "
-                f"{str(wanted).removeprefix('torch.')} was requested; set refit: true"
+                f"{dtype_name(wanted)} was requested; set refit: true"
             )
         if fitted != wanted:
             _log(f"EK-FAC: the factors in {out} were fitted with {factors.compute_dtype} products, more precise "
-                 f"than the requested {str(wanted).removeprefix('torch.')}; reusing them")
+                 f"than the requested {dtype_name(wanted)}; reusing them")
         _log(f"EK-FAC: reusing factors from {out}")
         return factors.with_damping(self.damping).to("cpu" if self.offload else pl_module.device)
 
@@ -364,7 +364,7 @@ class EKFACFactors(AttributionStep):
             self._eigen_for_pass = {}
         return Factors.from_states(
             covariance, eigen, lambdas, fisher=self.fisher, damping=self.damping, model=model, tracked=tracked,
-            train_ids=train_ids, compute_dtype=str(self.compute_dtype).removeprefix("torch."),
+            train_ids=train_ids, compute_dtype=dtype_name(self.compute_dtype),
         )
 
     def _phase(self, trainer: Any, out: Path, key: dict[str, Any], device: str, label: str,

@@ -20,7 +20,7 @@ from infra_pl.ekfac.lambdas import fit_lambda
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import resolve_modules
 from infra_pl.ekfac.passes import check_fisher, model_device
-from infra_pl.ekfac.precision import resolve_compute_dtype
+from infra_pl.ekfac.precision import dtype_name, resolve_compute_dtype
 
 
 @contextlib.contextmanager
@@ -77,7 +77,7 @@ def fit_factors(
         lambdas = fit_lambda(model, loader, tracked, eigen, loss_fn, fisher, dtype, progress, streams, compute_dtype)
     return Factors.from_states(
         covariance, eigen, lambdas, fisher=fisher, damping=damping, model=model, tracked=tracked, train_ids=train_ids,
-        compute_dtype=str(resolve_compute_dtype(compute_dtype, dtype)).removeprefix("torch."),
+        compute_dtype=dtype_name(resolve_compute_dtype(compute_dtype, dtype)),
     )
 
 

@@ -26,8 +26,8 @@ from infra_pl.ekfac.eigen import EigenBasis, check_finite
 from infra_pl.ekfac.gradients import sequence_gradients
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import LayerShape, layer_shape
-from infra_pl.ekfac.precision import resolve_compute_dtype
 from infra_pl.ekfac.passes import batch_size, capture_pass, check_fisher, eval_mode, model_device
+from infra_pl.ekfac.precision import resolve_compute_dtype
 from infra_pl.ekfac.streams import accumulation_pass
 
 

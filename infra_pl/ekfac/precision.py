@@ -46,6 +46,11 @@ def resolve_compute_dtype(value: str | torch.dtype | None, storage: torch.dtype 
     return value
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the spelling of manifests, configs and messages."""
+    return str(dtype).removeprefix("torch.")
+
+
 def is_reduced(dtype: torch.dtype) -> bool:
     """Whether products in ``dtype`` must be upcast before they are summed (bfloat16, float16)."""
     return torch.finfo(dtype).bits < 32

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from infra_pl.ekfac.eigen import EigenBasis
 from infra_pl.ekfac.modules import LayerShape
+from infra_pl.ekfac.precision import dtype_name
 
 if TYPE_CHECKING:  # factors.py imports this module lazily; avoid the cycle at runtime
     from infra_pl.ekfac.factors import Factors
@@ -61,7 +62,7 @@ def save_factors(factors: Factors, directory: str | Path) -> Path:
         "kind": "ekfac",
         "fisher": factors.fisher,
         "damping_rule": factors.damping_rule,
-        "dtype": str(factors.dtype).removeprefix("torch."),
+        "dtype": dtype_name(factors.dtype),
         "compute_dtype": factors.compute_dtype,
         "files": FILES,
         "model_fingerprint": factors.model_fingerprint,

@@ -34,8 +34,8 @@ from infra_pl.ekfac.factors import Factors
 from infra_pl.ekfac.gradients import sequence_gradients
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import layer_shape, resolve_modules
-from infra_pl.ekfac.precision import is_reduced
 from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode, model_device
+from infra_pl.ekfac.precision import is_reduced
 from infra_pl.ekfac.streams import check_streams, map_in_streams, map_parts, split_batch
 from infra_pl.influence.measurement import Directions, Modules
 from infra_pl.influence.packing import PackedResults
