@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-token", type=int, default=None, help="sequences scored per token (default 32; tiny: 4)")
     p.add_argument("--sft-steps", type=int, default=None, help="SFT optimizer steps (default 5; tiny: 2)")
     p.add_argument("--measurements", type=int, default=2, help="number of measurements M (default 2)")
+    p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="operand dtype of the factor passes' products (infra_pl.ekfac.precision); the model is "
+                        "bf16, so bfloat16 also skips the float32 copies of its activations and gradients")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     defaults = dict(n_train=16, seq_len=32, batch_size=4, n_measure=4, n_token=4, sft_steps=2) if args.tiny else dict(
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     def covariance() -> Any:
-        acc = CovarianceAccumulator(model, tracked, fisher="true", dtype=torch.float32)
+        acc = CovarianceAccumulator(model, tracked, fisher="true", dtype=torch.float32, compute_dtype=args.compute_dtype)
         for batch in train:
             acc.step(batch)
         return acc.state
@@ -273,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     state = to_cpu(state)  # A and S are not needed on the device any more
 
     def lambdas() -> Any:
-        acc = LambdaAccumulator(model, tracked, eigen, fisher="true", dtype=torch.float32)
+        acc = LambdaAccumulator(model, tracked, eigen, fisher="true", dtype=torch.float32,
+                                compute_dtype=args.compute_dtype)
         for batch in train:
             acc.step(batch)
         return acc.state

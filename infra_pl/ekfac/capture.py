@@ -196,9 +196,9 @@ def _bucket_tokens(x: torch.Tensor) -> torch.Tensor:
     1.6 GB (capping oneDNN's primitive cache still left 390 MB). Zero tokens add nothing to any
     sum this module feeds (grams, per-sequence gradients, score contractions), so padding is
     exact, and it bounds the shapes to one per (batch size, bucket). float32 goes to MKL's GEMM,
-    which has no such cache, and is left alone.
+    which has no such cache, and is left alone; so are GPU tensors (cuBLAS keeps no per-shape kernels).
     """
-    if not is_reduced(x.dtype) or x.dim() != 3:
+    if not is_reduced(x.dtype) or x.dim() != 3 or x.device.type != "cpu":
         return x
     tokens = x.shape[1]
     padded = -(-tokens // TOKEN_BUCKET) * TOKEN_BUCKET

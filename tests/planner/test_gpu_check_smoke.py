@@ -7,15 +7,18 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
 
-def test_gpu_check_smoke_on_cpu(capsys):
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_gpu_check_smoke_on_cpu(capsys, compute_dtype):
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("gpu_check", module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    assert module.main(["--device", "cpu", "--tiny"]) == 0
+    assert module.main(["--device", "cpu", "--tiny", "--compute-dtype", compute_dtype]) == 0
     out = capsys.readouterr().out
     for phase in ("covariance pass", "eigendecomposition", "lambda pass", "measurement pass", "instance scores",
                   "token scores (JVP)"):
