@@ -243,7 +243,8 @@ class EKFACFactors(AttributionStep):
 
         batch_size, seq_len = self._batch_shape(datamodule)
         settings = Settings(batch_size=batch_size, seq_len=seq_len, measurements=measurements, factor_dtype=self.dtype,
-                            fisher=self.fisher, padding=True, keep_covariance=not self.offload)
+                            fisher=self.fisher, padding=True, keep_covariance=not self.offload,
+                            compute_dtype=self.compute_dtype)
         return estimate(model, settings, modules=list(resolve_modules(model, self.modules)))
 
     def budget_bytes(self, device: torch.device) -> int | None:

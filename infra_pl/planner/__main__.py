@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", type=_dtype, default=torch.bfloat16, help="model dtype: bf16 (default), fp16, fp32.")
     p.add_argument("--factor-dtype", type=_dtype, default=torch.float32,
                    help="accumulation dtype of factors, captures and directions: fp32 (default) or fp64.")
+    p.add_argument("--compute-dtype", type=_dtype, default=None,
+                   help="operand dtype of the factor passes' products (EKFACFactors compute_dtype): bf16 or fp32; "
+                        "default: the factor dtype.")
     p.add_argument("--modules", default=None,
                    help="regex of tracked module names (default: the EK-FAC rule, MLP projections / LoRA adapters).")
     p.add_argument("--measurements", type=int, default=2, help="number of measurements M (default 2: math, code).")
@@ -96,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fisher=args.fisher,
         padding=args.padding,
         keep_covariance=not args.offload_covariance,
+        compute_dtype=args.compute_dtype,
     )
     est = estimate_from_config(args.model_config, settings, dtype=args.dtype, modules=args.modules, lora=args.lora)
     plan, budget = None, None

@@ -66,6 +66,10 @@ class Settings:
         padding: batches contain padding. Then the captures multiply by the mask (one copy per
             layer input), the attention gets a [B, 1, T, T] mask (the fused kernels keep a float
             copy per layer) and GQA keys/values are repeated to all heads before the kernel.
+        compute_dtype: operand dtype of the factor passes' products (``EKFACFactors(compute_dtype)``,
+            :mod:`infra_pl.ekfac.precision`); None: the factor dtype. The covariance and lambda passes
+            then capture in this dtype (a cast copy when it differs from the model's), rotate in it,
+            and upcast each batch's rotated gradients to the factor dtype before squaring.
         keep_covariance: the A and S sums stay on the device after the eigendecomposition, as the
             callbacks do now (``EKFACFactors`` keeps the covariance state through the lambda pass,
             ``InfluenceScores`` preconditions with a ``Factors`` that carries A and S). False when
@@ -79,6 +83,7 @@ class Settings:
     fisher: str = "true"
     padding: bool = False
     keep_covariance: bool = True
+    compute_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.seq_len < 2:
@@ -362,6 +367,7 @@ def estimate(
     s = embed.weight.element_size() if embed is not None else next(model.parameters()).element_size()
     model_dtype = embed.weight.dtype if embed is not None else next(model.parameters()).dtype
     f = torch.empty((), dtype=settings.factor_dtype).element_size()
+    c = torch.empty((), dtype=settings.compute_dtype or settings.factor_dtype).element_size()  # factor passes' operands
     n, m = settings.tokens, settings.measurements
 
     weights = parameter_bytes(model)
@@ -396,7 +402,8 @@ def estimate(
             working,
             resident=per_module(square_factors),  # A and S sums
             transient=per_module(
-                lambda mod: max(_input_copy_bytes(mod, settings, f), _gradient_copy_bytes(mod, settings, f))
+                lambda mod: max(_input_copy_bytes(mod, settings, c), _gradient_copy_bytes(mod, settings, c))
+                + (c * max(mod.in_dim, mod.out_features) ** 2 if c != f else 0)  # reduced gram, before its upcast add
             ),
         ),
         EIGEN: PhaseCost(
@@ -411,11 +418,12 @@ def estimate(
             dict(logits),
             working,
             resident=per_module(
-                lambda mod: square_factors(mod) + eigenvalues(mod) + matrix(mod) + _pending_bytes(mod, settings, f)
-                + kept_covariance(mod)
-            ),  # Q_A, Q_S, eigenvalues, Λ sum, captured input (+ A and S sums if kept)
+                lambda mod: square_factors(mod) + eigenvalues(mod) + matrix(mod) + _pending_bytes(mod, settings, c)
+                + kept_covariance(mod) + (c * (mod.in_dim**2 + mod.out_features**2) if c != f else 0)
+            ),  # Q_A, Q_S, eigenvalues, Λ sum, captured input (+ A and S sums if kept; + Q_A, Q_S in c)
             transient=per_module(
-                lambda mod: _gradient_copy_bytes(mod, settings, f) + _rotation_bytes(mod, settings, f)
+                lambda mod: _gradient_copy_bytes(mod, settings, c) + _rotation_bytes(mod, settings, c)
+                + (settings.batch_size * mod.weight_elements * f if c != f else 0)  # rotated G upcast to square
             ),
         ),
         MEASUREMENT: PhaseCost(

@@ -99,6 +99,25 @@ def test_bf16_model_counts_capture_copies():
     assert est.phases[COVARIANCE].transient[down] == 16 * 64 * 4
 
 
+def test_bfloat16_products_change_the_factor_passes_captures():
+    """compute_dtype bf16: a bf16 model's captures are its own tensors again; a float32 model's get
+    a bf16 cast. The lambda pass keeps bf16 eigenbases and upcasts each rotated gradient."""
+    down = "model.layers.1.mlp.down_proj"  # in 64, out 32; 16 tokens
+    reduced = Settings(batch_size=2, seq_len=8, measurements=1, compute_dtype=torch.bfloat16)
+    bf16_model = estimate(tiny_llama(torch.bfloat16, device="meta"), reduced)
+    # no cast and no pending copy: only the [64, 64] bf16 gram before its float32 add
+    assert bf16_model.phases[COVARIANCE].transient[down] == 2 * 64 * 64
+    fp32_model = estimate(tiny_llama(torch.float32, device="meta"), reduced)
+    plain = estimate(tiny_llama(torch.float32, device="meta"), Settings(batch_size=2, seq_len=8, measurements=1))
+    assert plain.phases[COVARIANCE].transient[down] == 0  # float32 captures are autograd's tensors
+    assert fp32_model.phases[COVARIANCE].transient[down] == 16 * 64 * 2 + 2 * 64 * 64  # bf16 cast of the input + gram
+    # lambda: + the pending bf16 input [16, 64], + bf16 Q_A and Q_S
+    extra = fp32_model.phases[LAMBDA].resident[down] - plain.phases[LAMBDA].resident[down]
+    assert extra == 16 * 64 * 2 + 2 * (64 * 64 + 32 * 32)
+    # other phases do not use the option
+    assert fp32_model.phases[INSTANCE].transient == plain.phases[INSTANCE].transient
+
+
 def _saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
     """Bytes of distinct non-parameter storages autograd saves in one forward (independent reference)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
