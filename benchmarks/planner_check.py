@@ -90,6 +90,7 @@ def settings_of(spec: dict[str, Any]) -> Settings:
     return Settings(
         batch_size=spec["batch_size"], seq_len=spec["seq_len"], measurements=spec["measurements"],
         padding=spec["padding"], fisher="true", keep_covariance=False,
+        compute_dtype=getattr(torch, spec["compute_dtype"]) if spec.get("compute_dtype") else None,
     )
 
 
@@ -183,13 +184,14 @@ def run_phase(spec: dict[str, Any], phase: str) -> dict[str, float]:
 
     start = time.perf_counter()
     if phase == COVARIANCE:
-        acc = CovarianceAccumulator(model, tracked, fisher="true", dtype=f32)
+        acc = CovarianceAccumulator(model, tracked, fisher="true", dtype=f32, compute_dtype=spec.get("compute_dtype"))
         for batch in batches:
             acc.step(batch)
     elif phase == EIGEN:
         result = eigendecompose(inputs["state"])  # noqa: F841 (kept alive: it is part of the phase's peak)
     elif phase == LAMBDA:
-        acc = LambdaAccumulator(model, tracked, inputs["eigen"], fisher="true", dtype=f32)
+        acc = LambdaAccumulator(model, tracked, inputs["eigen"], fisher="true", dtype=f32,
+                                compute_dtype=spec.get("compute_dtype"))
         for batch in batches:
             acc.step(batch)
     elif phase == MEASUREMENT:
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     p.add_argument("--tolerance", type=float, default=0.25, help="allowed |estimate/measured - 1| (default 0.25)")
+    p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default=None,
+                   help="EKFACFactors' compute_dtype for the covariance and lambda passes (default: the factor dtype)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|")
     worst = 0.0
     for name in args.configs:
-        spec = CONFIGS[name]
+        spec = {**CONFIGS[name], "compute_dtype": args.compute_dtype}
         estimates = estimate_mb(spec)
         for phase in args.phases:
             result = measure(spec, phase)
