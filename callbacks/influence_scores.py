@@ -29,6 +29,7 @@ import lightning as L
 import pandas as pd
 import torch
 
+from infra_pl.allocator import mmap_large_buffers
 from infra_pl.ekfac.precision import resolve_compute_dtype
 from infra_pl.ekfac.streams import Streams, check_streams, split_batch
 from infra_pl.hooks import ScoresReady, dispatch
@@ -270,7 +271,11 @@ class InfluenceScores(AttributionStep):
                                 "names": list(part.directions.names), "tokenizer": getattr(datamodule, "tokenizer", None),
                                 "ids": train_ids, "logits_fn": logits_fn_for(pl_module),
                                 "writer": PartWriter(parts_dir, key, rank=trainer.global_rank)}
-            trainer.run_attribution_pass(TOKENS, pl_module, datamodule, split="train", batch_size=self.batch_size, indices=todo)
+            # The forward-mode token pass fragments glibc's heap; its large buffers get their own
+            # mappings instead (infra_pl.allocator.mmap_large_buffers; measured there).
+            with mmap_large_buffers():
+                trainer.run_attribution_pass(TOKENS, pl_module, datamodule, split="train", batch_size=self.batch_size,
+                                             indices=todo)
         trainer.strategy.barrier()
         table = read_parts(parts_dir, key)
         return pd.DataFrame() if table is None else table.to_pandas()

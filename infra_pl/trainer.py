@@ -9,8 +9,6 @@ unrepeated distributed sampler.
 
 from __future__ import annotations
 
-import contextlib
-
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from infra_pl.allocator import mmap_large_buffers, release_free_heap
+from infra_pl.allocator import release_free_heap
 from infra_pl.protocol import model_is_built, require_data
 
 
@@ -131,11 +129,7 @@ class InfraTrainer(L.Trainer):
                 warnings.filterwarnings("ignore", message=".*predict returned None.*")
                 # Token-budget batches (ReasoningDataModule.attribution_max_tokens) cover every example.
                 warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
-                # The forward-mode token pass fragments glibc's heap; its large buffers get their own
-                # mappings instead (infra_pl.allocator.mmap_large_buffers; measured there).
-                mapped = mmap_large_buffers() if phase == "influence/tokens" else contextlib.nullcontext()
-                with mapped:
-                    self.predict(model, dataloaders=loader, return_predictions=False, ckpt_path=ckpt_path)
+                self.predict(model, dataloaders=loader, return_predictions=False, ckpt_path=ckpt_path)
         finally:
             del model.predict_step
             if own_step is not None:

@@ -62,7 +62,7 @@ def fit_factors(
     bfloat16 matrix units; sums and factors stay in ``dtype`` (:mod:`infra_pl.ekfac.precision`).
     """
     check_fisher(fisher)
-    resolve_compute_dtype(compute_dtype, dtype)
+    operands = resolve_compute_dtype(compute_dtype, dtype)  # a bad value fails before any pass
     tracked = resolve_modules(model, modules)
     if partitions is not None:
         return _fit_partitioned(
@@ -77,7 +77,7 @@ def fit_factors(
         lambdas = fit_lambda(model, loader, tracked, eigen, loss_fn, fisher, dtype, progress, streams, compute_dtype)
     return Factors.from_states(
         covariance, eigen, lambdas, fisher=fisher, damping=damping, model=model, tracked=tracked, train_ids=train_ids,
-        compute_dtype=dtype_name(resolve_compute_dtype(compute_dtype, dtype)),
+        compute_dtype=dtype_name(operands),
     )
 
 
