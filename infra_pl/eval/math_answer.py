@@ -9,7 +9,9 @@ a wrong answer.  This module keeps that logic in one place:
   (``\\boxed{...}``, MetaMathQA's "The answer is: X", GSM8K's ``#### X``).
 * :func:`normalize_answer` maps an answer string to a canonical form.
 * :func:`answers_match` compares a prediction against a reference, falling back
-  to numeric comparison so ``\\frac{3}{4}`` matches ``0.75``.
+  to exact numeric comparison so ``\\frac{3}{4}`` matches ``0.75``; a tolerance
+  applies only to a decimal that approximates a value it cannot write exactly
+  (``0.333333`` vs ``1/3``), never to integers (``2001001`` is not ``2001000``).
 
 Deliberately *not* a computer-algebra system: symbolic equivalence such as
 ``2\\sqrt{2}`` vs ``\\sqrt{8}`` is not detected.
@@ -17,7 +19,6 @@ Deliberately *not* a computer-algebra system: symbolic equivalence such as
 
 from __future__ import annotations
 
-import math
 import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -278,7 +279,7 @@ def normalize_answer(s: str) -> str:
     fraction to ``a/b``; writes numbers canonically (``1,000`` -> ``1000``,
     ``3.0`` -> ``3``, ``007`` -> ``7``, ``-0`` -> ``0``, ``6/8`` -> ``3/4``).
     """
-    s = s.strip()
+    s = s.strip().replace("\u2212", "-")  # unicode minus sign
     whole_boxed = _boxed_contents(s)
     if len(whole_boxed) == 1 and re.fullmatch(r"\$*\\(?:boxed|fbox)\s*\{.*\}\$*", s, re.DOTALL):
         s = whole_boxed[0]
@@ -286,6 +287,7 @@ def normalize_answer(s: str) -> str:
         s = _unwrap_macro(s, macro)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = re.sub(r"\\left(?![a-zA-Z])|\\right(?![a-zA-Z])", "", s)
+    s = s.replace("{,}", ",")  # LaTeX thousands separator: 5{,}050 -> 5,050
     s = re.sub(r"\\[,;:! ]", " ", s)  # LaTeX spacing commands
     s = s.replace("\\$", "").replace("$", "")
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?", "", s).replace("\\circ", "").replace("°", "")
@@ -316,13 +318,41 @@ def normalize_answer(s: str) -> str:
     return s
 
 
+def _decimal_places(s: str) -> int | None:
+    """Digits after the point of a canonical decimal answer (``0.333`` -> 3), else ``None``."""
+    if "." not in s or _parse_number(s) is None:
+        return None
+    return len(s.split(".", 1)[1])
+
+
+def _approximates(text: str, value: Fraction, exact: Fraction, rel_tol: float) -> bool:
+    """Whether the decimal ``text`` (= ``value``) is a rounded or truncated writing of ``exact``.
+
+    Only a value that has no exact writing with that many decimal places can be
+    approximated: ``1000000.5`` is not "about" ``1000000``, it is another number.
+    The approximation must also be within one unit of its last place and within
+    ``rel_tol`` relatively, so ``0.33`` is too coarse an answer for ``1/3``.
+    """
+    places = _decimal_places(text)
+    if places is None:
+        return False
+    unit = Fraction(1, 10**places)
+    if (exact / unit).denominator == 1:
+        return False
+    error = abs(value - exact)
+    return error < unit and error <= Fraction(repr(rel_tol)) * max(abs(value), abs(exact))
+
+
 def answers_match(pred: str | None, reference: str, rel_tol: float = 1e-6) -> bool:
     """Whether a predicted answer equals the reference answer.
 
     True when the normalised strings are equal or when both are numbers (plain,
-    decimal or fraction) equal within ``rel_tol`` relative tolerance; rounding in
-    the model's decimal expansion (``0.333333`` vs ``1/3``) should not count as
-    wrong.  ``None`` (no answer extracted) never matches.
+    decimal or fraction) of exactly the same value.  The one tolerance: a decimal
+    may stand for a value it cannot write exactly (``0.333333`` for ``1/3``,
+    ``3.14159`` for ``3.14159265``) when it is off by less than one unit of its last
+    digit and by at most ``rel_tol`` relatively.  Integers and fractions compare
+    exactly, so ``2001001`` never matches ``2001000``.  ``None`` (no answer
+    extracted) never matches.
     """
     if pred is None:
         return False
@@ -334,4 +364,4 @@ def answers_match(pred: str | None, reference: str, rel_tol: float = 1e-6) -> bo
         return False
     if fa == fb:
         return True
-    return math.isclose(float(fa), float(fb), rel_tol=rel_tol, abs_tol=1e-12)
+    return _approximates(a, fa, fb, rel_tol) or _approximates(b, fb, fa, rel_tol)

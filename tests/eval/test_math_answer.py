@@ -137,3 +137,60 @@ def test_end_to_end_with_extraction():
     generated = "Half of 3/2 is 3/4, i.e. 0.75.\nThe answer is \\boxed{\\dfrac{3}{4}}."
     assert answers_match(extract_answer(generated), "0.75")
     assert not answers_match(extract_answer("no idea"), "0.75")
+
+
+# --------------------------------------------------------------------------- exactness (issue 16)
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [
+        ("2001001", "2001000"),  # integers compare exactly, however large
+        ("1000001", "1,000,000"),
+        ("123456789012", "123456789013"),
+        ("1000000.5", "1000000"),  # a decimal that writes another number exactly is not an approximation
+        ("2001000.0001", "2001000"),
+        ("3.1416", "3.1415"),
+        ("1000001/3", "1000000/3"),  # fractions compare exactly
+        ("333333.9", "1000000/3"),  # off by more than one unit of the last place
+        ("0.666", "2/3"),  # too coarse relatively
+    ],
+)
+def test_numbers_compare_exactly(pred, ref):
+    assert not answers_match(pred, ref)
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [
+        ("0.666667", "2/3"),  # rounded
+        ("0.666666", "2/3"),  # truncated
+        ("333333.33", "1000000/3"),
+        ("3.14159", "3.14159265"),  # the less precise decimal approximates the more precise one
+        ("2001000", "2,001,000"),
+        ("4002/2", "2001"),
+    ],
+)
+def test_decimal_approximations_still_match(pred, ref):
+    assert answers_match(pred, ref)
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [
+        ("5{,}050", "5050"),
+        ("$5{,}050{,}000$", "5050000"),
+        ("5,050", "5050"),
+        (r"5\,050", "5050"),
+        ("\u22129", "-9"),  # unicode minus sign
+        ("\u2212\\frac{1}{2}", "-0.5"),
+        (r"\boxed{\u22121{,}000}".replace(r"\u2212", "\u2212"), "-1000"),
+    ],
+)
+def test_separators_and_unicode_minus(pred, ref):
+    assert answers_match(pred, ref)
+
+
+def test_normalize_separators_and_unicode_minus():
+    assert normalize_answer("5{,}050") == "5050"
+    assert normalize_answer("\u22129") == "-9"
