@@ -90,13 +90,36 @@ def gsm8k(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext) -> di
 # -------------------------------------------------------------------------------------- MBPP
 
 
-def mbpp_entry_point(code: str, tests: list[str]) -> str | None:
-    """The function the tests call: a function defined in ``code`` whose call appears in the tests."""
+# HumanEval-style tests: ``def check(candidate): assert candidate(...) == ...`` then ``check(name)``.
+_CANDIDATE_CALL = re.compile(r"\bcandidate\s*\(")
+_CHECK_CALL = re.compile(r"\bcheck\s*\(\s*(?:candidate\s*=\s*)?([A-Za-z_]\w*)\s*\)")
+
+
+def mbpp_entry_point(code: str, tests: list[str], named: str | None = None) -> str | None:
+    """The function the tests call.
+
+    * ``named`` (a row's own ``entry_point`` column, as HumanEval rows have) wins;
+    * HumanEval-style tests, which call ``candidate(...)`` and never the function by name: the
+      function passed to ``check(<name>)`` if the tests make that call, else the last top-level
+      ``def`` of ``code`` (HumanEval solutions define their helpers before the entry point);
+    * otherwise (MBPP asserts): the first function defined in ``code`` whose call appears in the tests.
+    """
+    if isinstance(named, str) and named.strip():
+        return named.strip()
     try:
-        names = [n.name for n in ast.walk(ast.parse(code)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        tree = ast.parse(code)
+        functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+        names = [n.name for n in ast.walk(tree) if isinstance(n, functions)]
+        top_level = [n.name for n in tree.body if isinstance(n, functions)]
     except SyntaxError:
-        names = re.findall(r"^def\s+(\w+)", code, re.MULTILINE)
+        names = top_level = re.findall(r"^(?:async\s+)?def\s+(\w+)", code, re.MULTILINE)
     joined = "\n".join(tests)
+    if _CANDIDATE_CALL.search(joined):
+        checked = [m.group(1) for m in _CHECK_CALL.finditer(joined) if m.group(1) != "candidate"]
+        if checked:
+            return checked[-1]
+        if top_level:
+            return top_level[-1]
     for name in names:
         if re.search(rf"\b{re.escape(name)}\s*\(", joined):
             return name
@@ -129,7 +152,7 @@ def mbpp(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext) -> dic
         "messages": chat(_code_system(ctx), user, f"```python\n{code}\n```"),
         "tests": tests,
         "test_setup_code": setup,
-        "entry_point": mbpp_entry_point(code, tests),
+        "entry_point": mbpp_entry_point(code, tests, row.get("entry_point")),
     }
 
 
