@@ -29,6 +29,25 @@ def _checkpoint_path(trainer: L.Trainer) -> str | None:
     return None
 
 
+def last_checkpoint_without_version(trainer: L.Trainer) -> None:
+    """A re-run's ``last.ckpt`` replaces the previous one instead of becoming ``last-v1.ckpt``.
+
+    With Lightning's version counter on, a second ``fit`` into the same folder wrote ``last-v1.ckpt``
+    and the ``validate``/``attribute`` commands (``--ckpt_path .../last.ckpt``) silently used the old
+    weights. The shipped configs set ``enable_version_counter: false``; configs that do not get it
+    turned off here, with a notice, for callbacks that save ``last``.
+    """
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and getattr(callback, "_enable_version_counter", False):
+            callback._enable_version_counter = False
+            print(
+                f"[infra-pl] ModelCheckpoint: version counter off, so this fit overwrites "
+                f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION} in its folder and later commands load it "
+                "(set enable_version_counter: false in the config to silence this notice)",
+                file=sys.stderr,
+            )
+
+
 def correctness_table(verdicts: list[Any]) -> str:
     """Correct/total per domain and difficulty level, as printed after ``validate``."""
     totals: dict[tuple[str, Any], list[int]] = collections.defaultdict(lambda: [0, 0])
@@ -78,6 +97,9 @@ class InfraCLI(LightningCLI):
         threads = configure_threads(config.get("threads"))
         print(f"[infra-pl] using {threads} torch thread(s)", file=sys.stderr)
 
+    def before_fit(self) -> None:
+        last_checkpoint_without_version(self.trainer)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         print("\n[infra-pl] fit finished")
@@ -92,6 +114,8 @@ class InfraCLI(LightningCLI):
         print("\n[infra-pl] validate finished")
         if trainer.logger is not None:
             print(f"  TensorBoard logs : {trainer.logger.log_dir}")
+        if getattr(trainer, "loaded_checkpoint", None):
+            print(f"  checkpoint       : {trainer.loaded_checkpoint}")
         verdicts = getattr(model, "_verdicts", [])
         if verdicts:
             print("  greedy generation, correct per domain and difficulty level:")
@@ -108,6 +132,8 @@ class InfraCLI(LightningCLI):
     def after_attribute(self) -> None:
         state = getattr(self.trainer, "attribution_state", {})
         print("\n[infra-pl] attribute finished")
+        if getattr(self.trainer, "loaded_checkpoint", None):
+            print(f"  checkpoint       : {self.trainer.loaded_checkpoint}")
         if state.get("factors_dir"):
             print(f"  EK-FAC factors   : {state['factors_dir']}")
         for label, key in (("instance scores", "instance_scores_path"), ("token scores", "token_scores_path"),

@@ -9,6 +9,8 @@ unrepeated distributed sampler.
 
 from __future__ import annotations
 
+import datetime
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -67,6 +69,58 @@ class _PhaseProgressLabel(Callback):
             pass
 
 
+def checkpoint_description(path: Any, checkpoint: dict[str, Any] | None = None) -> str:
+    """``PATH (global step N, epoch E, written YYYY-MM-DD HH:MM:SS)``: which weights a run used.
+
+    The step and epoch come from the loaded checkpoint dict; the time is the file's modification
+    time, so a stale ``last.ckpt`` from an earlier fit is visible at a glance.
+    """
+    parts = []
+    if checkpoint is not None:
+        if "global_step" in checkpoint:
+            parts.append(f"global step {checkpoint['global_step']}")
+        if "epoch" in checkpoint:
+            parts.append(f"epoch {checkpoint['epoch']}")
+    try:
+        written = datetime.datetime.fromtimestamp(os.path.getmtime(path))
+        parts.append(f"written {written:%Y-%m-%d %H:%M:%S}")
+    except (OSError, TypeError, ValueError):
+        pass
+    return f"{path} ({', '.join(parts)})" if parts else str(path)
+
+
+class CheckpointReport(Callback):
+    """Says which checkpoint ``validate``/``attribute`` loaded: path, global step, epoch, file time.
+
+    A second fit into the same folder used to write ``last-v1.ckpt`` while the next commands loaded
+    the old ``last.ckpt``; naming the step and time makes such a mix-up visible. The description is
+    kept as ``trainer.loaded_checkpoint`` for the end-of-run summary.
+    """
+
+    def __init__(self) -> None:
+        self._seen: Any = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._report(trainer, checkpoint)
+
+    def _start(self, trainer: L.Trainer, *args: Any) -> None:
+        # Weights-only checkpoints skip the callbacks' on_load_checkpoint: name at least path and time.
+        if trainer.ckpt_path is not None and self._seen != trainer.ckpt_path:
+            self._report(trainer, None)
+
+    on_validation_start = on_test_start = on_predict_start = _start
+
+    def _report(self, trainer: L.Trainer, checkpoint: dict[str, Any] | None) -> None:
+        path = trainer.ckpt_path
+        if path is None:
+            return
+        self._seen = path
+        description = checkpoint_description(path, checkpoint)
+        trainer.loaded_checkpoint = description  # type: ignore[attr-defined]
+        if trainer.is_global_zero:
+            print(f"[infra-pl] checkpoint: {description}", file=sys.stderr)
+
+
 def _no_prediction(*args: Any, **kwargs: Any) -> None:
     """``predict_step`` during attribution passes: nothing to predict, the callbacks do the work."""
     return None
@@ -81,6 +135,9 @@ class InfraTrainer(L.Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.loaded_checkpoint: str | None = None
+        if not any(isinstance(c, CheckpointReport) for c in self.callbacks):
+            self.callbacks.append(CheckpointReport())
         self.attribution_phase: str | None = None
         self.attribution_state: dict[str, Any] = {}
         self._pending_ckpt_path: str | None = None
