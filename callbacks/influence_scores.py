@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from infra_pl.allocator import mmap_large_buffers
+from infra_pl.data.schema import BEHAVIOURS
 from infra_pl.ekfac.precision import resolve_compute_dtype
 from infra_pl.ekfac.streams import Streams, check_streams, split_batch
 from infra_pl.hooks import ScoresReady, dispatch
@@ -87,6 +88,17 @@ class InfluenceScores(AttributionStep):
             faster on hardware with bfloat16 matrix units; scores are summed in float32;
             ``infra_pl.ekfac.precision``). The measurement directions stay float32, so token
             scores still sum to the instance scores they are checked against.
+        target: the correct answer y_i of Eq. 6 that the default measurement teacher-forces:
+            ``generated`` (the model's own correct generation), ``reference`` (the dataset's
+            solution; refused where it is a stand-in) or ``auto`` (generated for long-CoT training
+            data and for items without a full reference solution). See
+            :class:`~infra_pl.measurements.CorrectAnswerLogLikelihood`.
+        tagger: who labels the cognitive behaviours of every training trace (instance columns
+            ``behaviour_*`` and sentence labels): ``rules`` (:data:`infra_pl.data.behaviours.RULES`),
+            an :class:`~infra_pl.data.llm_judge.LLMJudgeTagger` (the paper's judge; ``class_path``
+            in YAML), or ``none`` (no behaviour analyses). Tagged once per trace, on the whole
+            trace, and cached under the scores folder.
+        tag_workers: processes for rule tagging (~0.1 s per long trace).
     """
 
     order = 20
@@ -107,15 +119,23 @@ class InfluenceScores(AttributionStep):
         output_dir: str | None = None,
         streams: int = 1,
         pairwise_dtype: str = "float32",
+        target: str = "auto",
+        tagger: Any = "rules",
+        tag_workers: int = 1,
     ) -> None:
         check_streams(streams)
+        from infra_pl.data.tagging import resolve_tagger
+
+        self.tagger = resolve_tagger(tagger)
         self.pairwise_dtype = resolve_compute_dtype(pairwise_dtype)
         if fallback not in (None, "reference"):
             raise ValueError(f"fallback must be null or 'reference', got {fallback!r}")
         self.measurements: list[Measurement] = list(measurements) if measurements else [
             CorrectAnswerLogLikelihood(n=n_correct, min_correct=min_correct, fallback=fallback,
-                                       correctness_file=correctness_file, seed=seed)
+                                       correctness_file=correctness_file, seed=seed, target=target)
         ]
+        self.target = target
+        self.tag_workers = tag_workers
         self.n_correct = n_correct
         self.min_correct = min_correct
         self.fallback = fallback
@@ -172,6 +192,7 @@ class InfluenceScores(AttributionStep):
         model = self._model(pl_module)
         tracked = self._tracked(model, factors)
         train_ids = list(datamodule.attribution_ids("train"))
+        tagged = self._tag_training_set(trainer, datamodule, out, len(train_ids))
         context = MeasurementContext(trainer, pl_module, datamodule, self.batch_size)
         specs = build_specs(self.measurements, context)
         info = {spec.name: dict(spec.info) for spec in specs}
@@ -188,7 +209,7 @@ class InfluenceScores(AttributionStep):
                                      out / "instance_parts" / part.suffix, part.key, "instance" + part.label)
             for part in parts
         ])
-        instance_df = _instance_table(datamodule, train_ids, scored, names)
+        instance_df = _with_behaviours(_instance_table(datamodule, train_ids, scored, names), tagged, self.tagger)
         meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key,
                 "module_partitions": len(parts)}
         if trainer.is_global_zero:
@@ -213,7 +234,8 @@ class InfluenceScores(AttributionStep):
 
         # Sentence scores for the top examples (rank 0, direct: a small set), summed over partitions.
         if trainer.is_global_zero and self.sentence_top_k > 0:
-            frames = [self._sentence_scores(pl_module, datamodule, part.tracked, part.directions, instance_df, names) for part in parts]
+            frames = [self._sentence_scores(pl_module, datamodule, part.tracked, part.directions, instance_df, names, tagged)
+                      for part in parts]
             sentence_df = frames[0].copy()
             for column in ("score_removal", "score_token_sum"):
                 if column in sentence_df:
@@ -229,6 +251,34 @@ class InfluenceScores(AttributionStep):
             sentence_scores_path=state.get("sentence_scores_path"), pairwise_scores_path=state.get("pairwise_scores_path"),
         )
         dispatch(trainer, pl_module, state["scores_ready"])
+
+    def _tag_training_set(self, trainer: Any, datamodule: Any, out: Path, n_train: int) -> list[Any] | None:
+        """Behaviour labels of every training trace (cached per trace), or None with ``tagger: none``.
+
+        Runs before any pass, so a tagger that cannot work (an unreachable judge) fails first.
+        """
+        if self.tagger is None:
+            _log("behaviours: tagger 'none', so no behaviour columns and no sentence behaviour labels")
+            return None
+        from infra_pl.data.tagging import tag_examples, tagger_name
+
+        if not callable(getattr(datamodule, "attribution_example", None)):
+            raise ProtocolError(f"InfluenceScores tagger '{tagger_name(self.tagger)}' reads the training traces through "
+                                "the datamodule's attribution_example(split, index); set tagger: none without it")
+        examples = [datamodule.attribution_example("train", i) for i in range(n_train)]
+        name = tagger_name(self.tagger).replace("/", "_").replace(":", "_")
+        cache = out / "behaviour_tags" / f"{name}.jsonl" if trainer.is_global_zero else None
+        tagged = tag_examples(examples, self.tagger, cache, workers=self.tag_workers)
+        totals = {b: sum(1 for t in tagged if t.counts()[b] > 0) for b in BEHAVIOURS}
+        _log(f"behaviours ({tagger_name(self.tagger)}): traces showing each behaviour of {len(tagged)}: "
+             + ", ".join(f"{b} {n}" for b, n in totals.items()))
+        if not any(totals.values()):
+            raise ValueError(
+                f"the behaviour tagger '{tagger_name(self.tagger)}' found no behaviour in any of the {len(tagged)} "
+                "training traces, so every behaviour table would be empty. Check the tagger on a few traces "
+                "(infra_pl.data.behaviours.tag_sentences), choose another (LLMJudgeTagger), or set tagger: none"
+            )
+        return tagged
 
     def _group_directions(self, trainer, pl_module, datamodule, factors, tracked, group: list[str],
                           specs: list[MeasurementSpec], info: dict[str, dict[str, Any]]) -> "_Partition":
@@ -340,9 +390,13 @@ class InfluenceScores(AttributionStep):
         query_ids = list(datamodule.attribution_ids(split))
         query_meta = list(datamodule.attribution_metadata(split)) if callable(getattr(datamodule, "attribution_metadata", None)) else None
         train_ids = list(datamodule.attribution_ids("train"))
-        queries = sorted({i for s in itemised for i in s.indices})
-        loader = datamodule.attribution_dataloader(split, self.batch_size, queries)
+        # The measurements' own sequences (their targets may be the model's generations, not the
+        # datamodule's references), so per-query scores average to the instance scores.
+        loader = [batch for s in itemised for batch in s.loader]
         order = [i for batch in loader for i in batch_indices(batch, "pairwise scores")]  # query_k = k-th item in loader order
+        if len(set(order)) != len(order):
+            _log("pairwise scores: skipped, an item belongs to more than one measurement")
+            return
         frames = []
         for part in parts:  # the additive share of every module group (one group without partitions)
             group_factors = factors.subset(part.group).to(pl_module.device, covariances=False)
@@ -477,8 +531,14 @@ class InfluenceScores(AttributionStep):
         data["writer"].add(rows)
 
     # ----------------------------------------------------------------- sentences
-    def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, names) -> pd.DataFrame:
+    def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, names, tagged) -> pd.DataFrame:
+        """Eq. 7 rows for the top examples; behaviour labels from the whole-trace tags (by offsets).
+
+        Sentences wholly past the ``max_length`` cut are not scored (they never reached the model);
+        their count per example goes to ``attrs["sentences_past_cut"]`` of the returned frame.
+        """
         from infra_pl.data.sentences import split_sentences
+        from infra_pl.data.tagging import sentence_labels
         from infra_pl.influence import sentence_scores
 
         model = self._model(pl_module)
@@ -490,6 +550,7 @@ class InfluenceScores(AttributionStep):
             for index in instance_df.nlargest(self.sentence_top_k, f"score_{name}")["index"]:
                 chosen.setdefault(int(index), []).append(name)
         rows = []
+        past_cut: dict[str, int] = {}
         for index, measured in chosen.items():
             example = datamodule.attribution_example("train", index)
             messages = example["messages"]
@@ -501,26 +562,38 @@ class InfluenceScores(AttributionStep):
                 model, datamodule.tokenizer, messages, sentences, dirs, tracked,
                 max_length=datamodule.max_length, assistant_turn_index=turn, with_token_sum=False, loss_fn=loss_fn,
             )
+            if result.n_past_cut:
+                past_cut[ids[index]] = result.n_past_cut
+            scored = [sentences[k] for k in result.kept]
+            if not scored:
+                continue
             token_sum = _token_sums(model, datamodule.tokenizer, messages, datamodule.max_length, dirs, tracked, logits_fn, result.spans)
-            labels = _sentence_labels(example, sentences)
+            labels = sentence_labels(tagged[index], scored) if tagged is not None else [[] for _ in scored]
             for m, name in enumerate(names):
-                for k, sentence in enumerate(sentences):
+                for j, sentence in enumerate(scored):
                     rows.append(
                         {
                             "id": ids[index],
                             "index": index,
                             "measurement": name,
                             "top_for": ",".join(measured),
-                            "sentence_index": k,
+                            "sentence_index": result.kept[j],
                             "text": sentence.text,
                             "kind": sentence.kind,
-                            "behaviours": labels[k],
-                            "score_removal": float(result.removal[k, m]),
-                            "score_token_sum": float(token_sum[k, m]),
-                            "n_tokens": len(result.spans[k]),
+                            "behaviours": labels[j],
+                            "score_removal": float(result.removal[j, m]),
+                            "score_token_sum": float(token_sum[j, m]),
+                            "n_tokens": len(result.spans[j]),
+                            "clipped": bool(result.clipped[j]),
                         }
                     )
-        return pd.DataFrame(rows)
+        if past_cut:
+            _log(f"sentence scores: {sum(past_cut.values())} sentence(s) of {len(past_cut)} example(s) lie wholly past "
+                 f"max_length={datamodule.max_length} and are left out (never trained on)")
+        frame = pd.DataFrame(rows)
+        frame.attrs["sentences_past_cut"] = past_cut
+        frame.attrs["tagged_by"] = _source_name(self.tagger)
+        return frame
 
 
 def _token_sums(model, tokenizer, messages, max_length, directions, tracked, logits_fn, spans: list[list[int]]) -> torch.Tensor:
@@ -541,20 +614,28 @@ def _token_sums(model, tokenizer, messages, max_length, directions, tracked, log
     return torch.stack([per_token[:, span].sum(dim=1) for span in spans])
 
 
-def _sentence_labels(example: dict[str, Any], sentences: list[Any]) -> list[list[str]]:
-    """Behaviour labels per sentence: the data's own labels when it has them, else the rule tagger."""
-    stored = example.get("sentence_labels")
-    if stored:
-        by_text: dict[str, list[str]] = {}
-        for item in stored:
-            by_text.setdefault(item["text"], list(item.get("behaviours", [])))
-        if all(s.text in by_text for s in sentences):
-            return [by_text[s.text] for s in sentences]
-    try:
-        from infra_pl.data.behaviours import tag_sentence
-    except ImportError:
-        return [[] for _ in sentences]
-    return [sorted(tag_sentence(s.text)) for s in sentences]
+def _source_name(tagger: Any) -> str | None:
+    from infra_pl.data.tagging import tagger_name
+
+    return None if tagger is None else tagger_name(tagger)
+
+
+def _with_behaviours(instance_df: pd.DataFrame, tagged: list[Any] | None, tagger: Any) -> pd.DataFrame:
+    """The instance table with ``behaviour_*`` counts from the tagger and a ``tagged_by`` column.
+
+    Without a tagger the columns are dropped: a column of zeros would read as "no example shows
+    any behaviour", which nobody measured.
+    """
+    from infra_pl.data.schema import BEHAVIOURS
+
+    frame = instance_df.drop(columns=[c for c in instance_df.columns if c.startswith("behaviour_")])
+    if tagged is None:
+        return frame
+    counts = [tagged[int(i)].counts() for i in frame["index"]]
+    for behaviour in BEHAVIOURS:
+        frame[f"behaviour_{behaviour}"] = [c[behaviour] for c in counts]
+    frame["tagged_by"] = _source_name(tagger)
+    return frame
 
 
 def _directions_key(directions: Any, factors: Any) -> str:

@@ -148,17 +148,35 @@ def _pad_id(tokenizer: Any) -> int:
 # ---------------------------------------------------------------- built-ins
 
 
+TARGETS = ("generated", "reference", "auto")
+
+
 class CorrectAnswerLogLikelihood(Measurement):
-    """The paper's f (Eq. 6): mean log p(reference answer | prompt) over D_correct, per domain.
+    """The paper's f (Eq. 6): mean log p(correct answer y_i | problem x_i) over D_correct, per domain.
 
     D_correct = ``n`` randomly drawn correctly answered evaluation items of each domain (all if
     fewer), read from ``validate``'s ``correctness.jsonl``; below ``min_correct`` a domain stops
     the run unless ``fallback: reference`` (all items' reference answers, labelled in every
     output). Measurement names are the domains (``math``, ``code``).
 
+    ``target`` says which correct answer y_i is teacher-forced:
+
+    * ``generated``: the model's own correct generation (from ``correctness.jsonl``); the answer
+      the model actually gave, in the style it learned;
+    * ``reference``: the dataset's reference solution; refused for items whose reference is a
+      stand-in (LiveCodeBench ships none); an answer-only reference ("The answer is 7", AIME
+      without solutions) is measured but counted and named in the output;
+    * ``auto`` (default): ``generated`` when the training traces are long chain-of-thought
+      (thought markers: a human solution is in another style than what the model learned) and
+      for items without a full reference solution; ``reference`` otherwise.
+
+    The choice per measurement (and the count per target kind) goes to ``measurement_info.json``
+    and the report. With ``fallback: reference`` the fallback domains always use references.
+
     Data: ``attribution_ids("eval")``, ``attribution_metadata("eval")`` with ``domain``,
-    ``attribution_dataloader("eval", ...)``; a module whose ``validate`` writes the correctness
-    file (SFTModule), or ``correctness_file``.
+    ``attribution_dataloader("eval", ...)``, and for generated targets ``attribution_example``
+    and ``datamodule.tokenizer``; a module whose ``validate`` writes the correctness file
+    (SFTModule), or ``correctness_file``.
     """
 
     def __init__(
@@ -168,30 +186,127 @@ class CorrectAnswerLogLikelihood(Measurement):
         fallback: str | None = None,
         correctness_file: str | None = None,
         seed: int = 0,
+        target: str = "auto",
     ) -> None:
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.n = n
         self.min_correct = min_correct
         self.fallback = fallback
         self.correctness_file = correctness_file
         self.seed = seed
+        self.target = target
 
     def build(self, context: MeasurementContext) -> list[MeasurementSpec]:
-        records = eval_records(context.datamodule, "CorrectAnswerLogLikelihood (D_correct)")
+        datamodule = context.datamodule
+        records = eval_records(datamodule, "CorrectAnswerLogLikelihood (D_correct)")
+        rows = correctness_rows(context, self.correctness_file)
         sets = select_measurement_sets(
-            records,
-            correctness_rows(context, self.correctness_file),
-            n=self.n,
-            min_correct=self.min_correct,
-            seed=self.seed,
-            fallback=self.fallback,
+            records, rows, n=self.n, min_correct=self.min_correct, seed=self.seed, fallback=self.fallback,
         )
+        generated = {row["id"]: row.get("generated") for row in rows or [] if row.get("correct")}
+        long_cot = self.target == "auto" and training_is_long_cot(datamodule)
         specs = []
         for name, chosen in sets.items():
+            kinds = [_reference_kind(datamodule, i) for i in chosen.indices]
+            plan = choose_targets(name, chosen.ids, kinds, self.target, long_cot, bool(chosen.fallback))
             label = " (FALLBACK: reference answers of all items)" if chosen.fallback else ""
-            _log(f"measurement '{name}': {chosen.n_used} items used, {chosen.n_available} correct available{label}")
-            loader = context.datamodule.attribution_dataloader("eval", context.batch_size, chosen.indices)
-            specs.append(MeasurementSpec(name, loader, chosen.info(), split="eval", indices=list(chosen.indices)))
+            counts = {t: plan.count(t) for t in ("generated", "reference")}
+            info = chosen.info()
+            info.update({
+                "target": self.target if self.target != "auto" else _plan_name(plan),
+                "target_option": self.target,
+                "target_counts": counts,
+                "reference_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
+                "long_cot_training": long_cot if self.target == "auto" else None,
+            })
+            answer_only = sum(1 for t, k in zip(plan, kinds) if t == "reference" and k == "answer_only")
+            if answer_only:
+                info["answer_only_references"] = answer_only
+                _log(f"measurement '{name}': {answer_only} item(s) measured on an answer-only reference "
+                     "(no worked solution in the dataset); target: generated measures the model's own solutions")
+            _log(f"measurement '{name}': {chosen.n_used} items used, {chosen.n_available} correct available{label}; "
+                 f"target: {info['target']} ({counts['generated']} generated, {counts['reference']} reference)")
+            if "generated" not in plan:
+                loader = datamodule.attribution_dataloader("eval", context.batch_size, chosen.indices)
+            else:
+                features = generated_features(datamodule, chosen.indices, chosen.ids, plan, generated, name)
+                loader = sequences_loader(features, _pad_id(_tokenizer_of(datamodule, "generated targets")), context.batch_size)
+            specs.append(MeasurementSpec(name, loader, info, split="eval", indices=list(chosen.indices)))
         return specs
+
+
+def _reference_kind(datamodule: Any, index: int) -> str:
+    """``full`` / ``answer_only`` / ``none`` of an evaluation item (``full`` when the data does not say)."""
+    example = getattr(datamodule, "attribution_example", None)
+    if example is None:
+        return "full"
+    return str(example("eval", index).get("reference_kind") or "full")
+
+
+def _plan_name(plan: list[str]) -> str:
+    kinds = sorted(set(plan))
+    return kinds[0] if len(kinds) == 1 else "mixed"
+
+
+def training_is_long_cot(datamodule: Any, share: float = 0.5) -> bool:
+    """Whether most training traces are long chain-of-thought (thought markers present)."""
+    from infra_pl.data.traces import split_trace
+
+    ids = list(datamodule.attribution_ids("train"))
+    if not ids or not callable(getattr(datamodule, "attribution_example", None)):
+        return False
+    step = max(1, len(ids) // 500)  # a sample is enough to tell a long-CoT recipe from a short one
+    sample = range(0, len(ids), step)
+    marked = 0
+    for i in sample:
+        messages = datamodule.attribution_example("train", i)["messages"]
+        text = [m["content"] for m in messages if m["role"] == "assistant"][-1]
+        marked += split_trace(text).thought is not None
+    return marked >= share * len(sample)
+
+
+def choose_targets(name: str, ids: Sequence[str], kinds: Sequence[str], target: str, long_cot: bool,
+                   fallback: bool) -> list[str]:
+    """``generated`` or ``reference`` per item; refuses to teacher-force a stand-in reference."""
+    if fallback or target == "reference":
+        placeholders = [i for i, k in zip(ids, kinds) if k == "none"]
+        if placeholders:
+            why = "the reference fallback measures reference answers" if fallback else "target: reference"
+            raise ValueError(
+                f"measurement '{name}': {why}, but {len(placeholders)} item(s) have no reference solution, only a "
+                f"stand-in (e.g. {placeholders[:3]}; LiveCodeBench ships none). A stand-in is never measured: use "
+                "target: generated (or auto) with enough correctly answered items, or leave that evaluation set out."
+            )
+        return ["reference"] * len(ids)
+    if target == "generated" or long_cot:
+        return ["generated"] * len(ids)
+    return ["reference" if k == "full" else "generated" for k in kinds]
+
+
+def generated_features(datamodule: Any, indices: Sequence[int], ids: Sequence[str], plan: Sequence[str],
+                       generated: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """Token ids and labels of each item: the prompt with the model's own answer or the reference."""
+    tokenizer = _tokenizer_of(datamodule, f"measurement '{name}' (generated targets)")
+    require_data(datamodule, ["attribution_example"], f"measurement '{name}' (generated targets)")
+    max_length = getattr(datamodule, "max_length", None) or UNLIMITED
+    missing = [i for i, t in zip(ids, plan) if t == "generated" and not str(generated.get(i) or "").strip()]
+    if missing:
+        raise ValueError(
+            f"measurement '{name}': target 'generated' needs the model's answers, but the correctness file has no "
+            f"'generated' text for {len(missing)} correct item(s) (e.g. {missing[:3]}); rerun validate to write them"
+        )
+    features = []
+    for index, example_id, kind in zip(indices, ids, plan):
+        messages = list(datamodule.attribution_example("eval", index)["messages"])
+        turn = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        if kind == "generated":
+            messages = messages[:turn] + [{"role": "assistant", "content": str(generated[example_id])}]
+        tokenized = tokenize_chat(tokenizer, messages[: turn + 1], max_length)
+        if tokenized is None:
+            raise ValueError(f"measurement '{name}': item {example_id} leaves no answer token within max_length={max_length}")
+        features.append({"input_ids": tokenized.input_ids, "labels": tokenized.labels, "index": index})
+    return features
 
 
 class TargetLogProb(Measurement):

@@ -229,6 +229,7 @@ class ReasoningDataModule(L.LightningDataModule):
                     "labels": tokenized.labels,
                     "prompt_ids": tokenized.prompt_ids,
                     "index": index,
+                    "truncated": tokenized.truncated,
                 }
             )
         stats.warn(split, self.max_length)
@@ -400,10 +401,15 @@ class ReasoningDataModule(L.LightningDataModule):
                 "source": example["source"],
                 "category": example["category"],
                 "difficulty": example["difficulty"],
+                "difficulty_source": example.get("difficulty_source") if example["difficulty"] is not None else None,
                 "n_target_tokens": sum(1 for label in feature["labels"][1:] if label != -100) if feature else 0,
+                "truncated": bool(feature["truncated"]) if feature else False,
             }
-            behaviours = example.get("behaviours") or {}
-            row.update({f"behaviour_{b}": int(behaviours.get(b, 0)) for b in BEHAVIOURS})
+            if split == "eval":
+                row["reference_kind"] = example.get("reference_kind") or "full"
+            # Stored counts only where the data has them; attribution tags the rest (None, never 0).
+            behaviours = example.get("behaviours")
+            row.update({f"behaviour_{b}": None if behaviours is None else int(behaviours.get(b, 0)) for b in BEHAVIOURS})
             rows.append(row)
         return rows
 

@@ -209,6 +209,7 @@ def aime(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext) -> dic
         "category": f"aime{year.group(0)}" if year else "aime",
         "messages": chat(_math_system(ctx), _fill(ctx.option("prompt"), problem), reference),
         "answer": answer,
+        "reference_kind": "full" if solution and str(solution).strip() else "answer_only",
         JOIN_KEY: problem,
     }
 
@@ -303,6 +304,7 @@ def livecodebench(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContex
         "difficulty": level,
         "difficulty_source": "livecodebench" if level is not None else None,
         "messages": chat(_code_system(ctx), user, _NO_REFERENCE),
+        "reference_kind": "none",  # a stand-in: never a measurement target (infra_pl.measurements)
         "tests": tests,
         "test_setup_code": setup,
         "entry_point": entry,

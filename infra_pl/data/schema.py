@@ -52,6 +52,21 @@ def _fail(where: RowLocation | None, field: str, problem: str) -> DataError:
     return DataError(f"{prefix}field '{field}' {problem}")
 
 
+REFERENCE_KINDS = ("full", "answer_only", "none")
+
+
+def _reference_kind(value: Any, where: RowLocation | None) -> str:
+    """What the example's assistant turn is: a full solution, only the final answer, or a stand-in.
+
+    Why it matters: the measurement f (Eq. 6) teacher-forces a correct answer; a one-line "The
+    answer is 7" or a stand-in comment (LiveCodeBench ships no solutions) is not one.
+    """
+    kind = "full" if value is None else str(value)
+    if kind not in REFERENCE_KINDS:
+        raise _fail(where, "reference_kind", f"must be one of {REFERENCE_KINDS}, got {value!r}")
+    return kind
+
+
 def validate_example(raw: Mapping[str, Any], where: RowLocation | None = None) -> dict[str, Any]:
     """Check one record against the schema and return a normalised copy with an ``id``.
 
@@ -89,10 +104,10 @@ def validate_example(raw: Mapping[str, Any], where: RowLocation | None = None) -
         except (TypeError, ValueError):
             raise _fail(where, "difficulty", f"must be an integer level or null, got {difficulty!r}") from None
     source = str(raw.get("source") or "local")
-    behaviours = raw.get("behaviours") or {}
-    if not isinstance(behaviours, Mapping):
+    behaviours = raw.get("behaviours")
+    if behaviours is not None and not isinstance(behaviours, Mapping):
         raise _fail(where, "behaviours", "must be an object of counts per behaviour")
-    unknown = set(behaviours) - set(BEHAVIOURS)
+    unknown = set(behaviours or {}) - set(BEHAVIOURS)
     if unknown:
         raise _fail(where, "behaviours", f"has unknown behaviour(s) {sorted(unknown)}; known: {BEHAVIOURS}")
     tests = raw.get("tests")
@@ -109,7 +124,9 @@ def validate_example(raw: Mapping[str, Any], where: RowLocation | None = None) -
         "tests": list(tests) if tests else None,
         "entry_point": raw.get("entry_point"),
         "test_setup_code": raw.get("test_setup_code") or "",
-        "behaviours": {b: int(behaviours.get(b, 0)) for b in BEHAVIOURS},
+        # None = never tagged (real datasets): attribution tags the traces; zeros would claim "no behaviour".
+        "behaviours": None if behaviours is None else {b: int(behaviours.get(b, 0)) for b in BEHAVIOURS},
+        "reference_kind": _reference_kind(raw.get("reference_kind"), where),
     }
     if raw.get("difficulty_source") is not None:  # which signal gave the level (infra_pl.data.difficulty)
         example["difficulty_source"] = str(raw["difficulty_source"])

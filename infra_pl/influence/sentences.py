@@ -172,18 +172,100 @@ def removal_variants(
     return variants
 
 
+def kept_content_end(tokenizer: Any, messages: Messages, turn: int, max_length: int) -> int | None:
+    """Characters of ``messages[turn]["content"]`` whose tokens survive truncation at ``max_length``.
+
+    ``None`` when the conversation fits (nothing is cut). Otherwise the offset into the content
+    where the kept tokens end (``len(content)`` when only the template's closing tokens were cut;
+    0 when the cut falls before the content).
+    """
+    full = tokenize_chat(tokenizer, messages, UNLIMITED)
+    if full is None or len(full.input_ids) <= max_length:
+        return None
+    rendered, offset = content_offset(tokenizer, messages, turn)
+    content = messages[turn]["content"]
+    spans = _token_char_spans_offsets(tokenizer, rendered, full.input_ids)
+    if spans is not None:
+        end = max(e for _, e in spans[:max_length]) if max_length > 0 else 0
+    else:  # the largest content prefix whose tokens all lie within the first max_length tokens
+        low, high = 0, len(content)
+        while low < high:
+            mid = (low + high + 1) // 2
+            ids = tokenizer(rendered[: offset + mid], add_special_tokens=False)["input_ids"]
+            if len(ids) <= max_length:
+                low = mid
+            else:
+                high = mid - 1
+        end = offset + low
+    return max(0, min(end - offset, len(content)))
+
+
+def tokenize_kept(tokenizer: Any, messages: Messages, turn: int) -> TokenizedExample | None:
+    """The conversation tokenised with nothing after ``messages[turn]``'s content (no closing tokens).
+
+    Why: a truncated training sequence ends inside the content, without the template's end-of-turn
+    token; its counterfactuals must end at the same place, or they would gain targets it never had.
+    """
+    full = tokenize_chat(tokenizer, messages, UNLIMITED)
+    if full is None:
+        return None
+    rendered, offset = content_offset(tokenizer, messages, turn)
+    end = offset + len(messages[turn]["content"])
+    spans = _token_char_spans_offsets(tokenizer, rendered, full.input_ids)
+    if spans is not None:
+        keep = sum(1 for start, _ in spans if start < end)
+    else:
+        keep = _common_prefix(list(tokenizer(rendered[:end], add_special_tokens=False)["input_ids"]), full.input_ids)
+    ids, labels = full.input_ids[:keep], full.labels[:keep]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return TokenizedExample(ids, labels, full.prompt_ids, truncated=True)
+
+
+def clip_to_kept(sentences: Sequence[Sentence], content: str, cut: int | None) -> tuple[list[int], list[Sentence]]:
+    """The sentences that (partly) survive a cut at ``cut``, clipped to it, with their input indices.
+
+    Sentences wholly past the cut never reached the model: they are left out (not scored 0).
+    """
+    if cut is None:
+        return list(range(len(sentences))), list(sentences)
+    kept, clipped = [], []
+    for k, sentence in enumerate(sentences):
+        if sentence.start >= cut:
+            continue
+        end = min(sentence.end, cut)
+        text = content[sentence.start : end]
+        if not text.strip():
+            continue
+        kept.append(k)
+        clipped.append(Sentence(sentence.start, end, text, sentence.kind))
+    return kept, clipped
+
+
 @dataclass
 class SentenceScores:
-    """Sentence scores of one example, for M measurements and S sentences.
+    """Sentence scores of one example, for M measurements and the S sentences that were scored.
 
     ``removal`` is Eq. 7 (re-scored counterfactual); ``token_sum`` is the approximation
-    Σ_{t ∈ span} s_t (None when not requested); ``full`` is S(z).
+    Σ_{t ∈ span} s_t (None when not requested); ``full`` is S(z) of the (kept) example.
+    ``kept`` indexes the input sentences that were scored (all, unless the example is truncated at
+    ``max_length``: sentences wholly past the cut are left out), ``clipped`` marks the one cut
+    through, and ``cut`` is the content offset where truncation ends the kept text (None: no cut).
     """
 
     full: torch.Tensor  # [M]
     removal: torch.Tensor  # [S, M]: S(z) − S(z without sentence k)
     token_sum: torch.Tensor | None  # [S, M]: approximation, NOT Eq. 7
     spans: list[list[int]]
+    kept: list[int] | None = None
+    clipped: list[bool] | None = None
+    cut: int | None = None
+
+    @property
+    def n_past_cut(self) -> int:
+        return 0 if self.kept is None else self.n_input - len(self.kept)
+
+    n_input: int = 0
 
 
 def sentence_scores(
@@ -205,11 +287,26 @@ def sentence_scores(
     Variants are padded into batches of ``batch_size`` and scored with :func:`instance_scores`.
     A variant with no target token left (the sentence was the whole answer) scores 0: an example
     without targets contributes nothing to training.
+
+    Truncation: when the example is longer than ``max_length``, the model was trained on a prefix.
+    The counterfactuals are then built from that same kept content (removing a sentence must not
+    pull previously cut tail tokens into S(z∖y)), sentences wholly past the cut are not scored,
+    and a sentence cut through is removed only where it was kept (``clipped``).
     """
     turn = _check_turn(messages, assistant_turn_index)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    conversations = [list(messages), *removal_variants(messages, sentences, turn)]
-    tokenized: list[TokenizedExample | None] = [tokenize_chat(tokenizer, c, max_length) for c in conversations]
+    content = messages[turn]["content"]
+    cut = kept_content_end(tokenizer, messages, turn, max_length)
+    kept, scored = clip_to_kept(sentences, content, cut)
+    clipped = [scored[j].end < sentences[k].end for j, k in enumerate(kept)]
+    if cut is None:
+        conversations = [list(messages), *removal_variants(messages, scored, turn)]
+        tokenized: list[TokenizedExample | None] = [tokenize_chat(tokenizer, c, max_length) for c in conversations]
+    else:
+        base = [dict(m) for m in messages]
+        base[turn]["content"] = content[:cut]
+        conversations = [base, *removal_variants(base, scored, turn)]
+        tokenized = [tokenize_kept(tokenizer, c, turn) for c in conversations]
     if tokenized[0] is None:
         raise ValueError("the example has no target token within max_length")
     features = [
@@ -223,10 +320,11 @@ def sentence_scores(
         batch = collate_padded(chunk, pad_id)
         part = instance_scores(model, batch, directions, modules, loss_fn).detach().double().cpu()
         scores[batch["index"]] = part
-    spans = token_spans_for_sentences(tokenizer, messages, sentences, turn, max_length)
+    spans = token_spans_for_sentences(tokenizer, messages, scored, turn, max_length) if scored else []
     token_sum = None
     if with_token_sum:
         full_batch = collate_padded(features[:1], pad_id)
         per_token = token_scores(model, full_batch, directions, modules)[:, 0].detach().double().cpu()  # [M, T-1]
         token_sum = torch.stack([per_token[:, span].sum(dim=1) for span in spans]) if spans else torch.zeros(0, len(directions))
-    return SentenceScores(full=scores[0], removal=scores[0] - scores[1:], token_sum=token_sum, spans=spans)
+    return SentenceScores(full=scores[0], removal=scores[0] - scores[1:], token_sum=token_sum, spans=spans,
+                          kept=kept, clipped=clipped, cut=cut, n_input=len(sentences))
