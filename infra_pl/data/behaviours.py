@@ -27,8 +27,10 @@ its answer before that run (this covers code traces whose program is only in the
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from infra_pl.data.llm_judge import LLMJudgeTagger  # the paper's LLM classifier, offered next to the rules
@@ -37,15 +39,23 @@ from infra_pl.data.sentences import Sentence, split_sentences
 from infra_pl.data.traces import split_trace
 
 __all__ = [
+    "ACCURACY_PATH",
     "RULES",
     "BehaviourMetrics",
     "LLMJudgeTagger",
     "RuleTagger",
     "annotate_behaviours",
+    "assistant_text",
+    "check_alignment",
     "count_behaviours",
     "default_tagger",
     "evaluate_tagger",
+    "load_labelled_traces",
+    "measure_tagger_accuracy",
+    "rules_fingerprint",
+    "score_labels",
     "tag_sentences",
+    "tagger_accuracy",
 ]
 
 _LEAD = r"^(?:(?:so|ok(?:ay)?|hmm+|well|alright|and|but|oh|ah|now)\b[\s,]*)*"  # filler before a sentence opener
@@ -368,28 +378,77 @@ class BehaviourMetrics:
     def recall(self) -> float:
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
 
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall (1.0 when there is nothing to find and nothing found)."""
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def support(self) -> int:
+        """Number of reference sentences showing the behaviour."""
+        return self.tp + self.fn
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "precision": round(self.precision, 4),
+            "recall": round(self.recall, 4),
+            "f1": round(self.f1, 4),
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "support": self.support,
+        }
+
     def __str__(self) -> str:
-        return f"P={self.precision:.3f} R={self.recall:.3f} (tp={self.tp} fp={self.fp} fn={self.fn})"
+        return (
+            f"P={self.precision:.3f} R={self.recall:.3f} F1={self.f1:.3f} "
+            f"(tp={self.tp} fp={self.fp} fn={self.fn})"
+        )
 
 
-def evaluate_tagger(records: Iterable[Mapping[str, Any]], tagger: RuleTagger | None = None) -> dict[str, BehaviourMetrics]:
-    """Precision / recall per behaviour against records carrying ``sentence_labels`` (the demo).
+def evaluate_tagger(records: Iterable[Mapping[str, Any]], tagger: Any | None = None) -> dict[str, BehaviourMetrics]:
+    """Precision / recall / F1 per behaviour against records carrying ``sentence_labels``.
 
-    Labels are aligned with ``split_sentences`` of the last assistant turn; a record whose
-    sentences do not line up is an error (the comparison would be meaningless).
+    Records are the demo's (``messages``) or BS-17k rows (``conversations``, as in the held-out
+    set). Labels are aligned with ``split_sentences`` of the last assistant turn; a record whose
+    sentences do not line up is an error (the comparison would be meaningless). ``tagger`` is
+    anything with the :meth:`RuleTagger.tag` signature (default: the current :data:`RULES`).
     """
     tagger = tagger or default_tagger()
+
+    def predictions() -> Iterable[tuple[Mapping[str, Any], list[set[str]]]]:
+        for number, record in enumerate(records, start=1):
+            labels = record.get("sentence_labels")
+            if labels is None:
+                raise ValueError(f"record {number} ({record.get('id', '?')}) has no sentence_labels to evaluate against")
+            tagged = tagger.tag(assistant_text(record), record.get("answer"))
+            if [s.text for s, _ in tagged] != [label["text"] for label in labels]:
+                raise ValueError(f"record {number} ({record.get('id', '?')}): sentence_labels do not align with split_sentences")
+            yield record, [found for _, found in tagged]
+
+    return score_labels(predictions())
+
+
+def score_labels(pairs: Iterable[tuple[Mapping[str, Any], Sequence[Iterable[str]]]]) -> dict[str, BehaviourMetrics]:
+    """Precision / recall per behaviour of predicted per-sentence labels against ``sentence_labels``.
+
+    ``pairs`` are ``(record, predicted)`` with one set of behaviours per sentence of
+    ``split_sentences(assistant_text(record))``: any tagger's output (rules, the LLM judge).
+    """
     metrics = {b: BehaviourMetrics() for b in BEHAVIOURS}
-    for number, record in enumerate(records, start=1):
+    for number, (record, predicted_all) in enumerate(pairs, start=1):
         labels = record.get("sentence_labels")
         if labels is None:
             raise ValueError(f"record {number} ({record.get('id', '?')}) has no sentence_labels to evaluate against")
-        text = [m["content"] for m in record["messages"] if m["role"] == "assistant"][-1]
-        tagged = tagger.tag(text, record.get("answer"))
-        if [s.text for s, _ in tagged] != [label["text"] for label in labels]:
-            raise ValueError(f"record {number} ({record.get('id', '?')}): sentence_labels do not align with split_sentences")
-        for (_, predicted), label in zip(tagged, labels):
-            truth = set(label["behaviours"])
+        predicted_all = list(predicted_all)
+        if len(predicted_all) != len(labels):
+            raise ValueError(
+                f"record {number} ({record.get('id', '?')}): {len(predicted_all)} predicted sentences "
+                f"for {len(labels)} labelled ones"
+            )
+        for predicted, label in zip(predicted_all, labels):
+            predicted, truth = set(predicted), set(label["behaviours"])
             for behaviour in BEHAVIOURS:
                 metric = metrics[behaviour]
                 if behaviour in predicted and behaviour in truth:
@@ -399,3 +458,93 @@ def evaluate_tagger(records: Iterable[Mapping[str, Any]], tagger: RuleTagger | N
                 elif behaviour in truth:
                     metric.fn += 1
     return metrics
+
+
+def assistant_text(record: Mapping[str, Any]) -> str:
+    """The last assistant turn of a record in the schema's ``messages`` or BS-17k's ``conversations`` shape."""
+    if "messages" in record:
+        return [m["content"] for m in record["messages"] if m["role"] == "assistant"][-1]
+    return [t["value"] for t in record["conversations"] if str(t["from"]).lower() in ("assistant", "gpt")][-1]
+
+
+def check_alignment(record: Mapping[str, Any]) -> None:
+    """Raise if a record's ``sentence_labels`` do not line up with ``split_sentences`` of its assistant turn."""
+    texts = [s.text for s in split_sentences(assistant_text(record))]
+    if texts != [label["text"] for label in record.get("sentence_labels", [])]:
+        raise ValueError(f"record {record.get('id', '?')}: sentence_labels do not align with split_sentences")
+
+
+def load_labelled_traces(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Records of a JSONL file of labelled traces (BS-17k rows with ``sentence_labels``), optionally one ``split``.
+
+    The held-out evaluation set of the rule tagger is such a file
+    (``tests/fixtures/behaviours/traces.jsonl``, splits ``tune`` and ``heldout``).
+    """
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                if split is None or record.get("split") == split:
+                    check_alignment(record)
+                    records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------------------- measured accuracy
+# The rule tagger's measured per-sentence accuracy on the held-out part of the hand-labelled set
+# (tests/fixtures/behaviours/traces.jsonl), written by `python benchmarks/bench_tagger.py --write`
+# and checked against the current RULES by the tests, so reports can state how far to trust
+# behaviour groups (paper Finding 3) without re-running the evaluation.
+ACCURACY_PATH = Path(__file__).with_name("tagger_accuracy.json")
+EVALUATION_SPLITS = ("tune", "heldout")
+
+
+def rules_fingerprint(rules: Mapping[str, Sequence[str]] | None = None) -> str:
+    """A short hash of the rules (``RULES`` by default): which rules a stored accuracy belongs to."""
+    import hashlib
+
+    rules = RULES if rules is None else rules
+    blob = json.dumps({k: list(v) for k, v in sorted(rules.items())}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def measure_tagger_accuracy(dataset: str | Path, name: str = "tests/fixtures/behaviours/traces.jsonl") -> dict[str, Any]:
+    """Per-split, per-behaviour P/R/F1 of the current rules on a labelled set, in the stored JSON's shape."""
+    import hashlib
+
+    raw = Path(dataset).read_bytes()
+    splits: dict[str, Any] = {}
+    for split in EVALUATION_SPLITS:
+        records = load_labelled_traces(dataset, split)
+        metrics = evaluate_tagger(records)
+        splits[split] = {
+            "traces": len(records),
+            "thought_sentences": sum(_thought_sentence_count(assistant_text(r)) for r in records),
+            "behaviours": {b: metrics[b].as_dict() for b in BEHAVIOURS},
+        }
+    return {
+        "tagger": "rules",
+        "rules_fingerprint": rules_fingerprint(),
+        "dataset": name,
+        "dataset_sha256": hashlib.sha256(raw).hexdigest()[:16],
+        "unit": "sentence of the thought (split_sentences); gold labels per tests/fixtures/behaviours/LABELLING.md",
+        "reported_split": "heldout",
+        "splits": splits,
+    }
+
+
+def _thought_sentence_count(text: str) -> int:
+    span = split_trace(text).thought
+    return sum(
+        1
+        for s in split_sentences(text)
+        if s.kind == "text" and (span is None or (s.start >= span[0] and s.end <= span[1]))
+    )
+
+
+def tagger_accuracy(path: str | Path | None = None) -> dict[str, Any]:
+    """The stored measured accuracy (see :data:`ACCURACY_PATH`), with ``stale`` set when the rules changed since."""
+    data = json.loads(Path(path or ACCURACY_PATH).read_text(encoding="utf-8"))
+    data["stale"] = data.get("rules_fingerprint") != rules_fingerprint()
+    return data
