@@ -52,16 +52,17 @@ def test_default_measurement_is_the_d_correct_selection(ready_datamodule, tmp_pa
     dm = ready_datamodule
     rows = [{"id": e["id"], "domain": e["domain"], "correct": i % 2 == 0} for i, e in enumerate(dm.eval_examples)]
     path = write_correctness(tmp_path / "correctness.jsonl", rows)
-    measurement = CorrectAnswerLogLikelihood(n=2, min_correct=1, correctness_file=path, seed=5)
+    measurement = CorrectAnswerLogLikelihood(n=2, min_correct=1, correctness_file=path, seed=5, target="reference")
     specs = measurement.build(context(dm, tmp_path))
     expected = select_measurement_sets(dm.eval_examples, rows, n=2, min_correct=1, seed=5)
     assert [s.name for s in specs] == list(expected) == ["code", "math"]
     for spec in specs:
         assert spec.indices == expected[spec.name].indices and spec.split == "eval"
-        assert spec.info == expected[spec.name].info()
+        assert {k: spec.info[k] for k in expected[spec.name].info()} == expected[spec.name].info()
+        assert spec.info["target"] == "reference" and spec.info["target_counts"] == {"generated": 0, "reference": 2}
         assert sorted(i for b in spec.loader for i in b["index"].tolist()) == expected[spec.name].indices
     # InfluenceScores without `measurements` builds exactly this measurement from its own arguments.
-    default = InfluenceScores(n_correct=2, min_correct=1, correctness_file=path, seed=5).measurements
+    default = InfluenceScores(n_correct=2, min_correct=1, correctness_file=path, seed=5, target="reference").measurements
     assert len(default) == 1 and isinstance(default[0], CorrectAnswerLogLikelihood)
     assert vars(default[0]) == vars(measurement)
 
@@ -107,3 +108,45 @@ def test_measurement_names_must_be_unique_and_plain(tmp_path):
         build_specs([Named("a b")], ctx)
     with pytest.raises(TypeError, match="Measurement objects"):
         build_specs(["math"], ctx)
+
+
+def test_generated_target_teacher_forces_the_models_own_correct_answer(ready_datamodule, tmp_path):
+    """Eq. 6's y_i is a correct answer: with target generated (auto on long-CoT data like the demo) it
+    is the model's own generation from the correctness file, not the dataset's reference."""
+    dm = ready_datamodule
+    rows = [{"id": e["id"], "domain": e["domain"], "correct": True, "generated": f"My own answer number {i}."}
+            for i, e in enumerate(dm.eval_examples)]
+    path = write_correctness(tmp_path / "correctness.jsonl", rows)
+    for target in ("generated", "auto"):
+        specs = CorrectAnswerLogLikelihood(n=3, min_correct=1, correctness_file=path, target=target).build(context(dm, tmp_path))
+        for spec in specs:
+            assert spec.info["target"] == "generated" and spec.info["target_counts"]["generated"] == 3
+            assert spec.info["target_option"] == target
+            for batch in spec.loader:
+                for row, index in enumerate(batch["index"].tolist()):
+                    targets = batch["labels"][row][batch["labels"][row] != -100].tolist()
+                    assert dm.tokenizer.decode(targets).startswith(f"My own answer number {index}.")
+    assert specs[0].info["long_cot_training"] is True  # auto: the demo is long-CoT (thought markers)
+
+
+def test_stand_in_references_are_never_measured_and_auto_mixes_by_reference_kind():
+    from infra_pl.measurements import choose_targets
+
+    ids, kinds = ["a", "b", "c"], ["full", "answer_only", "none"]
+    with pytest.raises(ValueError, match="stand-in"):
+        choose_targets("code", ids, kinds, "reference", long_cot=False, fallback=False)
+    with pytest.raises(ValueError, match="reference fallback"):
+        choose_targets("code", ids, kinds, "auto", long_cot=False, fallback=True)
+    assert choose_targets("m", ids, kinds, "auto", long_cot=False, fallback=False) == ["reference", "generated", "generated"]
+    assert choose_targets("m", ids, kinds, "auto", long_cot=True, fallback=False) == ["generated"] * 3
+    assert choose_targets("m", ids[:2], ["full", "answer_only"], "reference", long_cot=True, fallback=False) == ["reference"] * 2
+    with pytest.raises(ValueError, match="target must be"):
+        CorrectAnswerLogLikelihood(target="own")
+
+
+def test_generated_target_without_generations_names_the_items(ready_datamodule, tmp_path):
+    dm = ready_datamodule
+    rows = [{"id": e["id"], "domain": e["domain"], "correct": True} for e in dm.eval_examples]
+    path = write_correctness(tmp_path / "correctness.jsonl", rows)
+    with pytest.raises(ValueError, match="no 'generated' text"):
+        CorrectAnswerLogLikelihood(n=2, min_correct=1, correctness_file=path, target="generated").build(context(dm, tmp_path))

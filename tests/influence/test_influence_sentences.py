@@ -131,3 +131,48 @@ def test_variant_without_targets_scores_zero(small_tokenizer, setup, monkeypatch
     assert torch.equal(result.removal[0], result.full)
     alone = _alone(model, small_tokenizer, removal_variants(MESSAGES, sentences)[1], directions, modules)
     assert torch.allclose(result.removal[1], result.full - alone, atol=1e-5 * float(result.full.abs().max()))
+
+
+LONG = ("First, add the ones. 3 + 4 = 7. Then check it: 4 + 3 = 7. So the sum is 7. "
+        "Alternatively, count up from 4 by three steps. That also gives 7. One more check on paper. The answer is 7.")
+LONG_MESSAGES = [MESSAGES[0], MESSAGES[1], {"role": "assistant", "content": LONG}]
+
+
+def test_truncated_example_counterfactuals_keep_the_trained_content(small_tokenizer, setup):
+    """With right truncation, S(z∖y) must not gain tail tokens the model never saw, and sentences wholly
+    past the cut are left out instead of scoring exactly 0 (issue 16, item 3)."""
+    from infra_pl.influence.sentences import kept_content_end
+
+    model, modules, directions = setup
+    sentences = split_sentences(LONG)
+    whole = tokenize_chat(small_tokenizer, LONG_MESSAGES, 1 << 30)
+    spans = token_spans_for_sentences(small_tokenizer, LONG_MESSAGES, sentences, 2)
+    max_length = spans[3][-1] + 2  # keep sentences 0-3 whole: the cut falls right after sentence 3
+    assert len(whole.input_ids) > max_length
+    cut = kept_content_end(small_tokenizer, LONG_MESSAGES, 2, max_length)
+    assert sentences[3].end <= cut < sentences[4].end
+
+    result = sentence_scores(model, small_tokenizer, LONG_MESSAGES, sentences, directions, modules,
+                             max_length=max_length, with_token_sum=False)
+    assert result.kept == [0, 1, 2, 3] + ([4] if cut > sentences[4].start else [])
+    assert result.n_past_cut == len(sentences) - len(result.kept) >= 3
+    # S(z) is the trained (truncated) example's score.
+    trained = tokenize_chat(small_tokenizer, LONG_MESSAGES, max_length)
+    batch = collate_padded([{"input_ids": trained.input_ids, "labels": trained.labels, "index": 0}], small_tokenizer.pad_token_id)
+    expected_full = instance_scores(model, batch, directions, modules)[0].double()
+    assert torch.allclose(result.full, expected_full, rtol=1e-4, atol=1e-4 * float(expected_full.abs().max()))
+    # Removing sentence 1 scores the kept content without it, ending where the trained sequence ends.
+    kept_text = LONG[:cut]
+    variant = [*LONG_MESSAGES[:2], {"role": "assistant", "content": remove_span(kept_text, sentences[1])}]
+    rendered = small_tokenizer.apply_chat_template(variant, tokenize=False)
+    end = rendered.index(variant[2]["content"]) + len(variant[2]["content"])
+    ids = small_tokenizer(rendered[:end], add_special_tokens=False)["input_ids"]
+    tok = tokenize_chat(small_tokenizer, variant, 1 << 30)
+    labels = tok.labels[: len(ids)]
+    batch = collate_padded([{"input_ids": ids, "labels": labels, "index": 0}], small_tokenizer.pad_token_id)
+    expected = result.full - instance_scores(model, batch, directions, modules)[0].double()
+    assert torch.allclose(result.removal[1], expected, rtol=1e-4, atol=1e-4 * float(expected_full.abs().max()))
+    # The old construction (re-tokenise the whole variant, truncate at max_length) pulls cut tail
+    # tokens back in: a different number, which is what the issue reported.
+    old = tokenize_chat(small_tokenizer, [*LONG_MESSAGES[:2], {"role": "assistant", "content": remove_span(LONG, sentences[1])}], max_length)
+    assert len(old.input_ids) > len(ids)
