@@ -3,7 +3,8 @@
 Why parts: a scoring pass over a large training set can be interrupted; every flushed part
 survives, and a resumed pass only scores the examples no part holds yet. Parts are keyed by a
 fingerprint of what the scores depend on (factors, measurement directions), so parts from a
-different setting are never mixed in.
+different setting are never mixed in. Each part has a ``.sha256`` file beside it, written before
+the part, and checked before the part is read (:mod:`infra_pl.checksum`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from infra_pl.checksum import readable, read_sidecar, record, verify, write_sidecar
+
+
+def _part_hint(part: Path) -> str:
+    return (f"Delete {part} (and {part.name}.sha256 beside it) and run `infra-pl attribute` again: the pass scores "
+            "again only the examples that part held")
 
 
 class PartWriter:
@@ -31,6 +39,8 @@ class PartWriter:
         if key_file.exists() and json.loads(key_file.read_text()).get("key") != key:
             for part in directory.glob("part-*.parquet"):  # parts of another setting: not reusable
                 part.unlink()
+            for sidecar in directory.glob("part-*.parquet.sha256"):
+                sidecar.unlink()
         if rank == 0:
             key_file.write_text(json.dumps({"key": key}))
         self._counter = len(list(directory.glob(f"part-r{rank}-*.parquet")))
@@ -47,6 +57,7 @@ class PartWriter:
         target = self.directory / f"part-r{self.rank}-{self._counter:06d}.parquet"
         tmp = target.with_name("." + target.name + ".tmp")
         pq.write_table(table, tmp)
+        write_sidecar(target, record(tmp))  # checksum first: every part on disk has one
         os.replace(tmp, target)  # a part on disk is always complete
         self._counter += 1
         self._rows = []
@@ -60,7 +71,14 @@ def read_parts(directory: Path, key: str) -> pa.Table | None:
     parts = sorted(directory.glob("part-*.parquet"))
     if not parts:
         return None
-    return pa.concat_tables([pq.read_table(p) for p in parts])
+    return pa.concat_tables([read_part(p) for p in parts])
+
+
+def read_part(part: Path) -> pa.Table:
+    """One part file, checked against its ``.sha256`` (parts written before checksums: a notice)."""
+    verify(part, read_sidecar(part), "scores part file", _part_hint(part))
+    with readable(part, "scores part file", _part_hint(part)):
+        return pq.read_table(part)
 
 
 def read_shards(directory: str | Path) -> pa.Table | None:

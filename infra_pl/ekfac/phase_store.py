@@ -3,7 +3,8 @@
 Each finished phase (covariance sums, eigenbases, Λ sums) is written under ``<dir>/partial/``
 together with a key describing exactly what it was computed from (model fingerprint, data
 fingerprint, module names and shapes, Fisher type, dtype). A later run reuses a phase only when
-its key matches; otherwise the phase is recomputed and the reason is reported.
+its key matches; otherwise the phase is recomputed and the reason is reported. The key file also
+records the SHA-256 of the tensors file, checked before the phase is reused.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from infra_pl.checksum import readable, record, verify
 from infra_pl.ekfac.covariance import CovarianceState
 from infra_pl.ekfac.eigen import EigenBasis
 from infra_pl.ekfac.lambdas import LambdaState
 from infra_pl.ekfac.modules import LayerShape
 
 PARTIAL = "partial"
+CHECKSUM = "sha256"  # entry of a key file that is not part of the key: the tensors file's checksum
 _EIGEN_KEYS = ("activation_eigenvectors", "activation_eigenvalues", "gradient_eigenvectors", "gradient_eigenvalues")
 
 
@@ -37,8 +40,9 @@ def _write(directory: Path, phase: str, tensors: dict[str, torch.Tensor], key: M
     tmp = part / f".{phase}.safetensors.tmp"
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, part / f"{phase}.safetensors")
+    digest = record(part / f"{phase}.safetensors")
     tmp_key = part / f".{phase}.json.tmp"
-    tmp_key.write_text(json.dumps(dict(key), indent=2, sort_keys=True))
+    tmp_key.write_text(json.dumps({**dict(key), CHECKSUM: digest}, indent=2, sort_keys=True))
     os.replace(tmp_key, part / f"{phase}.json")
 
 
@@ -47,12 +51,19 @@ def _read(directory: Path, phase: str, key: Mapping[str, Any], device: str) -> t
     key_file = part / f"{phase}.json"
     if not key_file.exists():
         return None, "not computed yet"
-    stored = json.loads(key_file.read_text())
+    tensors_file = part / f"{phase}.safetensors"
+    hint = (f"Delete {tensors_file} and {key_file} (that phase is computed again), or set refit: true on EKFACFactors, "
+            "and run `infra-pl attribute` again")
+    with readable(key_file, "EK-FAC phase partial key", hint):
+        stored = json.loads(key_file.read_text())
+    checksum = stored.pop(CHECKSUM, None)  # None: written before checksums (loaded with a notice)
     expected = json.loads(json.dumps(dict(key), sort_keys=True))
     if stored != expected:
         differing = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
         return None, f"stored {phase} was computed with different {', '.join(differing)}"
-    return load_file(str(part / f"{phase}.safetensors"), device=device), "reused"
+    verify(tensors_file, checksum, "EK-FAC phase partial", hint)
+    with readable(tensors_file, "EK-FAC phase partial", hint):
+        return load_file(str(tensors_file), device=device), "reused"
 
 
 def save_covariance(directory: Path, state: CovarianceState, key: Mapping[str, Any]) -> None:

@@ -4,7 +4,8 @@ Why three files: the phases run at different times (and, at scale, on different 
 run can stop after the covariance phase and resume from ``covariance.safetensors``; keeping the
 kinds apart also lets a reader load only the eigenbases and Λ it needs for scoring. Tensor keys
 are ``"<module name>/<factor>"``. The manifest carries what safetensors cannot: shapes, counts,
-Fisher type, damping rule and value, dtype, and the model/data fingerprints.
+Fisher type, damping rule and value, dtype, the model/data fingerprints, and the SHA-256 of each
+file, checked before a file is loaded (:mod:`infra_pl.checksum`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
+from infra_pl.checksum import readable, record, verify
 from infra_pl.ekfac.eigen import EigenBasis
 from infra_pl.ekfac.modules import LayerShape
 from infra_pl.ekfac.precision import dtype_name
@@ -54,9 +56,10 @@ def save_factors(factors: Factors, directory: str | Path) -> Path:
             "n_sequences": mod.n_sequences,
             "damping": mod.damping,
         }
-    save_file(covariance, str(out / FILES["covariance"]))
-    save_file(eigen, str(out / FILES["eigen"]))
-    save_file(lambdas, str(out / FILES["lambda"]))
+    checksums = {}
+    for kind, tensors in (("covariance", covariance), ("eigen", eigen), ("lambda", lambdas)):
+        save_file(tensors, str(out / FILES[kind]))
+        checksums[FILES[kind]] = record(out / FILES[kind])
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": "ekfac",
@@ -65,6 +68,7 @@ def save_factors(factors: Factors, directory: str | Path) -> Path:
         "dtype": dtype_name(factors.dtype),
         "compute_dtype": factors.compute_dtype,
         "files": FILES,
+        "checksums": {"sha256": checksums},
         "model_fingerprint": factors.model_fingerprint,
         "module_fingerprints": factors.module_fingerprints,
         "untracked_fingerprint": factors.untracked_fingerprint,
@@ -80,24 +84,38 @@ def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"no EK-FAC factors at {directory} ({MANIFEST} is missing)")
-    manifest = json.loads(path.read_text())
+    with readable(path, "EK-FAC factors manifest", refit_hint(directory)):
+        manifest = json.loads(path.read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"unsupported factors format {manifest.get('format_version')} at {directory}")
     return manifest
 
 
-def _read_tensors(path: Path, names: set[str] | None, device: str) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, or only those of the ``names`` modules (read lazily, key by key)."""
-    if names is None:
-        return load_file(str(path), device=device)
-    from safetensors import safe_open
+def refit_hint(directory: str | Path) -> str:
+    """How to get whole factors again, for the errors about damaged files."""
+    return (f"Refit: set refit: true on EKFACFactors (or delete {directory}) and run `infra-pl attribute` again; "
+            "the factors are fitted anew from the checkpoint and data")
 
-    out: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device=device) as handle:
-        for key in handle.keys():
-            if key.rsplit("/", 1)[0] in names:
-                out[key] = handle.get_tensor(key)
-    return out
+
+def _read_tensors(path: Path, names: set[str] | None, device: str, checksum: str | None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or only those of the ``names`` modules (read lazily, key by key).
+
+    The file is checked against its recorded ``checksum`` first (the whole file, even when only
+    some modules are read: a damaged byte anywhere means the file is not the one written).
+    """
+    hint = refit_hint(path.parent)
+    verify(path, checksum, "EK-FAC factor file", hint)
+    with readable(path, "EK-FAC factor file", hint):
+        if names is None:
+            return load_file(str(path), device=device)
+        from safetensors import safe_open
+
+        out: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt", device=device) as handle:
+            for key in handle.keys():
+                if key.rsplit("/", 1)[0] in names:
+                    out[key] = handle.get_tensor(key)
+        return out
 
 
 def load_factors(
@@ -120,9 +138,11 @@ def load_factors(
         unknown = sorted(wanted - set(manifest["modules"]))
         if unknown:
             raise KeyError(f"no factors for modules {unknown} in {root}")
-    covariance = _read_tensors(root / FILES["covariance"], wanted, device)
-    eigen = _read_tensors(root / FILES["eigen"], wanted, device)
-    lambdas = _read_tensors(root / FILES["lambda"], wanted, device)
+    # Manifests written before checksums have none: those files load unverified, with a notice.
+    sums = (manifest.get("checksums") or {}).get("sha256") or {}
+    covariance, eigen, lambdas = (
+        _read_tensors(root / FILES[kind], wanted, device, sums.get(FILES[kind])) for kind in ("covariance", "eigen", "lambda")
+    )
     loaded = {}
     for name, meta in manifest["modules"].items():
         if wanted is not None and name not in wanted:
