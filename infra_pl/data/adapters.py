@@ -166,6 +166,23 @@ def _long_cot_example(messages: list[dict[str, str]], ctx: AdapterContext, categ
     return example
 
 
+def _row_difficulty(row: Mapping[str, Any], example: dict[str, Any]) -> None:
+    """A level from the row's own ``difficulty`` field where the hub schema has one (OpenThoughts3-style
+    integer ratings, TACO/APPS names), with its provenance; rows without one keep ``None``."""
+    value = row.get("difficulty")
+    if value in (None, ""):
+        return
+    from infra_pl.data.difficulty import parse_level
+
+    try:
+        level = parse_level(value)
+    except ValueError as err:
+        raise RowProblem("bad level", f"field 'difficulty': {err}") from None
+    if level is not None:
+        example["difficulty"] = level
+        example["difficulty_source"] = f"{row.get('source') or 'row'}:difficulty"
+
+
 def _conversation_messages(row: Mapping[str, Any], ctx: AdapterContext) -> list[dict[str, str]]:
     turns = require(row, "conversations")
     if not isinstance(turns, list):
@@ -201,7 +218,9 @@ def bespoke_stratos(row: Mapping[str, Any], where: RowLocation, ctx: AdapterCont
     Options: ``domain`` (``infer``/``math``/``code``), ``tag_behaviours`` (rule-tagger counts
     into ``behaviours``; off by default because it costs ~0.1 s per long trace).
     """
-    return _long_cot_example(_conversation_messages(row, ctx), ctx)
+    example = _long_cot_example(_conversation_messages(row, ctx), ctx)
+    _row_difficulty(row, example)
+    return example
 
 
 def apps_tests(raw: Any, starter_code: str | None, max_tests: int | None) -> tuple[list[str], str, str | None] | None:
@@ -264,6 +283,7 @@ def openthoughts(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext
     messages = chat(ctx.system(SYSTEM_PRESETS["@long_cot"]), user, join_trace(reasoning, solution))
     example = _long_cot_example(messages, ctx, category=str(row.get("source") or raw_domain), domain=domain)
     example[JOIN_KEY] = problem
+    _row_difficulty(row, example)
     if domain == "math":
         truth = row.get("ground_truth_solution")
         example["answer"] = (_final_answer(truth) if truth else None) or example["answer"]

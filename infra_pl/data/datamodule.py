@@ -141,6 +141,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.flip = flip
         self.remove_exploration = remove_exploration
         self.train_weights: list[float] | None = None  # per training example, set by flip mode "reweight"
+        self.difficulty_summary: Any = None  # which signal gave each level (infra_pl.data.difficulty), once set up
         self.tokenizer_name = tokenizer
         self.tokenizer_vocab_size = tokenizer_vocab_size
         self.max_length = max_length
@@ -261,6 +262,7 @@ class ReasoningDataModule(L.LightningDataModule):
             both, summary = apply_difficulty(train + pool, self.difficulty)
             summary.warn()
             rank_zero_info(summary.describe())
+            self.difficulty_summary = summary
             train, pool = both[: len(train)], both[len(train) :]
         if self.flip is not None:
             before = train
@@ -283,8 +285,10 @@ class ReasoningDataModule(L.LightningDataModule):
             return
         out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         labels = ("original", {"flip": "flipped", "reverse": "reverse-flipped", "reweight": "reweighted"}[self.flip.mode])
+        summary = self.difficulty_summary
         png, _ = write_difficulty_histograms(
-            before, after, out_dir, name=f"difficulty_{self.flip.mode}", after_weights=self.train_weights, labels=labels
+            before, after, out_dir, name=f"difficulty_{self.flip.mode}", after_weights=self.train_weights, labels=labels,
+            source_note=summary.note() if summary is not None else None,
         )
         rank_zero_info(f"difficulty histograms (Figure 5b): {png}")
 

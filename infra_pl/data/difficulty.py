@@ -37,13 +37,18 @@ LEVEL_NAMES: dict[str, int] = {
     "easy": 1,
     "medium": 2,
     "hard": 3,
-    # APPS / TACO
+    # APPS
     "introductory": 1,
     "interview": 2,
     "competition": 3,
+    # TACO (EASY, MEDIUM, MEDIUM_HARD, HARD, VERY_HARD; easy/medium/hard as above)
+    "medium_hard": 3,
+    "very_hard": 4,
 }
 _LEVEL_RE = re.compile(r"^(?:level\s*)?(\d+)$", re.IGNORECASE)
-_UNKNOWN_LEVELS = {"", "?", "level ?", "unknown", "none", "null", "n/a"}
+_UNKNOWN_LEVELS = {"", "?", "level ?", "unknown", "none", "null", "n/a", "unknown_difficulty"}
+LENGTH_SOURCE = "length_quantile"
+LENGTH_NOTE = "difficulty = length quintile"  # how figures and reports name the fallback
 
 
 def parse_level(value: Any) -> int | None:
@@ -214,6 +219,7 @@ class DifficultySummary:
     """How many examples got a level from which signal, per domain."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # domain -> source -> n
+    k_is_five: bool = True  # length levels are quintiles (the default k) rather than other quantiles
 
     def add(self, domain: str, source: str | None) -> None:
         per_domain = self.counts.setdefault(domain, {})
@@ -231,7 +237,27 @@ class DifficultySummary:
             parts.append(f"{domain} ({detail})")
         return "difficulty sources: " + "; ".join(parts)
 
+    def length_domains(self) -> dict[str, int]:
+        """Domains with levels from the length fallback, and how many examples got one that way."""
+        return {d: n for d, sources in sorted(self.counts.items()) if (n := sources.get(LENGTH_SOURCE, 0))}
+
+    def note(self) -> str | None:
+        """``"difficulty = length quintile"`` (with its domains) when any level is the length fallback."""
+        length = self.length_domains()
+        if not length:
+            return None
+        return f"{LENGTH_NOTE if self.k_is_five else 'difficulty = length quantile'} ({', '.join(f'{d}: {n}' for d, n in length.items())})"
+
     def warn(self) -> None:
+        length = self.length_domains()
+        if length:
+            warnings.warn(
+                f"{self.describe()}. Levels of {sorted(length)} fall back to reasoning-LENGTH quantiles for "
+                f"{sum(length.values())} example(s): a long trace is a proxy for a hard problem, not a measure of it. "
+                "Figures and reports label them 'difficulty = length quintile'; give a difficulty table "
+                "(data.difficulty.table) or levels in the data for a real signal.",
+                stacklevel=3,
+            )
         mixed = self.mixed_domains()
         if mixed:
             warnings.warn(
@@ -278,7 +304,15 @@ def apply_difficulty(
             f"(signals={list(options.signals)}, table={options.table!r})"
         )
     table = DifficultyTable.load(options.table, options.table_key, options.table_level) if options.table else None
-    return assign_difficulty(examples, options.signals, table=table, k=options.k)
+    out, summary = assign_difficulty(examples, options.signals, table=table, k=options.k)
+    summary.k_is_five = options.k == 5
+    if table is not None and table.hits == 0 and table.misses:
+        raise DataError(
+            f"data.difficulty: the table {options.table} matched none of the {table.misses} problems looked up "
+            f"(key column '{options.table_key}'; problem text is compared whitespace-normalised, without the prompt's "
+            "answer-format instruction). Check that the table is keyed by the same problem text as the data."
+        )
+    return out, summary
 
 
 def assign_difficulty(
@@ -314,7 +348,7 @@ def assign_difficulty(
                 level, source = table.lookup(_problem_text(example)), table.source
             elif signal == "length":
                 assert lengths is not None
-                level, source = lengths.level(example), "length_quantile"
+                level, source = lengths.level(example), LENGTH_SOURCE
             if level is not None:
                 break
         new["difficulty"] = level

@@ -272,10 +272,13 @@ def write_difficulty_histograms(
     name: str = "difficulty_flip",
     after_weights: Sequence[float] | None = None,
     labels: tuple[str, str] = ("original", "flipped"),
+    source_note: str | None = None,
 ) -> tuple[Path, Path]:
     """Figure 5b: per-domain bars of examples per level, before vs after. Writes PNG + JSON.
 
     ``after_weights`` plots expected counts under a reweighting instead of a resampled set.
+    ``source_note`` (e.g. "difficulty = length quintile") titles the figure and goes to the JSON,
+    so a length-proxy flip is never read as a difficulty flip.
     Uses the Agg canvas directly (no pyplot, no global backend switch), so it is safe on
     headless machines and inside a running training process.
     """
@@ -288,6 +291,7 @@ def write_difficulty_histograms(
     present = set(counts[labels[0]]) | set(counts[labels[1]])
     domains = [d for d in DOMAINS if d in present] + sorted(present - set(DOMAINS))
     payload = {
+        "difficulty_source_note": source_note,
         "labels": list(labels),
         "counts": counts,
         "mean_difficulty": {
@@ -315,10 +319,12 @@ def write_difficulty_histograms(
             axis.bar([x + offset for x in xs], ys, width=width, label=label)
         axis.set_xticks(list(xs))
         axis.set_xticklabels(levels)
-        axis.set_xlabel("difficulty level")
+        axis.set_xlabel("difficulty level" if source_note is None else "length quintile (difficulty proxy)")
         axis.set_ylabel("examples")
         axis.set_title(domain)
         axis.legend()
+    if source_note is not None:
+        figure.suptitle(source_note, color="firebrick")
     figure.tight_layout()
     png_path = out_dir / f"{name}.png"
     figure.savefig(png_path, dpi=120)

@@ -192,11 +192,27 @@ def behaviour_summary(
     Columns: ``behaviour``, ``measurement``, ``n_with``, ``share_of_examples`` (prevalence, Figure
     6's distribution), ``mean_with`` (+ ``_ci_low``/``_ci_high``), ``share_positive_with``, the same
     ``*_without``, and ``difference`` = mean_with - mean_without (a point estimate; the two CIs
-    show its uncertainty). A side with no examples has n = 0 and NaN statistics.
+    show its uncertainty). A behaviour no example shows has no row (a "with" side of nothing is
+    not a statistic); its name is in ``attrs["not_observed"]``. Untagged examples (null counts) and
+    a table where no example shows any behaviour are errors: both mean nothing was measured.
     """
     mapping = behaviour_columns(instance_df, behaviours, _INSTANCE)
     names = _checked_instance(instance_df, list(mapping.values()), measurements)
+    untagged = int(instance_df[list(mapping.values())].isna().any(axis=1).sum())
+    if untagged:
+        raise ReportInputError(
+            f"{_INSTANCE}: {untagged} of {len(instance_df)} examples have no behaviour counts (never tagged); "
+            "tag the traces (InfluenceScores tagger: rules or an LLM judge) before comparing behaviours"
+        )
     require_finite(instance_df, list(mapping.values()), _INSTANCE)
+    shown = {b: c for b, c in mapping.items() if (instance_df[c].to_numpy(dtype=float) > 0).any()}
+    if not shown:
+        raise ReportInputError(
+            f"{_INSTANCE}: no example shows any of the behaviours {sorted(mapping)}: a behaviour table would be empty. "
+            "Check the tagger on a few traces or leave behaviours out (tagger: none)"
+        )
+    not_observed = [b for b in mapping if b not in shown]
+    mapping = shown
     columns = [score_column(m) for m in names]
     scores = instance_df[columns].to_numpy(dtype=float).reshape(len(instance_df), len(names))
     rows = []
@@ -221,7 +237,9 @@ def behaviour_summary(
                 "share_positive_without": without["share_positive"][j],
                 "difference": with_["mean"][j] - without["mean"][j],
             })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs["not_observed"] = not_observed
+    return frame
 
 
 # --------------------------------------------------------------------------- sentence tables
@@ -350,7 +368,7 @@ def standard_tables(
     """
     kw = {"measurements": measurements, "n_boot": n_boot, "seed": seed, "ci": ci}
     tables: dict[str, pd.DataFrame] = {}
-    if "difficulty" in instance_df.columns:
+    if "difficulty" in instance_df.columns and instance_df["difficulty"].notna().any():  # all-null: nothing to compare
         tables["domain_difficulty"] = domain_difficulty_table(instance_df, **kw)
     by_domain = group_summary(instance_df, "domain", **kw)
     names = list(dict.fromkeys(by_domain["measurement"])) or resolve_measurements(instance_df, measurements)

@@ -52,6 +52,7 @@ class MeasurementRow:
     fallback: Any
     f_value: Any
     warning: str | None = None
+    target: Any = None  # which correct answers are teacher-forced: generated / reference / mixed
 
 
 @dataclass
@@ -85,10 +86,12 @@ class ReportContent:
     tables: dict[str, pd.DataFrame]
     examples: dict[str, list[ExampleView]]
     notes: list[str] = field(default_factory=list)
+    provenance: list[str] = field(default_factory=list)  # where targets, labels and levels come from
+    provenance_warnings: list[str] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
-        return [row.warning for row in self.measurement_rows if row.warning]
+        return [row.warning for row in self.measurement_rows if row.warning] + self.provenance_warnings
 
     def fallback_label(self, measurement: str) -> str:
         """``"REFERENCE FALLBACK"`` (or the fallback's name) for a fallback measurement, else ``""``,
@@ -112,7 +115,7 @@ def _measurement_rows(measurements: list[str], info: Mapping[str, Any] | None) -
     for name in list(dict.fromkeys([*measurements, *info])):
         entry = info.get(name) or {}  # a dict or a MeasurementSet-like object
         row = MeasurementRow(name, _value(entry, "n_available"), _value(entry, "n_used"),
-                             _value(entry, "fallback"), _value(entry, "f_value"))
+                             _value(entry, "fallback"), _value(entry, "f_value"), target=_target_label(entry))
         if not entry:
             row.warning = f"Measurement '{name}': no measurement info was provided (D_correct size unknown)."
         elif row.fallback == "reference":
@@ -132,6 +135,80 @@ def _measurement_rows(measurements: list[str], info: Mapping[str, Any] | None) -
                 f"(No score_{name} column in the instance scores.)"
         rows.append(row)
     return rows
+
+
+_TARGET_WORDS = {"generated": "the model's own correct generations", "reference": "the dataset's reference solutions"}
+
+
+def _target_label(entry: Any) -> str | None:
+    """``generated (100)`` / ``reference (40)`` / ``mixed: 30 generated, 10 reference``, from measurement info."""
+    target = _value(entry, "target")
+    counts = _value(entry, "target_counts") or {}
+    if target is None:
+        return None
+    if target == "mixed":
+        return "mixed: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    n = counts.get(target)
+    return f"{target} ({n})" if n is not None else str(target)
+
+
+def data_provenance(instance_df: pd.DataFrame, sentence_df: pd.DataFrame | None,
+                    measurement_info: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
+    """Sentences saying where every label the tables group by came from, and the warnings among them.
+
+    Why in the report: the same table means different things when difficulty is a MATH level or a
+    trace-length quintile, when behaviours were tagged by rules or a judge, and when f measures the
+    model's own answers or human references. A reader must see which, next to the numbers.
+    """
+    lines: list[str] = []
+    warnings: list[str] = []
+    for name, entry in dict(measurement_info or {}).items():
+        target = _value(entry, "target")
+        if target is None:
+            continue
+        counts = _value(entry, "target_counts") or {}
+        detail = ", ".join(f"{n} {_TARGET_WORDS.get(k, k)}" for k, n in counts.items() if n)
+        lines.append(f"Measurement '{name}': y_i of Eq. 6 = {detail or target} (option target: "
+                     f"{_value(entry, 'target_option') or target}).")
+        answer_only = _value(entry, "answer_only_references")
+        if answer_only:
+            warnings.append(f"Measurement '{name}': {answer_only} item(s) teacher-force an answer-only reference "
+                            "(no worked solution in the dataset), not a correct solution.")
+    n = len(instance_df)
+    behaviour_columns_ = [c for c in instance_df.columns if str(c).startswith("behaviour_")]
+    if "tagged_by" in instance_df.columns and behaviour_columns_:
+        taggers = sorted({str(t) for t in instance_df["tagged_by"].dropna()})
+        shown = ", ".join(f"{c.removeprefix('behaviour_')} {int((instance_df[c] > 0).sum())}" for c in behaviour_columns_)
+        lines.append(f"Behaviours: tagged by {', '.join(taggers) or 'unknown'} on the {n} training traces "
+                     f"(traces showing each: {shown}); sentence labels come from the same tags.")
+    elif behaviour_columns_:
+        lines.append("Behaviours: counts stored with the data (no tagger ran).")
+    else:
+        lines.append("Behaviours: not tagged (tagger: none), so the behaviour tables are omitted.")
+    if "difficulty" in instance_df.columns:
+        if instance_df["difficulty"].isna().all():
+            lines.append("Difficulty: no example has a level (no signal configured: data.difficulty), "
+                         "so the difficulty tables are omitted.")
+        elif "difficulty_source" in instance_df.columns:
+            parts = []
+            for domain, group in instance_df.groupby("domain", sort=True):
+                counts = group["difficulty_source"].fillna("none").value_counts()
+                parts.append(f"{domain}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            lines.append("Difficulty levels from: " + "; ".join(parts) + ".")
+            length = instance_df["difficulty_source"] == "length_quantile"
+            if length.any():
+                domains = sorted(instance_df.loc[length, "domain"].unique())
+                warnings.append(f"difficulty = length quintile for {int(length.sum())} example(s) ({', '.join(domains)}): "
+                                "their 'difficulty' is reasoning-trace length, a proxy; read difficulty findings "
+                                "for them as findings about length.")
+    if "truncated" in instance_df.columns and instance_df["truncated"].any():
+        lines.append(f"Truncation: {int(instance_df['truncated'].sum())} of {n} training examples are longer than "
+                     "max_length; their scores cover the kept prefix.")
+    past = dict((sentence_df.attrs.get("sentences_past_cut") or {})) if sentence_df is not None else {}
+    if past:
+        lines.append(f"Sentence scores: {sum(past.values())} sentence(s) of {len(past)} example(s) lie wholly past "
+                     "max_length (never trained on) and are left out of every sentence table.")
+    return lines, warnings
 
 
 def _meta(row: pd.Series) -> dict[str, Any]:
@@ -186,7 +263,13 @@ def build_content(
         notes.append("No token scores were provided: token heatmaps are omitted.")
     if not has_sentences:
         notes.append("No sentence scores were provided: sentence tables are omitted.")
+    provenance, provenance_warnings = data_provenance(instance_df, sentence_df, measurement_info)
+    not_observed = list(tables.get("behaviours").attrs.get("not_observed", [])) if "behaviours" in tables else []
+    if not_observed:
+        provenance.append(f"No training example shows {', '.join(not_observed)}: no row for it in the behaviour table.")
     return ReportContent(
+        provenance=provenance,
+        provenance_warnings=provenance_warnings,
         title=title,
         n_train=len(instance_df),
         measurements=measurements,

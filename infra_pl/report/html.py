@@ -160,13 +160,16 @@ def render_html(content: ReportContent, figures: list[tuple[str, str, bytes]], t
                 + "".join(f"<p>{_e(p)}</p>" for p in content.meaning) + "</div>")
     for note in content.notes:
         body.append(f'<p class="note">{_e(note)}</p>')
+    if content.provenance:
+        body.append("<h2>Where the labels come from</h2><ul>" + "".join(f"<li>{_e(line)}</li>" for line in content.provenance) + "</ul>")
 
     body.append("<h2>Measurements (D_correct)</h2>")
     if content.measurement_rows:
         info = pd.DataFrame([{"measurement": r.name, "correct items available": r.n_available,
                               "items used (n)": r.n_used, "fallback": r.fallback or "none (D_correct)",
-                              "f (mean log-likelihood)": r.f_value} for r in content.measurement_rows])
-        body.append(_table(info, text_columns=("measurement", "fallback")))
+                              "target": r.target or "reference", "f (mean log-likelihood)": r.f_value}
+                             for r in content.measurement_rows])
+        body.append(_table(info, text_columns=("measurement", "fallback", "target")))
     else:
         body.append('<p class="note">No measurement info was provided.</p>')
 

@@ -62,10 +62,13 @@ def render_markdown(
         out += [f"> **\u26a0 WARNING:** {_md(warning)}", ""]
     out += ["## What the scores mean", ""] + [p + "\n" for p in map(_md, content.meaning)]
     out += [f"_{_md(note)}_\n" for note in content.notes]
+    if content.provenance:
+        out += ["## Where the labels come from", ""] + [f"- {_md(line)}" for line in content.provenance] + [""]
 
     out += ["## Measurements (D_correct)", ""]
     info = pd.DataFrame([{"measurement": r.name, "correct items available": r.n_available, "items used (n)": r.n_used,
-                          "fallback": r.fallback or "none (D_correct)", "f (mean log-likelihood)": r.f_value}
+                          "fallback": r.fallback or "none (D_correct)", "target": r.target or "reference",
+                          "f (mean log-likelihood)": r.f_value}
                          for r in content.measurement_rows])
     out.append(markdown_table(info) if len(info) else "_No measurement info was provided._\n")
 

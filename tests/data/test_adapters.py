@@ -121,7 +121,7 @@ def test_magicoder_language_filter_is_counted():
 
 
 def test_bespoke_stratos_domains_categories_answers_and_behaviours(small_tokenizer):
-    assert all(sum(e["behaviours"].values()) == 0 for e in load("bespoke_stratos.jsonl", "bespoke_stratos"))  # opt-in
+    assert all(e["behaviours"] is None for e in load("bespoke_stratos.jsonl", "bespoke_stratos"))  # opt-in: untagged is None, not zeros
     examples, _ = load_bound("bespoke_stratos.jsonl", "bespoke_stratos", {"tag_behaviours": True})
     assert [(e["domain"], e["category"]) for e in examples] == [("math", "math"), ("code", "stdin"), ("code", "call_based")]
     math, stdin, call = examples
@@ -158,7 +158,7 @@ def test_bespoke_stratos_options_system_and_domain():
     examples, _ = load_bound("bespoke_stratos.jsonl", "bespoke_stratos", {"system": "@long_cot", "domain": "code", "tag_behaviours": False})
     assert all(e["domain"] == "code" for e in examples)
     assert examples[0]["messages"][0]["content"] == SYSTEM_PRESETS["@long_cot"]
-    assert all(sum(e["behaviours"].values()) == 0 for e in examples)
+    assert all(e["behaviours"] is None for e in examples)
     no_system, _ = load_bound("bespoke_stratos.jsonl", "bespoke_stratos", {"system": ""})
     assert [m["role"] for m in no_system[0]["messages"]] == ["user", "assistant"]
 

@@ -107,3 +107,50 @@ def test_apply_difficulty_options(tmp_path):
         DifficultyOptions(signals=["table", "length"], table=str(fixture("math_train_levels.jsonl"))),
     )
     assert (out[0]["difficulty"], out[0]["difficulty_source"]) == (3, "table:math_train_levels.jsonl")
+
+
+def test_row_difficulty_fields_are_read_with_their_source():
+    """OpenThoughts-style rows that carry a difficulty rating keep it, named by source and field."""
+    from infra_pl.data.adapter_base import AdapterContext  # noqa: F401 - registers adapters
+    from infra_pl.data.adapters import _row_difficulty
+    from infra_pl.data.difficulty import parse_level
+
+    example = {}
+    _row_difficulty({"difficulty": "MEDIUM_HARD", "source": "taco"}, example)
+    assert example == {"difficulty": 3, "difficulty_source": "taco:difficulty"}
+    assert parse_level("VERY_HARD") == 4 and parse_level("UNKNOWN_DIFFICULTY") is None
+    untouched = {}
+    _row_difficulty({"source": "apps"}, untouched)
+    assert untouched == {}
+
+
+def test_a_table_that_matches_no_problem_is_an_error(tmp_path):
+    from infra_pl.data.difficulty import DifficultyOptions, apply_difficulty
+    from infra_pl.data.schema import DataError
+
+    table = tmp_path / "levels.jsonl"
+    table.write_text('{"problem": "Something else entirely.", "level": "Level 2"}\n')
+    example = {"domain": "math", "messages": [{"role": "user", "content": "What is 2+2?"},
+                                               {"role": "assistant", "content": "4"}], "difficulty": None}
+    with pytest.raises(DataError, match="matched none"):
+        apply_difficulty([example], DifficultyOptions(signals=["table", "length"], table=str(table)))
+
+
+def test_length_fallback_is_named_in_the_summary_and_the_flip_figure(tmp_path):
+    import json
+    import warnings as warnings_module
+
+    from infra_pl.data.difficulty import DifficultyOptions, apply_difficulty
+    from infra_pl.data.flip import write_difficulty_histograms
+
+    examples = [{"domain": "math", "difficulty": None,
+                 "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "word " * (k + 1)}]}
+                for k in range(10)]
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always")
+        levelled, summary = apply_difficulty(examples, DifficultyOptions(signals=["length"]))
+        summary.warn()
+    assert any("length quintile" in str(w.message) for w in caught)
+    assert summary.note() == "difficulty = length quintile (math: 10)"
+    _, json_path = write_difficulty_histograms(levelled, levelled, tmp_path, source_note=summary.note())
+    assert json.loads(json_path.read_text())["difficulty_source_note"].startswith("difficulty = length quintile")

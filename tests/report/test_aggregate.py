@@ -101,16 +101,26 @@ def test_domain_difficulty_table_keeps_missing_difficulty(instance_df):
 
 def test_behaviour_summary_with_vs_without(instance_df):
     table = behaviour_summary(instance_df, **FAST)
-    assert list(dict.fromkeys(table["behaviour"])) == ["verification", "exploration", "backtracking",
-                                                       "subgoal_setting", "backward_chaining"]
+    assert list(dict.fromkeys(table["behaviour"])) == ["verification", "exploration"]
+    assert table.attrs["not_observed"] == ["backtracking", "subgoal_setting", "backward_chaining"]
     ver = _row(table, behaviour="verification", measurement="math")  # with: a, c, f
     assert (ver["n_with"], ver["mean_with"], ver["n_without"], ver["mean_without"]) == (3, 1.0, 4, 1.75)
     assert ver["difference"] == -0.75 and ver["share_of_examples"] == pytest.approx(3 / 7)
     exp = _row(table, behaviour="exploration", measurement="code")  # with: b, e
     assert exp["mean_with"] == 0.0 and exp["mean_without"] == pytest.approx(1.2)  # [0, -1, 2, 1, 4] / 5
-    none = _row(table, behaviour="backtracking", measurement="math")  # nobody backtracks: empty group
-    assert none["n_with"] == 0 and np.isnan(none["mean_with"]) and np.isnan(none["mean_with_ci_low"])
-    assert none["mean_without"] == pytest.approx(10 / 7)
+    assert not table.isna().any().any()  # nobody backtracks: no row of NaN for it
+
+
+def test_behaviour_summary_refuses_untagged_or_empty_behaviours(instance_df):
+    """Real datasets carry no behaviour labels: untagged counts or no behaviour at all is an error, not NaN."""
+    from infra_pl.report.validate import ReportInputError
+
+    untagged = instance_df.assign(behaviour_verification=np.nan)
+    with pytest.raises(ReportInputError, match="never tagged"):
+        behaviour_summary(untagged, **FAST)
+    empty = instance_df.assign(behaviour_verification=0, behaviour_exploration=0)
+    with pytest.raises(ReportInputError, match="no example shows any"):
+        behaviour_summary(empty, **FAST)
 
 
 def test_sentence_behaviour_summary_counts_each_label(sentence_df):
@@ -188,7 +198,8 @@ def test_empty_input_gives_empty_tables(instance_df):
     table = group_summary(empty, "domain", **FAST)
     assert table.empty and "mean_ci_low" in table.columns
     assert cross_domain_table(empty, **FAST).empty
-    assert behaviour_summary(empty, **FAST)["n_with"].eq(0).all()
+    with pytest.raises(ReportInputError, match="no example shows any"):
+        behaviour_summary(empty, **FAST)  # nothing to compare is an error, not a table of NaN
 
 
 # --------------------------------------------------------------------------- bundles and files
@@ -204,8 +215,8 @@ def test_standard_tables_and_write_tables(tmp_path, instance_df, sentence_df):
         records = json.loads(paths["json"].read_text())  # strict JSON: no NaN tokens
         assert len(records) == len(tables[name])
     behaviours = json.loads(written["behaviours"]["json"].read_text())
-    backtracking = next(r for r in behaviours if r["behaviour"] == "backtracking" and r["measurement"] == "math")
-    assert backtracking["mean_with"] is None and backtracking["n_with"] == 0
+    assert {r["behaviour"] for r in behaviours} == {"verification", "exploration"}  # no all-None rows
+    assert all(r["mean_with"] is not None for r in behaviours)
     difficulty = json.loads(written["domain_difficulty"]["json"].read_text())
     assert {r["difficulty"] for r in difficulty} == {1, 2, 5, None}
     csv = pd.read_csv(written["cross_domain"]["csv"])
