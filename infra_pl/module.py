@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 import torchmetrics
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
 from infra_pl.ekfac.loss import sample_target_labels
@@ -47,9 +49,14 @@ class SFTModule(L.LightningModule):
         betas: AdamW betas.
         warmup_fraction: share of the run spent in linear warmup.
         min_lr_ratio: final learning rate as a fraction of the peak.
-        time_budget_s: if set, the LR schedule runs on wall-clock time too (progress = max of step
-            and time fractions) and training stops when the budget is used, so the LR always
-            anneals even on a slow or shared machine.
+        time_budget_s: opt-in wall-clock budget. Default (null): the warmup + cosine schedule runs
+            over a fixed number of optimizer steps (``trainer.max_steps``, or the steps of
+            ``max_epochs``), so a seed and a thread count give the same model on any machine,
+            however busy. If set, the LR schedule runs on wall-clock time too (progress = max of
+            step and time fractions) and training stops when the budget is used, so the LR always
+            anneals, but how many steps fit, and so the model, depends on the machine's load; the
+            steps taken are logged and recorded (``fit_summary.json`` next to the checkpoints, and
+            ``infra_pl_fit`` in every checkpoint).
         generate_during_fit: also generate and score answers in validation epochs during fit.
         max_new_tokens: generation length limit.
         correctness_file: where ``validate`` writes per-example correctness (JSONL); default
@@ -87,6 +94,9 @@ class SFTModule(L.LightningModule):
         self.lora = lora
         self.sandbox_limits = sandbox or SandboxLimits()
         self._clock: ProgressClock | None = None
+        self._planned_steps: int | None = None
+        self._fit_started: float | None = None
+        self.fit_summary: dict[str, Any] | None = None
         self._verdicts: list[Verdict] = []
         self.last_correctness_path: Path | None = None
         if lora is not None:
@@ -182,6 +192,7 @@ class SFTModule(L.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
+        self._fit_started = time.monotonic()
         if self._clock is not None:
             self._clock.start()
 
@@ -205,6 +216,7 @@ class SFTModule(L.LightningModule):
             betas=tuple(self.hparams.betas),
         )
         total = self.trainer.estimated_stepping_batches
+        self._planned_steps = int(total) if 0 < total < float("inf") else None
         if total == float("inf") or total <= 0:
             if not self.hparams.time_budget_s:
                 raise ValueError("set trainer.max_steps/max_epochs or model.time_budget_s so the LR schedule has an end")
@@ -290,6 +302,50 @@ class SFTModule(L.LightningModule):
         os.replace(tmp, path)
         self.last_correctness_path = path
 
+    # ------------------------------------------------------- what fit did
+    def current_fit_summary(self) -> dict[str, Any]:
+        """How this fit was scheduled and how many optimizer steps it has taken so far.
+
+        With a wall-clock budget the step count is the one thing that tells two runs' models
+        apart, so it goes into every checkpoint and ``fit_summary.json``.
+        """
+        budget = self.hparams.time_budget_s
+        elapsed = time.monotonic() - self._fit_started if self._fit_started is not None else None
+        clock = self._clock
+        return {
+            "schedule": "time_budget" if budget else "steps",
+            "optimizer_steps": int(self.global_step),
+            "planned_steps": self._planned_steps,
+            "time_budget_s": budget,
+            "stopped_by_time_budget": bool(
+                budget and clock is not None and self._planned_steps != self.global_step
+                and clock.progress(self.global_step) >= 1.0
+            ),
+            "train_seconds": round(elapsed, 3) if elapsed is not None else None,
+            "seed": int(os.environ["PL_GLOBAL_SEED"]) if os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit() else None,
+            "torch_threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        }
+
+    def on_train_end(self) -> None:
+        summary = self.current_fit_summary()
+        self.fit_summary = summary
+        if summary["schedule"] == "time_budget":
+            how = f"wall-clock budget {summary['time_budget_s']} s" + (" used up" if summary["stopped_by_time_budget"] else "")
+        else:
+            how = f"step schedule of {summary['planned_steps']} steps"
+        rank_zero_info(
+            f"[infra-pl] fit took {summary['optimizer_steps']} optimizer steps in {summary['train_seconds']} s "
+            f"({how}; seed {summary['seed']}, {summary['torch_threads']} torch thread(s))"
+        )
+        if not self.trainer.is_global_zero:
+            return
+        callback = self.trainer.checkpoint_callback
+        folder = getattr(callback, "dirpath", None) or self.trainer.log_dir or self.trainer.default_root_dir
+        path = Path(folder) / "fit_summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
     # ------------------------------------------------------------ checkpoints
     def _check_checkpoint_shapes(self, state: dict[str, torch.Tensor]) -> None:
         """Refuse a checkpoint whose tensors do not fit, naming the likely cause (another tokenizer)."""
@@ -306,6 +362,8 @@ class SFTModule(L.LightningModule):
         raise ValueError(f"checkpoint does not match the model ({len(problems)} tensor(s)): {problems[:3]}.{hint}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            checkpoint["infra_pl_fit"] = self.current_fit_summary()
         if self.lora is None:
             return
         trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
