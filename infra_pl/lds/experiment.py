@@ -171,6 +171,7 @@ class LDSExperiment:
         features = [self.data.train_features[i] for i in sorted(indices)]
         losses = train(model, features, self.setting.finetune, seed, self.data.pad_token_id)
         model.final_loss = float(np.mean(losses[-10:]))  # type: ignore[attr-defined]
+        model.steps_taken = len(losses)  # type: ignore[attr-defined]
         return model
 
     def full_model(self, seed: int) -> nn.Module:
@@ -229,6 +230,9 @@ class LDSExperiment:
             f={name: float(items[rows].mean()) for name, rows in m.groups.items()},
             final_loss=float(getattr(model, "final_loss", float("nan"))),
             seconds=seconds,
+            # a fixed step count, never a wall-clock budget; a full model read back from disk was trained
+            # by the same recipe
+            steps=int(getattr(model, "steps_taken", self.setting.finetune.steps)),
         )
 
     def retrain(self, indices: Sequence[int], seed: int) -> RetrainRecord:

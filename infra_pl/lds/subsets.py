@@ -49,6 +49,7 @@ class RetrainRecord:
     f: dict[str, float]  # per measurement: mean of its items' log-likelihoods (paper Eq. 6)
     final_loss: float  # mean training loss over the last 10 steps
     seconds: float
+    steps: int | None = None  # optimiser steps the retrain took (None: a record written before they were kept)
     extra: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
@@ -118,7 +119,8 @@ def run_retrains(
             record = retrain(job.indices, job.seed)
             store.put(record)
             done += 1
+            steps = f"{record.steps} steps, " if record.steps is not None else ""
             log(f"retrain {done}/{todo} ({job.label}, {len(job.indices)} examples, seed {job.seed}): "
-                f"{time.perf_counter() - start:.1f} s, f = " + ", ".join(f"{k} {v:.4f}" for k, v in record.f.items()))
+                f"{steps}{time.perf_counter() - start:.1f} s, f = " + ", ".join(f"{k} {v:.4f}" for k, v in record.f.items()))
         records.append(record)
     return records
