@@ -14,6 +14,7 @@ from infra_pl.data.flip import FlipOptions, apply_flip
 from infra_pl.data.sources import ADAPTERS, Source, load_source
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+HUB = Path(__file__).resolve().parents[1] / "fixtures" / "hub"
 BASES = ("llama3_8b_metamath_oss", "qwen25_7b_stratos")
 VARIANTS = ("flip", "reverse_flip", "no_exploration")
 RECIPES = [f"{b}.yaml" for b in BASES] + [f"{b}_{v}.yaml" for b in BASES for v in VARIANTS] + ["demo_flip.yaml", "demo_reverse_flip.yaml"]
@@ -35,7 +36,10 @@ def test_recipe_sources_and_options_are_valid(name):
             assert source.get("adapter", "infra") in ADAPTERS, (name, source)
             adapter = ADAPTERS[source.get("adapter", "infra")]
             if hasattr(adapter, "bind"):
-                adapter.bind(source.get("options") or {}, source["path"])  # unknown option names fail here
+                options = dict(source.get("options") or {})
+                if isinstance(options.get("difficulty_table"), dict):  # a local export the user makes: use the fixture
+                    options["difficulty_table"] = {**options["difficulty_table"], "path": str(HUB / "math_train_levels.jsonl")}
+                adapter.bind(options, source["path"])  # unknown option names fail here
     if "flip" in data:
         FlipOptions(**data["flip"])
         assert data.get("pool"), f"{name}: a flip needs pool sources"
