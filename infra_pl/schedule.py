@@ -1,10 +1,13 @@
 """Learning-rate schedule: linear warmup then cosine decay, on steps or on wall-clock time.
 
-Why a wall-clock option: on a shared 2-core machine the number of steps that fit in a time
-budget is unknown in advance. If the schedule is defined on steps and the run is stopped by
-``max_time`` first, the learning rate never anneals and the final model is noticeably worse.
-Progress = max(step fraction, time fraction) guarantees the cosine reaches its floor by
-whichever limit comes first.
+The default runs on optimizer steps (``trainer.max_steps``): the run length, and so the model,
+is then a function of the seed and thread count alone, not of how busy the machine is.
+
+Why a wall-clock option (``SFTModule(time_budget_s=...)``, opt-in): on a shared machine the
+number of steps that fit in a time budget is unknown in advance. If the schedule is defined on
+steps and the run is stopped by ``max_time`` first, the learning rate never anneals and the
+final model is noticeably worse. Progress = max(step fraction, time fraction) guarantees the
+cosine reaches its floor by whichever limit comes first; the steps taken are then recorded.
 """
 
 from __future__ import annotations
