@@ -312,6 +312,7 @@ class SFTModule(L.LightningModule):
         budget = self.hparams.time_budget_s
         elapsed = time.monotonic() - self._fit_started if self._fit_started is not None else None
         clock = self._clock
+        seed = os.environ.get("PL_GLOBAL_SEED", "")  # set by seed_everything (the CLI's seed_everything)
         return {
             "schedule": "time_budget" if budget else "steps",
             "optimizer_steps": int(self.global_step),
@@ -322,7 +323,7 @@ class SFTModule(L.LightningModule):
                 and clock.progress(self.global_step) >= 1.0
             ),
             "train_seconds": round(elapsed, 3) if elapsed is not None else None,
-            "seed": int(os.environ["PL_GLOBAL_SEED"]) if os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit() else None,
+            "seed": int(seed) if seed.lstrip("-").isdigit() else None,
             "torch_threads": torch.get_num_threads(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         }
@@ -331,7 +332,8 @@ class SFTModule(L.LightningModule):
         summary = self.current_fit_summary()
         self.fit_summary = summary
         if summary["schedule"] == "time_budget":
-            how = f"wall-clock budget {summary['time_budget_s']} s" + (" used up" if summary["stopped_by_time_budget"] else "")
+            used = " used up" if summary["stopped_by_time_budget"] else ""
+            how = f"wall-clock budget {summary['time_budget_s']} s{used}"
         else:
             how = f"step schedule of {summary['planned_steps']} steps"
         rank_zero_info(
