@@ -312,7 +312,7 @@ class SFTModule(L.LightningModule):
         budget = self.hparams.time_budget_s
         elapsed = time.monotonic() - self._fit_started if self._fit_started is not None else None
         clock = self._clock
-        seed = os.environ.get("PL_GLOBAL_SEED", "")  # set by seed_everything (the CLI's seed_everything)
+        seed = os.environ.get("PL_GLOBAL_SEED", "")  # set by seed_everything
         return {
             "schedule": "time_budget" if budget else "steps",
             "optimizer_steps": int(self.global_step),
