@@ -128,7 +128,7 @@ def test_figure_7_traces():
 
 THOUGHT = (
     "<|begin_of_thought|>\n\nI need the sum of 5 and 7. Alternatively, I could count up one by one. 5 + 7 = 12. "
-    "Another way: 7 + 5 = 12. Adding in either order gives the same result.\n\nLet me check: 12 - 7 = 5, correct."
+    "Another way: 7 + 5 = 12. Addition lets the order of the terms change.\n\nLet me check: 12 - 7 = 5, correct."
     "\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\nThe answer is \\boxed{12}. Another way is counting.\n\n<|end_of_solution|>"
 )
 
@@ -150,7 +150,7 @@ def test_exploration_counts_only_after_the_answer():
 
 def test_exploration_cut_removes_the_episode_only():
     text, removed = strip_exploration(THOUGHT)
-    assert [s.text for s in removed] == ["Another way: 7 + 5 = 12.", "Adding in either order gives the same result."]
+    assert [s.text for s in removed] == ["Another way: 7 + 5 = 12.", "Addition lets the order of the terms change."]
     assert "Alternatively, I could count up" in text and "Let me check" in text and "Another way: 7" not in text
     text, removed = strip_exploration(THOUGHT, scope="sentence")
     assert [s.text for s in removed] == ["Another way: 7 + 5 = 12."]
