@@ -96,8 +96,9 @@ class InfluenceScores(AttributionStep):
         tagger: who labels the cognitive behaviours of every training trace (instance columns
             ``behaviour_*`` and sentence labels): ``rules`` (:data:`infra_pl.data.behaviours.RULES`),
             an :class:`~infra_pl.data.llm_judge.LLMJudgeTagger` (the paper's judge; ``class_path``
-            in YAML), or ``none`` (no behaviour analyses). Tagged once per trace, on the whole
-            trace, and cached under the scores folder.
+            in YAML), ``none`` (no behaviour analyses) or ``auto`` (rules when the datamodule gives
+            chat examples through ``attribution_example``, else none, said in the log and report).
+            Tagged once per trace, on the whole trace, and cached under the scores folder.
         tag_workers: processes for rule tagging (~0.1 s per long trace).
     """
 
@@ -120,13 +121,13 @@ class InfluenceScores(AttributionStep):
         streams: int = 1,
         pairwise_dtype: str = "float32",
         target: str = "auto",
-        tagger: Any = "rules",
+        tagger: Any = "auto",
         tag_workers: int = 1,
     ) -> None:
         check_streams(streams)
         from infra_pl.data.tagging import resolve_tagger
 
-        self.tagger = resolve_tagger(tagger)
+        self.tagger = tagger if tagger == "auto" else resolve_tagger(tagger)
         self.pairwise_dtype = resolve_compute_dtype(pairwise_dtype)
         if fallback not in (None, "reference"):
             raise ValueError(f"fallback must be null or 'reference', got {fallback!r}")
@@ -184,6 +185,17 @@ class InfluenceScores(AttributionStep):
                     )
 
     # --------------------------------------------------------------- entry point
+    def preflight(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
+        """Before any pass (factors included): protocol, the measurements' data, and behaviour tags."""
+        self.check_requirements(pl_module, datamodule)
+        context = MeasurementContext(trainer, pl_module, datamodule, self.batch_size)
+        for measurement in self.measurements:
+            check = getattr(measurement, "preflight", None)
+            if callable(check):
+                check(context)
+        out = Path(self.output_dir) if self.output_dir else trainer.attribution_dir() / "scores"
+        self._tagged = (self._tag_training_set(trainer, datamodule, out, len(datamodule.attribution_ids("train"))),)
+
     def run_attribution(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
         self.check_requirements(pl_module, datamodule)
         factors = trainer.attribution_state["factors"]
@@ -192,7 +204,9 @@ class InfluenceScores(AttributionStep):
         model = self._model(pl_module)
         tracked = self._tracked(model, factors)
         train_ids = list(datamodule.attribution_ids("train"))
-        tagged = self._tag_training_set(trainer, datamodule, out, len(train_ids))
+        preflighted = getattr(self, "_tagged", None)
+        self._tagged = None
+        tagged = preflighted[0] if preflighted is not None else self._tag_training_set(trainer, datamodule, out, len(train_ids))
         context = MeasurementContext(trainer, pl_module, datamodule, self.batch_size)
         specs = build_specs(self.measurements, context)
         info = {spec.name: dict(spec.info) for spec in specs}
@@ -257,10 +271,17 @@ class InfluenceScores(AttributionStep):
 
         Runs before any pass, so a tagger that cannot work (an unreachable judge) fails first.
         """
+        from infra_pl.data.tagging import resolve_tagger, tag_examples, tagger_name
+
+        if self.tagger == "auto":
+            readable = callable(getattr(datamodule, "attribution_example", None))
+            self.tagger = resolve_tagger("rules" if readable else "none")
+            if not readable:
+                _log(f"behaviours: tagger 'auto' found no attribution_example on {type(datamodule).__name__} (no "
+                     "traces to read), so no behaviour analyses; set tagger: rules with a datamodule that has it")
         if self.tagger is None:
-            _log("behaviours: tagger 'none', so no behaviour columns and no sentence behaviour labels")
+            _log("behaviours: no tagger, so no behaviour columns and no sentence behaviour labels")
             return None
-        from infra_pl.data.tagging import tag_examples, tagger_name
 
         if not callable(getattr(datamodule, "attribution_example", None)):
             raise ProtocolError(f"InfluenceScores tagger '{tagger_name(self.tagger)}' reads the training traces through "

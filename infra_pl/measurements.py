@@ -197,6 +197,33 @@ class CorrectAnswerLogLikelihood(Measurement):
         self.seed = seed
         self.target = target
 
+    def preflight(self, context: MeasurementContext) -> None:
+        """Refuse, before any pass, what cannot work on this data: teacher-forcing stand-in references
+        (target reference), and, when ``validate`` already wrote a correctness file, too few correct
+        items or a reference fallback onto stand-ins."""
+        datamodule = context.datamodule
+        records = eval_records(datamodule, "CorrectAnswerLogLikelihood (D_correct)")
+        kinds = [_reference_kind(datamodule, i) for i in range(len(records))]
+        by_domain: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            by_domain.setdefault(record["domain"], []).append(i)
+        for domain, indices in sorted(by_domain.items()):
+            stand_ins = [records[i]["id"] for i in indices if kinds[i] == "none"]
+            if stand_ins and self.target == "reference":
+                choose_targets(domain, [records[i]["id"] for i in indices], [kinds[i] for i in indices], "reference", False, False)
+            if stand_ins and self.fallback == "reference":
+                _log(f"measurement '{domain}': {len(stand_ins)} evaluation item(s) have no reference solution, so "
+                     "fallback: reference cannot be used for this domain (the run stops if it has fewer than "
+                     f"min_correct={self.min_correct} correct items)")
+        path = Path(self.correctness_file) if self.correctness_file else latest_correctness_file(context.trainer.default_root_dir)
+        if path is None or not path.exists():
+            return
+        sets = select_measurement_sets(records, read_correctness(path), n=self.n, min_correct=self.min_correct,
+                                       seed=self.seed, fallback=self.fallback)
+        long_cot = self.target == "auto" and training_is_long_cot(datamodule)
+        for name, chosen in sets.items():
+            choose_targets(name, chosen.ids, [kinds[i] for i in chosen.indices], self.target, long_cot, bool(chosen.fallback))
+
     def build(self, context: MeasurementContext) -> list[MeasurementSpec]:
         datamodule = context.datamodule
         records = eval_records(datamodule, "CorrectAnswerLogLikelihood (D_correct)")
