@@ -26,7 +26,7 @@ def test_second_fit_overwrites_last_and_validate_names_path_step_and_time(tmp_pa
     ckpt_dir = tmp_path / "runs/demo/checkpoints"
     main(["fit", *tiny_args(tiny_cache), *QUIET, "--trainer.max_steps", "2"])
     main(["fit", *tiny_args(tiny_cache), *QUIET, "--trainer.max_steps", "3"])
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in ckpt_dir.glob("*.ckpt")) == ["last.ckpt"]
     ckpt = ckpt_dir / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 3  # the newer fit
     capsys.readouterr()
@@ -52,7 +52,7 @@ def test_a_config_without_the_setting_gets_no_version_counter_on_last(tmp_path, 
         main(["fit", *args, *QUIET, "--trainer.max_steps", steps])
     assert "version counter off" in capsys.readouterr().err
     ckpt_dir = tmp_path / "runs/demo/checkpoints"
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in ckpt_dir.glob("*.ckpt")) == ["last.ckpt"]
     assert torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
 
 
