@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,10 @@ class AttributionStep(Callback):
     """
 
     order: int = 50
+
+    def preflight(self, trainer: "InfraTrainer", pl_module: L.LightningModule, datamodule: Any) -> None:
+        """Checks that need the data but no pass, run for every step before the first pass starts,
+        so an option that cannot work on this dataset is refused before hours of factor passes."""
 
     def run_attribution(self, trainer: "InfraTrainer", pl_module: L.LightningModule, datamodule: Any) -> None:
         raise NotImplementedError
@@ -121,6 +127,41 @@ class CheckpointReport(Callback):
             print(f"[infra-pl] checkpoint: {description}", file=sys.stderr)
 
 
+class AttributionStopped(SystemExit):
+    """``attribute`` stopped on SIGTERM at a batch boundary; what was written is whole, a rerun resumes.
+
+    A ``SystemExit`` with status 143 (128 + SIGTERM, what a scheduler or ``docker stop`` expects),
+    so that ``except Exception`` in user code does not swallow it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(128 + signal.SIGTERM)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _StopAtBatchBoundary(Callback):
+    """Ends a pass before its next batch once SIGTERM arrived (first in the callback list).
+
+    Raising ``StopIteration`` here takes the prediction loop's own end-of-data path: no callback has
+    seen the batch yet, and every ``on_predict_end`` runs, so score parts are flushed and stream
+    workers finish. The trainer then raises :class:`AttributionStopped` instead of handing the cut
+    pass's result on (a phase cut short is never saved as finished).
+    """
+
+    def __init__(self) -> None:
+        self.cut = False
+
+    def on_predict_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if getattr(trainer, "received_sigterm", False):
+            trainer._stop_requested = True  # type: ignore[attr-defined]
+        if getattr(trainer, "_stop_requested", False):
+            self.cut = True
+            raise StopIteration
+
+
 def _no_prediction(*args: Any, **kwargs: Any) -> None:
     """``predict_step`` during attribution passes: nothing to predict, the callbacks do the work."""
     return None
@@ -141,6 +182,25 @@ class InfraTrainer(L.Trainer):
         self.attribution_phase: str | None = None
         self.attribution_state: dict[str, Any] = {}
         self._pending_ckpt_path: str | None = None
+        self._stop_requested = False
+
+    # ------------------------------------------------------------- stopping
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:  # a second SIGTERM: stop now (written files are whole: atomic writes)
+            print("[infra-pl] second SIGTERM: exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + signal.SIGTERM)
+        self._stop_requested = True
+        if self.is_global_zero:
+            print("[infra-pl] SIGTERM: attribution stops at the next batch boundary (parts written so far are kept; "
+                  "run the same command again to resume)", file=sys.stderr, flush=True)
+
+    def _check_stop(self, where: str) -> None:
+        if self._stop_requested:
+            message = (f"[infra-pl] attribute stopped by SIGTERM {where}; finished phases and score parts are on "
+                       f"disk under {self.attribution_dir()} (and the factors folder); run the same command again to resume")
+            if self.is_global_zero:
+                print(message, file=sys.stderr, flush=True)
+            raise AttributionStopped(message)
 
     # ---------------------------------------------------------------- passes
     def attribution_dir(self) -> Path:
@@ -174,8 +234,11 @@ class InfraTrainer(L.Trainer):
         inference_mode = self.predict_loop.inference_mode
         self.predict_loop.inference_mode = False  # callbacks need autograd inside the pass
         ckpt_path, self._pending_ckpt_path = self._pending_ckpt_path, None
+        self._check_stop(f"before the pass '{phase}'")
         label = _PhaseProgressLabel(PHASE_LABELS.get(phase, phase))
         self.callbacks.append(label)
+        stop = _StopAtBatchBoundary()
+        self.callbacks.insert(0, stop)  # before any callback sees a batch
         own_step = vars(model).get("predict_step")
         # The work happens in the callbacks' batch hooks; a user's predict_step (generation, say)
         # must not run on every attribution batch, so it is shadowed for the pass.
@@ -192,9 +255,12 @@ class InfraTrainer(L.Trainer):
             if own_step is not None:
                 model.predict_step = own_step
             self.callbacks.remove(label)
+            self.callbacks.remove(stop)
             self.predict_loop.inference_mode = inference_mode
             self.attribution_phase = None
             release_free_heap()
+        if stop.cut:  # the pass ended early: its result is partial and must not be used
+            self._check_stop(f"during the pass '{phase}'")
 
     # ------------------------------------------------------------ subcommand
     def attribute(self, model: L.LightningModule, datamodule: Any = None, ckpt_path: str | None = None) -> dict[str, Any]:
@@ -227,6 +293,18 @@ class InfraTrainer(L.Trainer):
         if callable(getattr(datamodule, "setup", None)):
             datamodule.setup("predict")
         self.attribution_state = {}
-        for step in steps:
-            step.run_attribution(self, model, datamodule)
+        self._stop_requested = False
+        # SIGTERM (a scheduler's preemption, `docker stop`) ends the run at the next batch boundary
+        # with status 143; Lightning's own handler, installed during each pass, calls this one too.
+        installed = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if installed else None
+        try:
+            for step in steps:
+                step.preflight(self, model, datamodule)
+            for step in steps:
+                self._check_stop(f"before {type(step).__name__}")
+                step.run_attribution(self, model, datamodule)
+        finally:
+            if installed:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         return self.attribution_state
