@@ -29,7 +29,7 @@ def test_local_jsonl_and_parquet_give_same_examples(tmp_path):
     from_parquet = load_source(Source(str(tmp_path / "d.parquet")))
     assert [e["id"] for e in from_jsonl] == [e["id"] for e in from_parquet]
     assert from_jsonl[0]["id"] == content_id(GOOD["messages"], "math", "local")
-    assert from_jsonl[0]["difficulty"] == 1 and from_jsonl[0]["behaviours"]["verification"] == 0
+    assert from_jsonl[0]["difficulty"] == 1 and from_jsonl[0]["behaviours"] is None  # untagged: None, never zeros
 
 
 def test_ids_are_stable_under_reordering(tmp_path):
