@@ -100,26 +100,33 @@ RULES: dict[str, tuple[str, ...]] = {
         r"\b(?:agrees|consistent)\b",
         r"\b(?:substitut|plugg?)\w*\b",
         r"\b(?:into|in|on|with) (?:both|either|each) sides?\b|\b(?:left|right)(?:-hand)? side (?:is|gives|equals|=)",
+        r"\bexactly (?:the|what) (?:left|right|expected|original|given)",
         rf"\b{_SELF} (?:compare|recount|re-?derive|replay|retrace|rerun)\b",
         r"\bextraneous\b",
         r"\bto be (?:safe|sure)\b|\bmake sure\b|\bplausible\b",
-        r"\bas (?:expected|it should|they should|required)\b|\b(?:lands?|ends? up) on\b",
-        r"\b(?:expected|sample(?:'s)?|correct) (?:output|result|answer)s?\b",
-        r"\bsame (?:value|answer|result|count|number|digit|output|total|string)\b",
+        r"\bas (?:expected|required)\b|\bas (?:it|they) (?:should|must)\b|\b(?:lands?|ends? up) on\b",
+        r"\b(?:expected|sample(?:'s)?|correct|known) (?:output|result|answer|value|behaviou?r)s?\b|\bthe expected\b(?! value)",
+        r"\bsame (?:value|answer|result|count|number|digit|output|total|string) (?:as|again|both|either)\b",
+        r"\bthe same (?:value|answer|result|count|number|digit|output|total|string)[.!]?$",
+        r"(?:\d|\$|\))\s*,?\s*(?:as well|too|again)[.!]?$",
+        r",\s*(?:fine|good|right|correct|ok(?:ay)?)[.!]?$",
+        r"\b(?:that|this|which|it) (?:fits|holds)\b",
+        rf"{_LEAD}(?:correct|match(?:es|ed)?)\b",
         r"\b(?:which|that|this|it)(?:'s| is| was) (?:right|correct)\b|\bis right\b",
         r"\b(?:did|do|have) (?:i|we) (?:\w+ ){0,4}(?:right|correctly)\b",
         r"^(?:yes,?\s*)?(?:that(?:'s| is) |this is |it(?:'s| is) )?correct[.!]?$",
         r"\b(?:the|this|that|my|our) (?:code|answer|result|solution|approach|formula) (?:is|seems|looks) (?:correct|right)\b",
-        r"\b(?:seems|looks) (?:right|correct|good|fine)\b|\b(?:that|this|it) works\b",
+        r"\b(?:seems|looks) (?:right|correct|good|fine)\b",
         rf"{_LEAD}(?:good|fine|great|perfect)\b",
         rf"{_LEAD}{_VERDICT}\b[,!]?\s*(?:\$?[-\w./\\{{}}^]+\$?)?[.!]?$",
-        rf"{_LEAD}(?:equal|same)\b|{_LEAD}both (?:hold|work|match|agree)\b",
+        rf"{_LEAD}(?:equal|same|exactly)\b(?:[,\s]+[\w$]+){{0,6}}[.!]?$|{_LEAD}both (?:hold|work|match|agree)\b",
         rf"{_LEAD}(?:a )?(?:quick |small |final )?(?:test|check)\b",
+        rf"{_LEAD}(?:a )?(?:quick |small |simple |tiny |final )?(?:test|check|case|example)\s*:",
         rf"{_LEAD}(?:re)?trac(?:e|ing)\b",
     ),
     "exploration": (
         rf"{_LEAD}alternatively\b",
-        r"\banother (?:way|approach|method|solution|strategy|idea|perspective|angle|option|route|trick)\b",
+        r"\banother (?:\w+ )?(?:way|approach|method|solution|strategy|idea|perspective|angle|option|route|trick|view)\b",
         r"\b(?:different|alternative|other) (?:way|approach|method|solution|strategy|perspective|angle|route)s?\b",
         r"\bcan (?:also|alternatively) (?:derive|solve|compute|get|obtain|show|prove|write|do|approach|find)\b",
         r"\b(?:could|can|might|would) (?:also|instead|alternatively)\b|\bone could\b",
@@ -127,7 +134,14 @@ RULES: dict[str, tuple[str, ...]] = {
         r"\bthere(?:'s| is) also (?:a|an|the)\b",
         r"\b(?:quicker|faster|simpler|cleaner|slicker|neater|shorter|nicer) (?:way|route|method|approach|argument|proof)\b",
         r"\bmore (?:quickly|directly|simply|easily|elegantly)\b|\bout of curiosity\b",
-        r"\bwould work (?:as well|too)\b|\bfor comparison\b|\bversion would\b",
+        r"\bwould work (?:as well|too)\b|\bfor comparison\b|\bversion would\b|\bfor completeness\b",
+        r"\b(?:let me|let's|i'll) also (?:think|look|try|do|solve|derive|consider|approach|count)\b",
+        r"\b(?:see|look at|think about|view|approach) (?:it|this|that) differently\b",
+        rf"{_LEAD}or (?:through|via|with|using|by)\b",
+        rf"{_LEAD}(?:geometrically|algebraically|combinatorially|graphically|intuitively|recursively),",
+        r"\b(?:algebraic|geometric|recursive|iterative|combinatorial|analytic|graphical) (?:version|approach|way|method|argument|view|interpretation)\b",
+        r"\b(?:also|too) exists?\b|\bexists? (?:as well|too)\b",
+        r"\bwould (?:avoid|save|skip)\b|\bwould do (?:it|this|that)\b",
     ),
     "backtracking": (
         r"\b(?:i|we) (?:made|make|have made|'ve made) (?:a |an )?(?:mistake|error)\b",
@@ -153,6 +167,11 @@ RULES: dict[str, tuple[str, ...]] = {
         r"\b(?:i|we) (?:forgot|missed|overlooked|neglected|dropped|left out)\b",
         r"\b(?:i|we) only (?:accounted|counted|considered|handled|divided|checked)\b",
         r"\b(?:that|this|which|it)(?:'s| is| was)\b[^.]*\btoo (?:slow|big|large|long|many|much|expensive)\b",
+        rf"{_LEAD}(?:way |far |much )?too (?:slow|big|large|long|expensive)\b",
+        r"\b(?:loop|approach|idea|method|brute force|greedy)s? (?:is|are) out\b",
+        r"\b(?:won't|will not|doesn't|does not) scale\b|\bdown that (?:road|path|route)\b",
+        r"\bonly works (?:if|when|for)\b|\bbreaks (?:the|this|that|my|our)\b",
+        r"\b(?:suspicious|strange|weird|fishy)\b",
         r"\braises? (?:an? )?\w*(?:Error|Exception)\b|\bis broken\b",
         r"\b(?:loops?|runs?) (?:forever|infinitely)\b|\binfinite loop\b|\bnever (?:makes progress|terminates|ends)\b",
         r"\b(?:is|gives|returns|prints|outputs) \S+ instead of\b",
@@ -161,6 +180,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "backtracking_weak": (rf"{_LEAD}wait\b", r"\bhold on\b", r"\b(?:redo|recalculate|recompute)\b"),
     "backtracking_followup": (
         r"\b(?:has|have|ought) to\b|\bneeds?\b|\bshould\b|\bmust\b|\binstead\b",
+        r"\bcorrect(?:ed|ing)?\b|\bfix(?:ed|ing)?\b|\bactually\b|\breally\b|\bbecomes\b|\bback\b",
     ),
     "subgoal_setting": (
         _LEAD
@@ -178,10 +198,13 @@ RULES: dict[str, tuple[str, ...]] = {
         r"\bin (?:smaller|separate|manageable) (?:steps|parts|pieces)\b",
         r"\bbreak (?:it|this) down\b|\bthe steps (?:are|would be)\b",
         rf"{_LEAD}(?:now )?for the (?:first|second|third|next|last|other) (?:case|part|step|stage)\b",
-        r"\b(?:comes?|goes|go) first\b",
+        r"\b(?:comes?|goes|go) first\b(?=\s*[:.,;!]|$)",
+        r"\bstep (?:one|1) (?:is|will be) to\b|\bfirst step\b|\bfirst\b[^.]*\b(?:afterwards|after that)\b",
+        r"^now,? (?:for )?the (?:\w+ ){0,2}(?:case|part|step|stage|half)\b",
         rf"{_LEAD}(?:next|then|first) (?:comes?|is|are|up)\b",
         r"\b(?:first|do that first) and then\b|\band then (?:\w+ )?(?:solve|compute|find|check|add|return|print|use|back-substitute)\b",
         rf"(?:{_LEAD}|\bso )(?:i'll|i will|we'll|let me|let's) \w+[^.;:,]*?\band (?:then )?[a-z]{{3,}}\b",
+        rf"(?:{_LEAD}|\bso )(?:i'll|i will|we'll|let me|let's) \w+[^.;:,]*, \w+[^.;:]*?,? and (?:then )?[a-z]{{3,}}\b",
     ),
     "backward_chaining": (
         r"\bwork(?:ing|ed|s)? backwards?\b",
@@ -199,19 +222,32 @@ RULES: dict[str, tuple[str, ...]] = {
         r"\bin turn\b|\bwhich (?:in turn )?(?:needs?|requires?)\b",
         r"\b(?:think about|look at|consider|focus on) the (?:very )?last (?:move|step|coin|operation|item|element|action|stage)\b",
         r"\bif the last \w+ (?:used |taken |made )?is\b",
-        r"\bmust have been\b",
+        r"\bmust have been\b|\bundo the (?:story|process|steps?|operations?)\b",
+        r"\b(?:right |just )?before (?:the|that|this|her|his|its) \w+,? (?:she|he|it|they|i|we|there) (?:had|was|were|must)\b",
+        r"\bat (?:the|its|a) (?:max(?:imum)?|min(?:imum)?|optimum|peak|vertex)\b[^.]*\b(?:slope|derivative)\b",
+        r"\bfor [^,.]{1,60} to [^,.]{1,60}, [^.]*\b(?:must|needs?|has to|have to)\b",
     ),
     "backward_chaining_followup": (
         rf"{_LEAD}before\b",
         r"\bso \S+ (?:is|are) (?:a )?(?:winning|losing)\b",
         r"\bmust have\b",
+        rf"{_LEAD}at the end\b",
+        r"\b(?:that|this|which) means\b|\bso (?:before|the (?:number|answer|best|count)|for each|she|he|they)\b",
+        r"\b(?:is|are) (?:good|winning|losing|reachable|safe) (?:if|when|exactly when)\b",
+        r"\bfrom right to left\b|\bfrom the (?:back|end|last)\b",
     ),
     "verification_after_answer": (
         rf"\b{_SELF} (?:run|walk|trace|retrace|replay|feed|plug|test|try)\b[^.]*\b(?:through|forward|back|into|on|with)\b",
         rf"{_LEAD}(?:let me |let's )?(?:run(?:ning)?|walk(?:ing)?|feed(?:ing)?|tr(?:y|ying)|test(?:ing)?|tak(?:e|ing)|plug(?:ging)?)\b",
         rf"{_LEAD}(?:for|with|on|in) (?:the )?(?:(?:first|second|third|other|last|next) )?(?:sample|example|input|test)s?\b",
-        rf"{_LEAD}(?:for|with|on|take|try|check|test) (?:\w+ ){{0,2}}(?:=\s*)?{_LIT}",
-        rf"{_LEAD}(?:for |with |on )?\$?\w+\s*=\s*[^,:]{{1,12}}:",
+        rf"{_LEAD}(?:for|with|on|take|try|check|test) (?:\w+ ){{0,2}}(?:=\s*)?(?:{_LIT}|\$)|{_LEAD}at \$",
+        rf"{_LEAD}(?:for |with |on )?\$?\w+\s*=\s*(?:\[[^\]]*\]|[^,:]{{1,12}}):",
+        rf"{_LEAD}\$?[a-z]\w*\s*=\s*-?\d+\$? \w+s\b",
+        rf"{_LEAD}-?\d+ (?:would|gives?|returns?|prints?|outputs?|becomes?|yields?)\b",
+        r"\blike (?:[\"'\[$]|-?\d)",
+        r"\bthe same (?:input|example|case|sample)\b",
+        r"\b(?:endpoints?|boundary (?:values?|points?|cases?))\b",
+        r"\b(?:that|this|it) works\b|\bso \S+ works\b",
         rf"{_LEAD}[\"'\[]",
         rf"{_LEAD}(?:for )?(?:example|sample)\b",
         r"\bwhat (?:about|if)\b|\blet(?:'s| me) see (?:if|whether)\b",
@@ -237,7 +273,9 @@ RULES: dict[str, tuple[str, ...]] = {
         r"(?:=|\bis|\bequals|\bgives?|\bget|\bgot|\bbe)\s*\$?\s*{value}(?!\d)(?!\.\d)",
         r"\b(?:so|thus|therefore|hence)\b[^.]*(?<![\w.]){value}\s*\$?(?:\s+[a-z]+)?\s*[.!]?$",
     ),
-    "answer_value_short": (r"\b(?:so|thus|therefore|hence)\b[^.]*(?<![\w.]){value}\s*\$?(?:\s+[a-z]+)?\s*[.!]?$",),
+    "answer_value_short": (
+        r"\b(?:so|thus|therefore|hence|that(?:'s| is)|this (?:is|gives))\b[^.]*(?<![\w.]){value}\s*\$?(?:\s+[a-z]+)?\s*[.!]?$",
+    ),
 }
 _AUXILIARY = (
     "backtracking_weak",
@@ -347,8 +385,12 @@ class RuleTagger:
                 found.add("backtracking")
                 weak.add(i)
             if previous is not None:
-                if not found and "backtracking" in previous and self._compiled.hit("backtracking_followup", sentence.text):
-                    found.add("backtracking")
+                if (
+                    not found - {"subgoal_setting"}
+                    and "backtracking" in previous
+                    and self._compiled.hit("backtracking_followup", sentence.text)
+                ):
+                    found = {"backtracking"}  # the repair of a failed path, even when worded as a plan
                     weak.discard(i)
                 if "backward_chaining" in previous and self._compiled.hit("backward_chaining_followup", sentence.text):
                     found.add("backward_chaining")
@@ -362,7 +404,9 @@ class RuleTagger:
             sentence_text = sentences[i].text
             if is_candidate:  # an alternative approach, unless it is recomputed "to be sure"
                 tags[i].add("verification" if self._compiled.hit("check_purpose", sentence_text) else "exploration")
-            elif self._compiled.hit("verification_after_answer", sentence_text):
+            elif self._compiled.hit("verification_after_answer", sentence_text) and (
+                "backtracking" not in tags[i] or i in weak
+            ):
                 tags[i].add("verification")
             if "verification" in tags[i] and i in weak:
                 tags[i].discard("backtracking")
@@ -640,7 +684,7 @@ def load_labelled_traces(path: str | Path, split: str | None = None) -> list[dic
 # and checked against the current RULES by the tests, so reports can state how far to trust
 # behaviour groups (paper Finding 3) without re-running the evaluation.
 ACCURACY_PATH = Path(__file__).with_name("tagger_accuracy.json")
-EVALUATION_SPLITS = ("tune", "heldout")
+EVALUATION_SPLITS = ("tune", "dev", "heldout")
 
 
 def rules_fingerprint(rules: Mapping[str, Sequence[str]] | None = None) -> str:
