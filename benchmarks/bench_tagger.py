@@ -2,7 +2,8 @@
 
 The set is ``tests/fixtures/behaviours/traces.jsonl``: Bespoke-Stratos-format math and code traces
 written for this project, with per-sentence gold labels (see LABELLING.md there). Rules are tuned
-on the ``tune`` split; the ``heldout`` split is what the accuracy claims rest on.
+on ``tune`` and ``dev``; the ``heldout`` split is what the accuracy claims rest on (see
+LABELLING.md there for the protocol).
 
     python benchmarks/bench_tagger.py                      # P/R/F1 per split and behaviour (current RULES)
     python benchmarks/bench_tagger.py --baseline 6d7f445   # ... next to the rules of a git revision
@@ -32,7 +33,7 @@ from infra_pl.data import behaviours as current  # noqa: E402
 from infra_pl.data.schema import BEHAVIOURS  # noqa: E402
 
 DATASET = ROOT / "tests" / "fixtures" / "behaviours" / "traces.jsonl"
-SPLITS = ("tune", "heldout")
+SPLITS = ("tune", "dev", "heldout")
 
 
 def baseline_tagger(revision: str) -> Any:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     judge_labels: dict[str, list[list[set[str]]]] = {}
     if args.judge_url:
-        from infra_pl.data.llm_judge import LLMJudgeTagger, cohen_kappa
+        from infra_pl.data.llm_judge import LLMJudgeTagger
 
         judge = LLMJudgeTagger(
             base_url=args.judge_url,
@@ -115,15 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     if judge_labels:
         from infra_pl.data.llm_judge import cohen_kappa
 
+        from infra_pl.data.llm_judge import number_sentences
+
         for split in SPLITS:
             rules_labels, judge_flat = [], []
             for record, labels in zip(records[split], judge_labels[split]):
                 if labels is None:
                     continue
-                rules_labels.extend(f for _, f in current.default_tagger().tag(current.assistant_text(record), record.get("answer")))
-                judge_flat.extend(labels)
+                text = current.assistant_text(record)
+                rules = [f for _, f in current.default_tagger().tag(text, record.get("answer"))]
+                for i in number_sentences(text)[1]:  # the thought's prose sentences, the units both label
+                    rules_labels.append(rules[i])
+                    judge_flat.append(labels[i])
             kappa = cohen_kappa(rules_labels, judge_flat)
-            print(f"== {split}: Cohen's kappa, rules vs judge, per behaviour (over {len(judge_flat)} sentences)")
+            print(f"== {split}: Cohen's kappa, rules vs judge, per behaviour (over {len(judge_flat)} thought sentences)")
             for b in BEHAVIOURS:
                 print(f"  {b:18s} {kappa[b]:+.3f}")
             print()

@@ -60,6 +60,7 @@ __all__ = [
     "assistant_text",
     "check_alignment",
     "count_behaviours",
+    "describe_tagger_accuracy",
     "default_tagger",
     "evaluate_tagger",
     "load_labelled_traces",
@@ -716,6 +717,7 @@ def measure_tagger_accuracy(dataset: str | Path, name: str = "tests/fixtures/beh
         "dataset": name,
         "dataset_sha256": hashlib.sha256(raw).hexdigest()[:16],
         "unit": "sentence of the thought (split_sentences); gold labels per tests/fixtures/behaviours/LABELLING.md",
+        "tuned_on": ["tune", "dev"],
         "reported_split": "heldout",
         "splits": splits,
     }
@@ -735,3 +737,71 @@ def tagger_accuracy(path: str | Path | None = None) -> dict[str, Any]:
     data = json.loads(Path(path or ACCURACY_PATH).read_text(encoding="utf-8"))
     data["stale"] = data.get("rules_fingerprint") != rules_fingerprint()
     return data
+
+
+def describe_tagger_accuracy(
+    tagger: str = "rules",
+    kappa: Mapping[str, float] | None = None,
+    judge_model: str | None = None,
+    judge_metrics: Mapping[str, Mapping[str, float]] | None = None,
+    accuracy: Mapping[str, Any] | None = None,
+    threshold: float = 0.8,
+) -> str:
+    """Markdown for a report: how far behaviour groups (paper Finding 3) can be trusted.
+
+    States which tagger labelled the sentences (``"rules"`` or ``"judge"``), the rules' measured
+    held-out precision / recall / F1 per behaviour (from :func:`tagger_accuracy`, or ``accuracy``),
+    the judge's when ``judge_metrics`` (behaviour -> {precision, recall, f1}) were measured, and the
+    rules-vs-judge agreement (Cohen's kappa per behaviour) when both ran.
+    """
+    if tagger not in ("rules", "judge"):
+        raise ValueError(f"tagger must be 'rules' or 'judge', got {tagger!r}")
+    data = dict(accuracy) if accuracy is not None else tagger_accuracy()
+    if accuracy is not None:
+        data["stale"] = data.get("rules_fingerprint") != rules_fingerprint()
+    split = data["splits"][data.get("reported_split", "heldout")]
+    who = (
+        f"the LLM judge ({judge_model or 'model not recorded'}, Appendix E descriptions, sentence-level prompts)"
+        if tagger == "judge"
+        else f"the rule tagger (`infra_pl.data.behaviours.RULES`, fingerprint {data['rules_fingerprint']})"
+    )
+    lines = [
+        f"Behaviour labels per sentence come from {who}.",
+        "",
+        f"Rule tagger accuracy, measured per thought sentence on {split['traces']} held-out hand-labelled "
+        f"long-CoT traces ({split['thought_sentences']} sentences, `{data['dataset']}`; tuned on "
+        f"{' + '.join(data.get('tuned_on', ['tune']))}, not on these):",
+        "",
+        "| behaviour | gold | precision | recall | F1 |" + (" judge P | judge R | judge F1 |" if judge_metrics else "")
+        + (" kappa rules vs judge |" if kappa else ""),
+        "|---|---|---|---|---|" + ("---|---|---|" if judge_metrics else "") + ("---|" if kappa else ""),
+    ]
+    weak = []
+    for b in BEHAVIOURS:
+        m = split["behaviours"][b]
+        row = f"| {b} | {m['support']} | {m['precision']:.2f} | {m['recall']:.2f} | {m['f1']:.2f} |"
+        if judge_metrics:
+            j = judge_metrics.get(b, {})
+            row += "".join(f" {j[k]:.2f} |" if k in j else " - |" for k in ("precision", "recall", "f1"))
+        if kappa:
+            row += f" {kappa[b]:+.2f} |" if b in kappa else " - |"
+        lines.append(row)
+        if m["f1"] < threshold:
+            weak.append(b)
+    lines.append("")
+    if tagger == "rules" and weak:
+        lines.append(
+            f"Held-out F1 is below {threshold:.1f} for {', '.join(weak)}: many sentences showing these behaviours are "
+            "missed or mislabelled, so their groups' average influence mixes in unlabelled or wrong sentences; "
+            "read differences involving them as indicative only, or label with the LLM judge and compare."
+        )
+    if data.get("stale"):
+        lines.append(
+            "WARNING: the rules changed since this accuracy was measured; rerun "
+            "`python benchmarks/bench_tagger.py --write`."
+        )
+    if tagger == "judge" and not judge_metrics:
+        lines.append("The judge's own accuracy on the hand-labelled set was not measured for this run.")
+    if kappa is None:
+        lines.append("Only one tagger ran, so no agreement between taggers is reported.")
+    return "\n".join(lines)

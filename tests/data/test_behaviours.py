@@ -199,3 +199,127 @@ def test_traces_that_differ_only_by_exploration_merge():
     cut = remove_exploration([plain, explored])
     assert [e["id"] for e in cut.examples] == [plain["id"]] and cut.merged == 1
     assert "became duplicates" in cut.describe()
+
+
+# ------------------------------------------------------------------ the hand-labelled evaluation set
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from infra_pl.data.sentences import split_sentences  # noqa: E402
+from infra_pl.data.behaviours import (  # noqa: E402
+    ACCURACY_PATH,
+    BehaviourMetrics,
+    default_tagger,
+    describe_tagger_accuracy,
+    load_labelled_traces,
+    measure_tagger_accuracy,
+    tagger_accuracy,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EVAL_DIR = ROOT / "tests" / "fixtures" / "behaviours"
+EVAL_SET = EVAL_DIR / "traces.jsonl"
+
+
+def _load_script(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluation_set_is_built_from_its_sources_and_usable():
+    build = _load_script(EVAL_DIR / "build.py", "behaviour_set_build")
+    assert EVAL_SET.read_text(encoding="utf-8") == build.dumps(build.build()), "run python tests/fixtures/behaviours/build.py"
+    records = load_labelled_traces(EVAL_SET)  # raises if a record's labels do not align with split_sentences
+    assert len(records) >= 40
+    for split in ("tune", "dev", "heldout"):
+        part = [r for r in records if r["split"] == split]
+        assert {r["domain"] for r in part} == {"math", "code"}
+        positives = {b: sum(b in label["behaviours"] for r in part for label in r["sentence_labels"]) for b in BEHAVIOURS}
+        assert min(positives.values()) >= 10, (split, positives)  # enough positives for a meaningful F1
+    for record in records:  # Bespoke-Stratos rows
+        user, assistant = record["conversations"]
+        assert user["from"] == "user" and assistant["from"] == "assistant" and record["system"]
+        assert assistant["value"].startswith("<|begin_of_thought|>\n\n") and assistant["value"].endswith("<|end_of_solution|>")
+
+
+def test_stored_accuracy_matches_the_current_rules():
+    stored = json.loads(ACCURACY_PATH.read_text(encoding="utf-8"))
+    measured = measure_tagger_accuracy(EVAL_SET)
+    assert stored == measured, "the rules or the set changed: rerun python benchmarks/bench_tagger.py --write"
+    assert tagger_accuracy()["stale"] is False
+    assert set(stored["splits"]) == {"tune", "dev", "heldout"} and stored["reported_split"] == "heldout"
+    for metrics in stored["splits"]["heldout"]["behaviours"].values():
+        assert set(metrics) == {"precision", "recall", "f1", "tp", "fp", "fn", "support"}
+
+
+def test_bench_tagger_prints_every_split(capsys):
+    bench = _load_script(ROOT / "benchmarks" / "bench_tagger.py", "bench_tagger")
+    assert bench.main([]) == 0
+    out = capsys.readouterr().out
+    for split in ("tune", "dev", "heldout"):
+        assert f"== {split} split" in out
+    assert "backward_chaining" in out and "F1" in out
+
+
+def test_f1_and_accuracy_description(monkeypatch):
+    m = BehaviourMetrics(tp=2, fp=1, fn=1)
+    assert m.f1 == pytest.approx(2 / 3) and m.support == 3 and "F1=0.667" in str(m)
+    assert BehaviourMetrics().f1 == 1.0  # nothing to find, nothing found
+    text = describe_tagger_accuracy()
+    assert "rule tagger" in text and "| verification |" in text and "held-out" in text
+    stored = tagger_accuracy()
+    weak = [b for b, m in stored["splits"]["heldout"]["behaviours"].items() if m["f1"] < 0.8]
+    assert all(b in text for b in weak) and ("below 0.8" in text) == bool(weak)
+    both = describe_tagger_accuracy("judge", kappa={b: 0.5 for b in BEHAVIOURS}, judge_model="some-instruct-model")
+    assert "LLM judge (some-instruct-model" in both and "kappa rules vs judge" in both and "+0.50" in both
+    stale = describe_tagger_accuracy(accuracy={**stored, "rules_fingerprint": "0" * 16})
+    assert "WARNING: the rules changed" in stale
+    with pytest.raises(ValueError, match="tagger must be"):
+        describe_tagger_accuracy("regex")
+
+
+# The hard cases named in issue 24, in fresh wording (regression tests of the rules, not of the set).
+def _thought(body, solution="The answer is $\\boxed{3}$."):
+    return f"<|begin_of_thought|>\n\n{body}\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n{solution}\n\n<|end_of_solution|>"
+
+
+def _tagged(text, answer=None):
+    return {s.text: found for s, found in default_tagger().tag(text, answer)}
+
+
+def test_one_character_answer_is_reached_and_exploration_after_it_counts():
+    text = _thought("First I add: 1 + 2 = 3. Then 3 + 0 = 3 again. So $x = 3$. Another way to see it: count three dots.")
+    tagger = default_tagger()
+    reached = tagger.answer_reached(text, "3")
+    assert split_sentences(text)[reached].text == "So $x = 3$."  # not the intermediate "1 + 2 = 3"
+    tags = _tagged(text, "3")
+    assert tags["Another way to see it: count three dots."] == {"exploration"}
+    before = _thought("Another way to start: count up. So $x = 3$.")
+    assert _tagged(before, "3")["Another way to start: count up."] == set()  # method choice before the answer
+
+
+def test_issue_hard_cases_in_fresh_wording():
+    code = _thought(
+        "So the task splits in two: read the numbers, then add them. Next comes the input handling.\n\n"
+        "```python\ndef add(a, b):\n    return a + b\n```\n\n"
+        "For the input [1, 2] it returns 3, the expected output. Wait, what if both numbers are negative? "
+        "Then -1 + -2 = -3, which is right.",
+        "```python\ndef add(a, b):\n    return a + b\n```",
+    )
+    tags = _tagged(code)
+    assert tags["So the task splits in two: read the numbers, then add them."] == {"subgoal_setting"}
+    assert tags["Next comes the input handling."] == {"subgoal_setting"}
+    assert tags["For the input [1, 2] it returns 3, the expected output."] == {"verification"}
+    assert tags["Wait, what if both numbers are negative?"] == {"verification"}  # an edge case, not backtracking
+    math = _thought(
+        "To get f(6) I need f(5) and f(4), which in turn need the terms below them. "
+        "A recursive search over all subsets is far too slow for n = 40. So scrap the recursion. "
+        "Plugging $x = 2$ into both sides gives 5 and 5."
+    )
+    tags = _tagged(math)
+    assert tags["To get f(6) I need f(5) and f(4), which in turn need the terms below them."] == {"backward_chaining"}
+    assert "backtracking" in tags["So scrap the recursion."]
+    assert tags["Plugging $x = 2$ into both sides gives 5 and 5."] == {"verification"}
