@@ -6,7 +6,8 @@ on ``tune`` and ``dev``; the ``heldout`` split is what the accuracy claims rest 
 LABELLING.md there for the protocol).
 
     python benchmarks/bench_tagger.py                      # P/R/F1 per split and behaviour (current RULES)
-    python benchmarks/bench_tagger.py --baseline 6d7f445   # ... next to the rules of a git revision
+    python benchmarks/bench_tagger.py --baseline 6d7f445   # ... next to the rules of a git revision (repeatable):
+                                                           # 6d7f445 = before issue 24, c30b2b3 = round 1 (tune only)
     python benchmarks/bench_tagger.py --write              # also rewrite infra_pl/data/tagger_accuracy.json
     python benchmarks/bench_tagger.py --judge-url http://127.0.0.1:8000/v1 --judge-model Qwen/Qwen2.5-32B-Instruct \\
         --judge-cache runs/judge_cache                     # + the LLM judge: its P/R/F1 and Cohen's kappa vs the rules
@@ -67,7 +68,9 @@ def table(title: str, columns: dict[str, dict[str, current.BehaviourMetrics]]) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=DATASET)
-    parser.add_argument("--baseline", metavar="REV", help="also score the rules of this git revision (the 'before')")
+    parser.add_argument(
+        "--baseline", metavar="REV", action="append", default=[], help="also score the rules of this git revision (repeatable)"
+    )
     parser.add_argument("--write", action="store_true", help=f"rewrite {current.ACCURACY_PATH.relative_to(ROOT)}")
     parser.add_argument("--judge-url", help="OpenAI-compatible base URL of an LLM judge (e.g. http://127.0.0.1:8000/v1)")
     parser.add_argument("--judge-model", help="model name the judge endpoint serves")
@@ -78,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     records = {split: current.load_labelled_traces(args.dataset, split) for split in SPLITS}
     taggers: dict[str, Any] = {}
-    if args.baseline:
-        taggers[f"before ({args.baseline})"] = baseline_tagger(args.baseline)
+    for revision in args.baseline:
+        taggers[f"rules at {revision}"] = baseline_tagger(revision)
     taggers["rules (now)"] = current.default_tagger()
     print(f"dataset: {args.dataset.relative_to(ROOT) if args.dataset.is_relative_to(ROOT) else args.dataset}")
     for split in SPLITS:
