@@ -35,6 +35,11 @@ Isolation layers (strongest available; see :func:`sandbox_isolation`):
 * **Stripped environment** (nothing from the parent leaks, e.g. API tokens) and
   **size-capped output capture** (pipes read incrementally; the program is
   killed once it exceeds the cap, so a print loop cannot fill memory).
+* **Tests apart from the program** (:func:`check_code`): the program runs in
+  its own process and answers calls; the tests run in a harness process that
+  compares plain values and reports on a pipe only it holds
+  (:mod:`infra_pl.eval.sandbox_check`), so nothing the program prints, reads
+  or returns can make it pass.
 
 If ``unshare`` is missing or does not work, the sandbox falls back to uid drop
 + rlimits + launcher cleanup and says so with :func:`warnings.warn`; in that
@@ -46,6 +51,7 @@ limit), processes that left the process group could outlive the run.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -350,7 +356,8 @@ def _probe_namespaces(iso: SandboxIsolation) -> str:
 #   towards RLIMIT_NPROC a host init that does not reap (common in containers)
 #   would make every later sandbox run fail;
 # * reports "exit N cpu" / "signal N cpu" / "timeout" / "terminated" /
-#   "startfail reason" on a pipe the program cannot reach.
+#   "startfail reason" on a pipe the program cannot reach;
+# * hands the verdict pipe of ``check_code`` (if any) to the program only, keeping no copy.
 #
 # Doing this in a separate stdlib-only launcher rather than in
 # ``Popen(preexec_fn=...)`` keeps ``run_python`` safe to call from threads
@@ -408,8 +415,8 @@ def kill_descendants():
 
 def main():
     (status_fd, uid, gid, workdir, script, python, wall,
-     cpu, mem, fsize, nproc, nofile) = sys.argv[1:13]
-    status_fd, uid, gid = int(status_fd), int(uid), int(gid)
+     cpu, mem, fsize, nproc, nofile, verdict_fd) = sys.argv[1:14]
+    status_fd, uid, gid, verdict_fd = int(status_fd), int(uid), int(gid), int(verdict_fd)
     os.set_inheritable(status_fd, False)
     try:
         import ctypes
@@ -449,13 +456,18 @@ def main():
                 os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
-            os.execve(python, [python, "-I", "-S", script], env)
+            argv = [python, "-I", "-S", script]
+            if verdict_fd >= 0:  # check_code's harness: the only holder of the verdict pipe
+                argv.append(str(verdict_fd))
+            os.execve(python, argv, env)
         except BaseException as exc:
             try:
                 os.write(err_w, repr(exc).encode("utf-8", "replace")[:2000])
             finally:
                 os._exit(127)
     os.close(err_w)
+    if verdict_fd >= 0:
+        os.close(verdict_fd)
     start_error = b""
     while True:
         chunk = os.read(err_r, 4096)
@@ -501,7 +513,9 @@ main()
 """
 
 
-def _launcher_args(iso: SandboxIsolation, limits: SandboxLimits, status_fd: int, workdir: str) -> list[str]:
+def _launcher_args(
+    iso: SandboxIsolation, limits: SandboxLimits, status_fd: int, workdir: str, verdict_fd: int = -1
+) -> list[str]:
     mib = 1024 * 1024
     return [
         iso.interpreter,
@@ -521,6 +535,7 @@ def _launcher_args(iso: SandboxIsolation, limits: SandboxLimits, status_fd: int,
         str(limits.max_file_mb * mib),
         str(limits.max_processes),
         str(limits.max_open_files),
+        str(verdict_fd),
     ]
 
 
@@ -548,7 +563,9 @@ def _dirs_to_hide(interpreter: str) -> list[str]:
     return chosen
 
 
-def _namespace_script(iso: SandboxIsolation, limits: SandboxLimits, root: str, status_fd: int) -> str:
+def _namespace_script(
+    iso: SandboxIsolation, limits: SandboxLimits, root: str, status_fd: int, verdict_fd: int = -1
+) -> str:
     """Shell script run as root inside the new namespaces before exec-ing the launcher.
 
     It mounts a size-capped tmpfs, copies the program into it, binds the other
@@ -579,7 +596,7 @@ def _namespace_script(iso: SandboxIsolation, limits: SandboxLimits, root: str, s
     for d in _dirs_to_hide(iso.interpreter):
         lines.append(f"mount -t tmpfs -o ro,size=4k,mode=0755,nosuid,nodev,noexec infra_pl_hidden {q(d)}")
     lines.append("cd /tmp/work")
-    lines.append("exec " + " ".join(q(a) for a in _launcher_args(iso, limits, status_fd, "/tmp/work")))
+    lines.append("exec " + " ".join(q(a) for a in _launcher_args(iso, limits, status_fd, "/tmp/work", verdict_fd)))
     return "\n".join(lines) + "\n"
 
 
@@ -758,9 +775,20 @@ def _classify(report: str, sup: _Supervisor, limits: SandboxLimits) -> tuple[str
 
 def _run(source: str, limits: SandboxLimits, stdin: str, iso: SandboxIsolation) -> SandboxResult:
     """One sandboxed run under an explicit isolation mode (the probe and tests use this directly)."""
+    return _execute(source, limits, stdin, iso)[0]
+
+
+def _execute(
+    source: str, limits: SandboxLimits, stdin: str, iso: SandboxIsolation, verdict: bool = False
+) -> tuple[SandboxResult, bytes]:
+    """:func:`_run`, plus (``verdict=True``) what the program wrote on a pipe only it holds.
+
+    The program gets the pipe's write end as an extra file descriptor, its number as its one
+    argument; ``check_code``'s harness writes its verdict there.
+    """
     start = time.monotonic()
     root = tempfile.mkdtemp(prefix="infra_pl_sandbox_")
-    status_r = status_w = -1
+    status_r = status_w = verdict_r = verdict_w = -1
     try:
         os.chmod(root, 0o711)  # the sandbox user may traverse to work/, but not list or write root
         workdir = os.path.join(root, "work")
@@ -775,6 +803,8 @@ def _run(source: str, limits: SandboxLimits, stdin: str, iso: SandboxIsolation) 
         with open(stdin_path, "w", encoding="utf-8") as f:
             f.write(stdin)
         status_r, status_w = os.pipe()
+        if verdict:
+            verdict_r, verdict_w = os.pipe()
         if iso.namespaces:
             os.mkdir(os.path.join(root, "scratch"), 0o700)
             assert iso.unshare is not None
@@ -789,12 +819,13 @@ def _run(source: str, limits: SandboxLimits, stdin: str, iso: SandboxIsolation) 
                 "--mount-proc",
                 "/bin/sh",
                 "-c",
-                _namespace_script(iso, limits, root, status_w),
+                _namespace_script(iso, limits, root, status_w, verdict_w),
             ]
         else:
-            argv = _launcher_args(iso, limits, status_w, workdir)
+            argv = _launcher_args(iso, limits, status_w, workdir, verdict_w)
         setup_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         with open(stdin_path, "rb") as stdin_file:
+            os.unlink(stdin_path)  # reachable through the descriptor only, not by its path
             proc = subprocess.Popen(
                 argv,
                 stdin=stdin_file,
@@ -803,10 +834,12 @@ def _run(source: str, limits: SandboxLimits, stdin: str, iso: SandboxIsolation) 
                 cwd=root,
                 env=setup_env,
                 start_new_session=True,  # own process group, killed as a whole
-                pass_fds=(status_w,),
+                pass_fds=(status_w,) if verdict_w < 0 else (status_w, verdict_w),
             )
-        os.close(status_w)
-        status_w = -1
+        for fd in (status_w, verdict_w):
+            if fd >= 0:
+                os.close(fd)
+        status_w = verdict_w = -1
         sup = _Supervisor(proc, limits, start, iso.namespaces)
         try:
             sup.run()
@@ -819,19 +852,27 @@ def _run(source: str, limits: SandboxLimits, stdin: str, iso: SandboxIsolation) 
             report = os.read(status_r, 8192).decode("utf-8", "replace")
         except BlockingIOError:
             report = ""
+        verdict_bytes = b""
+        if verdict_r >= 0:
+            os.set_blocking(verdict_r, False)
+            try:
+                verdict_bytes = os.read(verdict_r, 4096)
+            except BlockingIOError:
+                pass
         status, returncode, note = _classify(report, sup, limits)
         stderr = bytes(sup.stderr).decode("utf-8", "replace")
         if note:
             stderr = f"{stderr}\n{note}" if stderr else note
-        return SandboxResult(
+        result = SandboxResult(
             status=status,
             returncode=returncode,
             stdout=bytes(sup.stdout).decode("utf-8", "replace"),
             stderr=stderr,
             duration_s=time.monotonic() - start,
         )
+        return result, verdict_bytes
     finally:
-        for fd in (status_r, status_w):
+        for fd in (status_r, status_w, verdict_r, verdict_w):
             if fd >= 0:
                 os.close(fd)
         shutil.rmtree(root, ignore_errors=True)
@@ -857,41 +898,12 @@ def run_python(source: str, limits: SandboxLimits = SandboxLimits(), stdin: str 
     return _run(source, limits, stdin, sandbox_isolation())
 
 
-# Wraps a solution and its assert-style tests into one script.  The solution
-# runs under ``__name__ == "__solution__"`` so that an ``if __name__ ==
-# "__main__":`` block in generated code (which typically reads stdin) does not
-# run; an ``exit()`` before the tests is a failure; and the run only counts as
-# passed if a per-run random marker printed after the last test shows up, so a
-# program that calls ``os._exit(0)`` cannot pass without running the tests.
-_CHECK_TEMPLATE = """\
-import linecache as _sb_linecache
-import sys as _sb_sys
-
-# exit()/quit() come from the site module, which -S skips; generated code uses them.
-_sb_ns = {{"__name__": "__solution__", "__builtins__": __builtins__, "exit": _sb_sys.exit, "quit": _sb_sys.exit}}
-
-
-def _sb_exec(source, filename):
-    _sb_linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), _sb_ns)
-
-
-try:
-    _sb_exec({setup!r}, "<setup>")
-    _sb_exec({program!r}, "<program>")
-except SystemExit as _sb_exc:
-    _sb_sys.stderr.write("[check_code] the program called exit(%r) before the tests ran\\n" % (_sb_exc.code,))
-    _sb_sys.exit(1)
-for _sb_i, _sb_test in enumerate({tests!r}):
-    try:
-        _sb_exec(_sb_test, "<test %d>" % _sb_i)
-    except BaseException:
-        _sb_sys.stderr.write("[check_code] test %d failed: %s\\n" % (_sb_i, _sb_test))
-        raise
-_sb_sys.stdout.flush()
-_sb_sys.stdout.write("\\n{marker}\\n")
-_sb_sys.stdout.flush()
-"""
+# The test harness (infra_pl/eval/sandbox_check.py, stdlib only) runs as the sandboxed program:
+# it starts the solution in a second process that answers calls, runs the tests itself on plain,
+# exactly typed values, and writes its verdict on a pipe only it holds. Nothing the solution can
+# read or print is the success signal (a per-run marker on stdout was: a solution could read it
+# from its own script and print it, or pass every `==` with an object whose __eq__ says True).
+_HARNESS_SOURCE = (Path(__file__).with_name("sandbox_check.py")).read_text(encoding="utf-8")
 
 
 def check_code(
@@ -900,26 +912,27 @@ def check_code(
     setup_code: str = "",
     limits: SandboxLimits = SandboxLimits(),
 ) -> SandboxResult:
-    """Run ``setup_code``, then ``program``, then each test statement, in one sandboxed script.
+    """Run ``setup_code`` and ``program`` in one sandboxed process and each test statement in another.
 
-    ``tests`` are Python statements such as ``"assert f(2) == 10"`` executed in
-    the program's namespace.  The result passes only if every test ran without
-    raising and the script exited with code 0.
+    ``tests`` are Python statements such as ``"assert f(2) == 10"``. They run in the harness
+    process (see :mod:`infra_pl.eval.sandbox_check`), where ``setup_code`` also runs and the
+    names the program defines stand for its objects: calls go to the program's process, and what
+    comes back is decoded into plain builtins, so the comparisons are the harness's own. The
+    program runs under ``__name__ == "__solution__"`` (an ``if __name__ == "__main__":`` block
+    does not run). The result passes only if every test ran without raising, the harness exited
+    with code 0 and its verdict arrived on a pipe the program never holds. ``stdout`` is what the
+    program printed (outside ``check_stdio`` runs, which capture their own).
     """
     if isinstance(tests, str):
         raise TypeError("tests must be a list of statements, not a single string")
     if not tests:
         raise ValueError("check_code needs at least one test: a program without tests cannot 'pass'")
-    marker = f"__infra_pl_tests_done_{secrets.token_hex(16)}__"
-    script = _CHECK_TEMPLATE.format(setup=setup_code, program=program, tests=list(tests), marker=marker)
-    result = run_python(script, limits)
-    marker_line = f"\n{marker}\n"
-    completed = result.stdout.endswith(marker_line)
-    if completed:
-        result.stdout = result.stdout[: -len(marker_line)]
-    if result.status == "ok" and not completed:
+    nonce = secrets.token_hex(16)
+    job = json.dumps({"setup": setup_code, "program": program, "tests": list(tests), "nonce": nonce})
+    result, verdict = _execute(_HARNESS_SOURCE, limits, job, sandbox_isolation(), verdict=True)
+    if result.status == "ok" and verdict != f"passed {nonce}\n".encode():
         result.status = "error"
-        result.stderr += "\n[check_code] the program exited before all tests ran"
+        result.stderr += "\n[check_code] no verdict from the test harness: the tests did not all run"
     return result
 
 

@@ -411,3 +411,100 @@ def test_isolation_falls_back_with_a_warning(monkeypatch):
         iso = sandbox_isolation()
     assert not iso.namespaces and iso.uid == ISO.uid
     assert sandbox_isolation() is iso  # cached: probed and warned once
+
+
+# --------------------------------------------------------------------------- check_code: the verdict is not the program's
+
+
+def test_check_code_program_cannot_print_the_success_marker():
+    """Issue 18: a wrong solution read the per-run marker from its own script, printed it, exited 0."""
+    program = (
+        "import os, re, sys\n"
+        "def f(x):\n    return 0\n"
+        "seen = open(sys.argv[0]).read()\n"
+        "for path in ('/proc/%d/fd/0' % os.getppid(), '/proc/%d/cmdline' % os.getppid(), '/proc/%d/environ' % os.getppid()):\n"
+        "    try:\n        seen += open(path, errors='replace').read()\n"
+        "    except OSError as exc:\n        print('unreadable', path, type(exc).__name__)\n"
+        "print(seen[-4000:])\n"
+        "for token in set(re.findall(r'[0-9a-f]{32}', seen)):  # a nonce, if any, on every descriptor\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n            os.write(fd, ('passed %s\\n' % token).encode())\n"
+        "        except OSError:\n            pass\n"
+        "for marker in re.findall(r'__infra_pl_tests_done_[0-9a-f]+__', seen)[:1]:\n"
+        "    print(); print(marker)\n"
+        "sys.stdout.flush()\n"
+        "os._exit(0)\n"
+    )
+    result = check_code(program, ["assert f(2) == 10  # expected-value-the-program-must-not-see"])
+    assert not result.passed and result.status == "error", result.stdout[-2000:]
+    assert "expected-value-the-program-must-not-see" not in result.stdout  # the tests stay in the harness
+    assert "unreadable /proc/" in result.stdout  # the harness's stdin (the job) is not reachable through /proc
+
+
+@pytest.mark.parametrize("returned", [
+    "Any()",  # __eq__ always True
+    "I(0)",  # an int subclass whose __eq__ always says True: compared as the plain 0 it holds
+    "L([0])",  # the same for a list subclass
+])
+def test_check_code_always_equal_objects_do_not_pass(returned):
+    program = (
+        "class Any:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n        return False\n"
+        "    __hash__ = object.__hash__\n"
+        "class I(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
+        "class L(list):\n    def __eq__(self, other):\n        return True\n"
+        f"def f(x):\n    return {returned}\n"
+    )
+    result = check_code(program, ["assert f(2) == 10", "assert f(3) == [1, 2]"])
+    assert not result.passed and "test 0 failed" in result.stderr
+
+
+def test_check_code_program_cannot_replace_the_test_helpers():
+    from infra_pl.data.stdio_tests import call_setup, call_test
+
+    program = "def check_call(*args, **kwargs):\n    pass\nclass Solution:\n    def add(self, a, b):\n        return a - b\n"
+    result = check_code(program, [call_test("Solution().add", [1, 2], 3)], call_setup())
+    assert not result.passed and "expected 3, got -1" in result.stderr
+
+
+def test_check_code_still_accepts_correct_programs_of_every_kind():
+    from infra_pl.data.stdio_tests import call_setup, call_test, stdio_setup, stdio_test
+
+    program = (
+        "import collections, math\n"
+        "from fractions import Fraction\n"
+        "Point = collections.namedtuple('Point', 'x y')\n"
+        "def counts(s):\n    return collections.Counter(s)\n"
+        "def point():\n    return Point(1, 2)\n"
+        "def half():\n    return Fraction(1, 2)\n"
+        "def root(x):\n    if x < 0:\n        raise ValueError('negative')\n    return math.sqrt(x)\n"
+        "def evens(n):\n    return (i for i in range(n) if i % 2 == 0)\n"
+        "class Stack:\n    def __init__(self):\n        self.items = []\n"
+        "    def push(self, x):\n        self.items.append(x)\n    def pop(self):\n        return self.items.pop()\n"
+        "    def __len__(self):\n        return len(self.items)\n"
+    )
+    tests = [
+        "assert counts('aab') == {'a': 2, 'b': 1}",
+        "assert point() == (1, 2) and point()[1] == 2",
+        "assert half() == Fraction(1, 2)",
+        "assert math.isclose(root(2), 1.41421356, rel_tol=1e-6)",
+        "try:\n    root(-1)\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError('no ValueError')",
+        "assert list(evens(5)) == [0, 2, 4]",
+        "s = Stack(); s.push(3); s.push(4)\nassert s.pop() == 4 and len(s) == 1 and s.items == [3]",
+        "assert isinstance(counts(''), dict) and root(0) is not None",
+    ]
+    result = check_code(program, tests, setup_code="from fractions import Fraction")
+    assert result.passed, result.stderr
+    solution = "class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n        return (0, 1)"
+    assert check_code(solution, [call_test("Solution().twoSum", [[2, 7], 9], [0, 1])], call_setup()).passed
+    script = "n = int(input())\nprint(n * 2)\nprint('done')"
+    inputs = ["3\n", "5\n"]
+    stdio = check_code(script, [stdio_test(i, f"{2 * int(i)}\ndone\n") for i in inputs], stdio_setup(inputs))
+    assert stdio.passed, stdio.stderr
+
+
+def test_check_code_limits_hit_inside_a_test_keep_their_status():
+    spin = check_code("def f():\n    while True:\n        pass\n", ["assert f() == 1"],
+                      limits=SandboxLimits(wall_timeout_s=10.0, cpu_time_s=1))
+    assert spin.status == "timeout"
+    hog = check_code("def f():\n    return bytearray(2 * 1024 ** 3)\n", ["assert f() == 1"], limits=SandboxLimits(memory_mb=256))
+    assert hog.status == "memory"
