@@ -440,6 +440,17 @@ class LLMJudgeTagger:
     def url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
 
+    @property
+    def name(self) -> str:
+        """Short identity for outputs and tag caches (``infra_pl.data.tagging``)."""
+        return f"llm_judge:{self.model}"
+
+    @property
+    def cache_key(self) -> str:
+        """What else changes the sentence labels: prompt version and text, temperature."""
+        blob = json.dumps([SENTENCE_PROMPT_VERSION, dict(sorted(self.sentence_prompts.items())), self.temperature])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     def prompt(self, behaviour: str, text: str) -> str:
         """The filled count prompt (plain replacement: traces are full of braces)."""
         if behaviour not in self.prompts:

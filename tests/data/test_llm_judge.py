@@ -218,6 +218,7 @@ def test_sentence_labels_from_the_stub_judge(server):
     third = _labels_by_text(TRACES[2], run.labels[2])  # no markers: the whole text is the reasoning
     assert third["First, a plan."] == {"subgoal_setting"} and third["Then a check."] == {"verification"}
     assert StubHandler.max_in_flight > 1  # requests were batched concurrently
+    assert judge.name == "llm_judge:qwen-32b-instruct" and len(judge.cache_key) == 16
     prompt = StubHandler.requests[0]["body"]["messages"][0]["content"]
     assert "[1] " in prompt and "<sentences>" in prompt
     # the judge is a tagger: tag() has RuleTagger.tag's shape, so evaluate_tagger scores it
