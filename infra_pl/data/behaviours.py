@@ -365,10 +365,10 @@ class RuleTagger:
         Context rules, in order: a sentence's own matches; ``backtracking_weak`` adds backtracking
         unless the sentence is a verification; ``backtracking_followup`` / ``backward_chaining_followup``
         extend a behaviour of the previous prose sentence (a repair only when the sentence shows
-        nothing else); after the answer,
-        exploration candidates count unless they recompute "to be sure" (``check_purpose``, then
-        they are verification), and other sentences matching ``verification_after_answer`` are
-        verification; a weak backtracking is dropped where verification was found.
+        nothing else but a plan); after the answer, exploration candidates count unless they
+        recompute "to be sure" (``check_purpose``, then they are verification), and other sentences
+        matching ``verification_after_answer`` are verification; a weak backtracking is dropped
+        where verification was found.
         """
         sentences = split_sentences(text)
         region = self._region(text, sentences)
