@@ -62,6 +62,12 @@ class Source:
     data_files: str | list[str] | None = None
 
 
+def _json_problem(err: json.JSONDecodeError, where: str) -> str:
+    """``Expecting value at column 7``; messages that end in "at" ("Unterminated string starting
+    at") take the position without a second "at"."""
+    return f"{err.msg}{'' if err.msg.endswith(' at') else ' at'} {where}"
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open("r", encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -70,7 +76,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield line_number, json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}, row {line_number}: malformed JSON ({err.msg} at column {err.colno})") from None
+                raise DataError(f"{path}, row {line_number}: malformed JSON ({_json_problem(err, f'column {err.colno}')})") from None
 
 
 def _read_local(path: Path) -> Iterator[tuple[int, Any]]:
@@ -83,7 +89,7 @@ def _read_local(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
+            raise DataError(f"{path}: malformed JSON ({_json_problem(err, f'line {err.lineno}')})") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of rows")
         yield from enumerate(data, start=1)

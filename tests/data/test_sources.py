@@ -80,3 +80,16 @@ def test_empty_file_unknown_adapter_unknown_type(tmp_path):
 def test_limit(tmp_path):
     rows = [{**GOOD, "messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "a"}]} for i in range(5)]
     assert len(load_source(Source(str(write_jsonl(tmp_path / "d.jsonl", rows)), limit=3))) == 3
+
+
+@pytest.mark.parametrize("suffix, text, message", [
+    (".jsonl", '{"domain": "unterminated', "Unterminated string starting at column 12)"),
+    (".jsonl", '{"domain": [1, 2 3]}\n', "Expecting ',' delimiter at column 18)"),
+    (".json", '[{"domain": "unterminated]', "Unterminated string starting at line 1)"),
+])
+def test_malformed_json_says_where_once(tmp_path, suffix, text, message):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(text)
+    with pytest.raises(DataError) as err:
+        load_source(Source(str(path)))
+    assert message in str(err.value) and "at at" not in str(err.value)
