@@ -91,10 +91,13 @@ class Measurement(ABC):
 # ----------------------------------------------------------------- helpers
 
 
-def correctness_rows(context: MeasurementContext, correctness_file: str | None) -> list[dict[str, Any]] | None:
+def correctness_rows(context: MeasurementContext, correctness_file: str | None,
+                     records: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]] | None:
     """Per-item correctness from ``validate`` (the given file, or the newest under the run folder).
 
     When there is none, ``validate`` runs first (greedy generation), as ``attribute`` always did.
+    The file must belong to the weights being attributed (its ``weights_fingerprint``) and, given
+    the evaluation ``records``, to this evaluation set (ids): otherwise it is refused, naming both.
     """
     path = Path(correctness_file) if correctness_file else latest_correctness_file(context.trainer.default_root_dir)
     if path is None or not path.exists():
@@ -104,7 +107,46 @@ def correctness_rows(context: MeasurementContext, correctness_file: str | None) 
         if path is None:
             return None
     _log(f"D_correct from {path}")
-    return read_correctness(path)
+    rows = read_correctness(path)
+    check_correctness_weights(path, rows, context.pl_module)
+    if records is not None:
+        check_correctness_ids(path, rows, records)
+    return rows
+
+
+def check_correctness_weights(path: Path, rows: Sequence[Mapping[str, Any]], pl_module: Any) -> None:
+    """Refuse a correctness file written by other weights than the module's (a stale file)."""
+    recorded = {row.get("weights_fingerprint") for row in rows} - {None}
+    if not recorded:
+        _log(f"{path} records no weights fingerprint (written by hand or an older version): whether it belongs to "
+             "this checkpoint cannot be checked")
+        return
+    model = getattr(pl_module, "attribution_model", None)
+    if not callable(model):
+        return
+    from infra_pl.ekfac.fingerprint import weights_fingerprint
+
+    current = weights_fingerprint(model())
+    if recorded != {current}:
+        raise ValueError(
+            f"{path} was written by validate for other weights (fingerprint {', '.join(sorted(recorded))}) than the "
+            f"checkpoint being attributed ({current}): D_correct would be the items another model got right. Run "
+            "validate with this checkpoint, or set InfluenceScores.correctness_file to its file."
+        )
+
+
+def check_correctness_ids(path: Path, rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a correctness file that describes another evaluation set; say how many ids are unknown."""
+    known = {r["id"] for r in records}
+    matched = sum(1 for row in rows if row["id"] in known)
+    if rows and matched == 0:
+        raise ValueError(
+            f"{path}: none of its {len(rows)} item ids is in this run's evaluation set ({len(known)} items): it was "
+            "written for other evaluation data. Run validate on this configuration."
+        )
+    if matched < len(rows):
+        _log(f"{path}: {len(rows) - matched} of {len(rows)} rows name items that are not in this evaluation set; "
+             "they are ignored")
 
 
 def eval_records(datamodule: Any, needed_for: str) -> list[dict[str, Any]]:
@@ -218,7 +260,9 @@ class CorrectAnswerLogLikelihood(Measurement):
         path = Path(self.correctness_file) if self.correctness_file else latest_correctness_file(context.trainer.default_root_dir)
         if path is None or not path.exists():
             return
-        sets = select_measurement_sets(records, read_correctness(path), n=self.n, min_correct=self.min_correct,
+        rows = read_correctness(path)
+        check_correctness_ids(path, rows, records)  # the weights are checked in build, once they are loaded
+        sets = select_measurement_sets(records, rows, n=self.n, min_correct=self.min_correct,
                                        seed=self.seed, fallback=self.fallback)
         long_cot = self.target == "auto" and training_is_long_cot(datamodule)
         for name, chosen in sets.items():
@@ -227,7 +271,7 @@ class CorrectAnswerLogLikelihood(Measurement):
     def build(self, context: MeasurementContext) -> list[MeasurementSpec]:
         datamodule = context.datamodule
         records = eval_records(datamodule, "CorrectAnswerLogLikelihood (D_correct)")
-        rows = correctness_rows(context, self.correctness_file)
+        rows = correctness_rows(context, self.correctness_file, records)
         sets = select_measurement_sets(
             records, rows, n=self.n, min_correct=self.min_correct, seed=self.seed, fallback=self.fallback,
         )
@@ -439,7 +483,7 @@ class AnswerMargin(Measurement):
         max_length = getattr(datamodule, "max_length", None) or UNLIMITED
         position = {r["id"]: i for i, r in enumerate(records)}
         wrong: dict[str, list[tuple[int, str]]] = {}
-        for row in correctness_rows(context, self.correctness_file) or []:
+        for row in correctness_rows(context, self.correctness_file, records) or []:
             generated = (row.get("generated") or "").strip()
             if row.get("correct") or not generated or row["id"] not in position:
                 continue

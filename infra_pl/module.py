@@ -285,7 +285,10 @@ class SFTModule(L.LightningModule):
         self._write_correctness()
 
     def _write_correctness(self) -> None:
-        rows = [v.to_dict() for v in self._verdicts]
+        from infra_pl.ekfac.fingerprint import weights_fingerprint
+
+        fingerprint = weights_fingerprint(self.attribution_model())  # lets attribute check the file belongs to its weights
+        rows = [{**v.to_dict(), "weights_fingerprint": fingerprint} for v in self._verdicts]
         if self.trainer.world_size > 1:
             gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
             torch.distributed.all_gather_object(gathered, rows)

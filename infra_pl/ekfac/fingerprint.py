@@ -64,6 +64,19 @@ def model_fingerprint(model: nn.Module, modules: Mapping[str, nn.Module]) -> str
     return digest.hexdigest()
 
 
+WEIGHTS_SAMPLE = 64  # values hashed per parameter for the whole-model fingerprint
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over every parameter of ``model`` (shapes and sampled values), independent of tracking.
+
+    Written into ``correctness.jsonl`` by ``validate`` so ``attribute`` can check that D_correct was
+    decided by the same weights it attributes (a stale correctness file silently measures the
+    wrong items otherwise).
+    """
+    return _hash_parameters(sorted(model.named_parameters()), WEIGHTS_SAMPLE)[:24]
+
+
 def data_fingerprint(ids: Iterable[object]) -> str:
     """sha256 of the sorted training-example ids (order-independent, as the Fisher is)."""
     digest = hashlib.sha256()

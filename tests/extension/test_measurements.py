@@ -150,3 +150,29 @@ def test_generated_target_without_generations_names_the_items(ready_datamodule, 
     path = write_correctness(tmp_path / "correctness.jsonl", rows)
     with pytest.raises(ValueError, match="no 'generated' text"):
         CorrectAnswerLogLikelihood(n=2, min_correct=1, correctness_file=path, target="generated").build(context(dm, tmp_path))
+
+
+def test_stale_or_foreign_correctness_files_are_refused(ready_datamodule, tmp_path):
+    """Issue 18 item 2: a correctness file from other weights, or for another evaluation set, is refused by name."""
+    from infra_pl.ekfac.fingerprint import weights_fingerprint
+
+    dm = ready_datamodule
+    model = torch.nn.Linear(3, 2)
+    module = SimpleNamespace(attribution_model=lambda: model)
+    ctx = MeasurementContext(SimpleNamespace(default_root_dir=str(tmp_path)), module, dm, 4)
+    rows = [{"id": e["id"], "domain": e["domain"], "correct": True, "generated": "x"} for e in dm.eval_examples]
+    right = write_correctness(tmp_path / "right.jsonl", [{**r, "weights_fingerprint": weights_fingerprint(model)} for r in rows])
+    stale = write_correctness(tmp_path / "stale.jsonl", [{**r, "weights_fingerprint": "0123abcd"} for r in rows])
+    foreign = write_correctness(tmp_path / "foreign.jsonl", [{**r, "id": "other-" + r["id"]} for r in rows])
+    measurement = lambda path: CorrectAnswerLogLikelihood(n=2, min_correct=1, correctness_file=path, target="reference")
+    assert [s.name for s in measurement(right).build(ctx)] == ["code", "math"]
+    with pytest.raises(ValueError, match="other weights.*0123abcd"):
+        measurement(stale).build(ctx)
+    with pytest.raises(ValueError, match="none of its .* item ids"):
+        measurement(foreign).build(ctx)
+    with pytest.raises(ValueError, match="none of its .* item ids"):
+        measurement(foreign).preflight(ctx)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # one more training step: the same file is now stale
+    with pytest.raises(ValueError, match="other weights"):
+        measurement(right).build(ctx)
