@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from infra_pl.data.datamodule import ReasoningDataModule
 from infra_pl.module import SFTModule
-from infra_pl.threads import configure_threads
+from infra_pl.threads import configure_for_subcommand
 from infra_pl.trainer import InfraTrainer
 
 
@@ -76,7 +76,8 @@ class InfraCLI(LightningCLI):
             "--threads",
             type=int | None,
             default=None,
-            help="torch CPU threads (default: INFRA_PL_THREADS/OMP_NUM_THREADS, else the cores not busy)",
+            help="torch CPU threads (default: INFRA_PL_THREADS/OMP_NUM_THREADS, else 1 for fit/validate: "
+                 "the weights depend on the thread count, not on load; attribute: the cores not busy)",
         )
         parser.add_argument(
             "--print_plan",
@@ -94,8 +95,8 @@ class InfraCLI(LightningCLI):
         config = self._subcommand_config()
         if config.get("print_plan") and self.subcommand != "attribute":
             raise ValueError(f"--print_plan applies to `attribute`, not `{self.subcommand}`")
-        threads = configure_threads(config.get("threads"))
-        print(f"[infra-pl] using {threads} torch thread(s)", file=sys.stderr)
+        _, lines = configure_for_subcommand(self.subcommand, config.get("threads"))
+        print("\n".join(lines), file=sys.stderr)
 
     def before_fit(self) -> None:
         last_checkpoint_without_version(self.trainer)
