@@ -224,6 +224,7 @@ class InfluenceScores(AttributionStep):
             for part in parts
         ])
         instance_df = _with_behaviours(_instance_table(datamodule, train_ids, scored, names), tagged, self.tagger)
+        instance_df.attrs["tagger_agreement"] = getattr(self, "_agreement", None)
         meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key,
                 "module_partitions": len(parts)}
         if trainer.is_global_zero:
@@ -290,6 +291,15 @@ class InfluenceScores(AttributionStep):
         name = tagger_name(self.tagger).replace("/", "_").replace(":", "_")
         cache = out / "behaviour_tags" / f"{name}.jsonl" if trainer.is_global_zero else None
         tagged = tag_examples(examples, self.tagger, cache, workers=self.tag_workers)
+        self._agreement = None
+        if tagger_name(self.tagger) != "rules":  # a judge (or own tagger): measure its agreement with the rules
+            from infra_pl.data.tagging import agreement
+
+            rules = resolve_tagger("rules")
+            rules_cache = out / "behaviour_tags" / "rules.jsonl" if trainer.is_global_zero else None
+            self._agreement = agreement(tagged, tag_examples(examples, rules, rules_cache, workers=self.tag_workers))
+            _log(f"behaviours: agreement of '{tagger_name(self.tagger)}' with the rules (Cohen's kappa per sentence): "
+                 + ", ".join(f"{b} {k:.2f}" for b, k in self._agreement.items()))
         totals = {b: sum(1 for t in tagged if t.counts()[b] > 0) for b in BEHAVIOURS}
         _log(f"behaviours ({tagger_name(self.tagger)}): traces showing each behaviour of {len(tagged)}: "
              + ", ".join(f"{b} {n}" for b, n in totals.items()))

@@ -120,6 +120,7 @@ def _report_checks(run: Path, instance: pd.DataFrame, tagger: str = "rules") -> 
     report = run / "attribution" / "report"
     html = (report / "report.html").read_text()
     assert "Where the labels come from" in html and f"tagged by {tagger}" in html
+    assert "Rule tagger accuracy per sentence on" in html and "indicative only" in html  # how far Finding 3 holds
     tables = {p.stem: json.loads(p.read_text()) for p in (report / "tables").glob("*.json")}
     for name, records in tables.items():  # no table of NaN: every mean a table shows is a number
         for record in records:

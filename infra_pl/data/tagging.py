@@ -30,6 +30,7 @@ __all__ = [
     "BehaviourTagger",
     "TaggedTrace",
     "TagCache",
+    "agreement",
     "assistant_text",
     "resolve_tagger",
     "sentence_labels",
@@ -149,6 +150,20 @@ class TagCache:
                 handle.write("\n".join(lines) + "\n")
 
 
+def _label_batch(tagger: Any, texts: Sequence[str]) -> list[TaggedTrace]:
+    """A judge with ``label_many`` asks for a whole chunk at once (its own concurrency and cache);
+    any failed trace stops the run with the judge's counted summary, after the rest were cached."""
+    from infra_pl.data.sentences import split_sentences
+
+    run = tagger.label_many(list(texts))
+    run.raise_for_failures()
+    traces = []
+    for text, labels in zip(texts, run.labels):
+        sentences = split_sentences(text)
+        traces.append(TaggedTrace.from_tagged(zip(sentences, labels)))
+    return traces
+
+
 def _tag_one(args: tuple[Any, str, str | None]) -> TaggedTrace:
     tagger, text, answer = args
     return TaggedTrace.from_tagged(tagger.tag(text, answer))
@@ -178,7 +193,9 @@ def tag_examples(
         for begin in range(0, len(todo), flush_every):
             chunk = todo[begin : begin + flush_every]
             args = [(tagger, *jobs[k]) for k in chunk]
-            if workers > 1 and len(args) > 1:
+            if callable(getattr(tagger, "label_many", None)):
+                traces = _label_batch(tagger, [jobs[k][0] for k in chunk])
+            elif workers > 1 and len(args) > 1:
                 from concurrent.futures import ProcessPoolExecutor
 
                 with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -192,6 +209,26 @@ def tag_examples(
                 print(f"[infra-pl] behaviours: {done}/{len(todo)} traces tagged ({now - started:.0f} s)", file=sys.stderr)
                 last_log = now
     return [cache.get(text, answer) for text, answer in jobs]  # type: ignore[misc]
+
+
+def agreement(first: Sequence[TaggedTrace], second: Sequence[TaggedTrace]) -> dict[str, float]:
+    """Cohen's kappa per behaviour between two taggers' sentence labels of the same traces.
+
+    Sentences are matched by character span (both taggers split with ``split_sentences``); only
+    sentences that either tagger labelled anything or that both saw count, so kappa is over the
+    same units for both.
+    """
+    from infra_pl.data.llm_judge import cohen_kappa
+
+    labels_a: list[tuple[str, ...]] = []
+    labels_b: list[tuple[str, ...]] = []
+    for a, b in zip(first, second, strict=True):
+        spans_b = {(s, e): labels for s, e, labels in b.spans}
+        for s, e, labels in a.spans:
+            if (s, e) in spans_b:
+                labels_a.append(labels)
+                labels_b.append(spans_b[(s, e)])
+    return cohen_kappa(labels_a, labels_b)
 
 
 def sentence_labels(trace: TaggedTrace, sentences: Sequence[Sentence]) -> list[list[str]]:

@@ -181,6 +181,11 @@ def data_provenance(instance_df: pd.DataFrame, sentence_df: pd.DataFrame | None,
         shown = ", ".join(f"{c.removeprefix('behaviour_')} {int((instance_df[c] > 0).sum())}" for c in behaviour_columns_)
         lines.append(f"Behaviours: tagged by {', '.join(taggers) or 'unknown'} on the {n} training traces "
                      f"(traces showing each: {shown}); sentence labels come from the same tags.")
+        trust, weak = _tagger_trust(taggers, instance_df.attrs.get("tagger_agreement"))
+        lines += trust
+        if weak:
+            warnings.append(f"Behaviour labels of {', '.join(weak)} are unreliable (held-out F1 below 0.8 or kappa "
+                            "below 0.6, see 'Where the labels come from'): read their behaviour rows as indicative only.")
     elif behaviour_columns_:
         lines.append("Behaviours: counts stored with the data (no tagger ran).")
     else:
@@ -209,6 +214,28 @@ def data_provenance(instance_df: pd.DataFrame, sentence_df: pd.DataFrame | None,
         lines.append(f"Sentence scores: {sum(past.values())} sentence(s) of {len(past)} example(s) lie wholly past "
                      "max_length (never trained on) and are left out of every sentence table.")
     return lines, warnings
+
+
+def _tagger_trust(taggers: list[str], agreement: Mapping[str, float] | None) -> tuple[list[str], list[str]]:
+    """How far Finding 3 can be trusted: the rules' measured held-out accuracy, or the judge's
+    agreement with the rules on this data, and the behaviours below the bar."""
+    from infra_pl.data.behaviours import tagger_accuracy
+
+    lines, weak = [], []
+    if taggers == ["rules"]:
+        data = tagger_accuracy()
+        split = data["splits"][data.get("reported_split", "heldout")]
+        scores = {b: m["f1"] for b, m in split["behaviours"].items()}
+        stale = " (the rules changed since it was measured: rerun benchmarks/bench_tagger.py)" if data.get("stale") else ""
+        lines.append(f"Rule tagger accuracy per sentence on {split['traces']} held-out hand-labelled traces "
+                     "(benchmarks/bench_tagger.py), F1: " + ", ".join(f"{b} {f:.2f}" for b, f in scores.items()) + stale + ".")
+        weak = [b for b, f in scores.items() if f < 0.8]
+    elif agreement:
+        lines.append("Agreement of the tagger with the rule tagger on these traces (Cohen's kappa per sentence): "
+                     + ", ".join(f"{b} {k:.2f}" for b, k in agreement.items()) + "; its own accuracy was not "
+                     "measured in this run (benchmarks/bench_tagger.py --judge-url measures it).")
+        weak = [b for b, k in agreement.items() if not k >= 0.6]
+    return lines, weak
 
 
 def _meta(row: pd.Series) -> dict[str, Any]:

@@ -302,3 +302,26 @@ def test_cohen_kappa():
     assert cohen_kappa([{"backtracking"}, set()], [set(), {"backtracking"}])["backtracking"] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="same sentences"):
         cohen_kappa([set()], [])
+
+
+def test_judge_tags_a_training_set_for_attribution_batched_cached_and_compared_with_rules(server, tmp_path):
+    """The attribution path (infra_pl.data.tagging) with the judge: one batched label_many per chunk,
+    resumable through its cache, kappa against the rules, and a failed trace stops the run loudly."""
+    from infra_pl.data.tagging import agreement, resolve_tagger, tag_examples
+
+    StubHandler.delay_s = 0.02
+    examples = [{"id": str(k), "answer": None, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": t}]}
+                for k, t in enumerate(TRACES)]
+    judge = _judge(server, api_key_env=None, concurrency=4, cache_dir=str(tmp_path / "judge"))
+    tagged = tag_examples(examples, judge, tmp_path / "tags.jsonl")
+    assert StubHandler.max_in_flight > 1  # traces of a chunk were asked for together
+    assert tagged[0].counts()["exploration"] == 1 and tagged[1].counts()["backward_chaining"] == 1
+    sent = len(StubHandler.requests)
+    assert tag_examples(examples, judge, tmp_path / "tags.jsonl") == tagged and len(StubHandler.requests) == sent
+    kappa = agreement(tagged, tag_examples(examples, resolve_tagger("rules")))
+    assert set(kappa) == set(BEHAVIOURS) and all(-1.0 <= k <= 1.0 for k in kappa.values())
+    failing = [*examples, {"id": "f", "answer": None, "messages": [{"role": "user", "content": "q"},
+               {"role": "assistant", "content": _trace("FAILME First, a plan.")}]}]
+    StubHandler.mode = "fail_marked"
+    with pytest.raises(Exception, match="503|fail"):
+        tag_examples(failing, judge, tmp_path / "tags2.jsonl")
