@@ -96,6 +96,18 @@ def resolve_tagger(option: Any) -> Any | None:
         return default_tagger()
     if isinstance(option, str):
         raise ValueError(f"tagger must be 'rules', 'none' or a tagger object (e.g. LLMJudgeTagger), got {option!r}")
+    if isinstance(option, Mapping) and "class_path" in option:  # YAML: {class_path, init_args}
+        import importlib
+
+        module, _, name = str(option["class_path"]).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ValueError(f"tagger class_path {option['class_path']!r} cannot be imported: {err}") from None
+        unknown = set(option) - {"class_path", "init_args"}
+        if unknown:
+            raise ValueError(f"tagger: unknown keys {sorted(unknown)} next to class_path (use init_args)")
+        option = cls(**dict(option.get("init_args") or {}))
     if not callable(getattr(option, "tag", None)):
         raise TypeError(f"tagger {type(option).__name__} has no tag(text, answer) method")
     return option

@@ -88,3 +88,13 @@ def test_influence_scores_no_longer_swallows_a_missing_tagger_import():
 
     source = inspect.getsource(module)
     assert "except ImportError" not in source and "tag_sentence(" not in source
+
+
+def test_a_yaml_style_tagger_mapping_is_instantiated():
+    from infra_pl.data.llm_judge import LLMJudgeTagger
+
+    judge = resolve_tagger({"class_path": "infra_pl.data.llm_judge.LLMJudgeTagger",
+                            "init_args": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": None}})
+    assert isinstance(judge, LLMJudgeTagger) and judge.name == "llm_judge:m"
+    with pytest.raises(ValueError, match="cannot be imported"):
+        resolve_tagger({"class_path": "infra_pl.nope.Tagger"})
