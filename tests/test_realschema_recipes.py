@@ -131,16 +131,22 @@ def _report_checks(run: Path, instance: pd.DataFrame, tagger: str = "rules") -> 
     return html, tables
 
 
-def test_stratos_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
-    """BS-17k conversations without labels, OpenThoughts-style difficulty table, AIME/MATH-500/LiveCodeBench."""
-    monkeypatch.chdir(tmp_path)
-    config = _runnable("qwen25_7b_stratos", tmp_path)
-    run = tmp_path / "runs" / "qwen25_7b_stratos_tiny"
+def _fit_and_validate(recipe: str, tmp_path: Path) -> tuple[Path, Path, str]:
+    """Fit and validate the tiny twin in tmp_path; check its correctness fixture against the scorer."""
+    config = _runnable(recipe, tmp_path)
+    run = tmp_path / "runs" / f"{recipe}_tiny"
     main(["fit", "-c", str(config)])
     ckpt = str(run / "checkpoints" / "last.ckpt")
     cli = main(["validate", "-c", str(config), "--ckpt_path", ckpt])
+    _rescored_correctness_is_honest(cli, ROOT / FIXTURES / f"correctness_{recipe}.jsonl")
+    return config, run, ckpt
+
+
+def test_stratos_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
+    """BS-17k conversations without labels, OpenThoughts-style difficulty table, AIME/MATH-500/LiveCodeBench."""
+    monkeypatch.chdir(tmp_path)
+    config, run, ckpt = _fit_and_validate("qwen25_7b_stratos", tmp_path)
     correctness = ROOT / FIXTURES / "correctness_qwen25_7b_stratos.jsonl"
-    _rescored_correctness_is_honest(cli, correctness)
 
     # A reference fallback onto LiveCodeBench's stand-in references is refused by name before any pass.
     no_code = tmp_path / "no_code_correct.jsonl"
@@ -181,12 +187,7 @@ def test_stratos_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
 def test_metamath_oss_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
     """MetaMathQA + OSS-Instruct (short answers), GSM8K + MBPP: reference targets, MATH levels joined."""
     monkeypatch.chdir(tmp_path)
-    config = _runnable("llama3_8b_metamath_oss", tmp_path)
-    run = tmp_path / "runs" / "llama3_8b_metamath_oss_tiny"
-    main(["fit", "-c", str(config)])
-    ckpt = str(run / "checkpoints" / "last.ckpt")
-    cli = main(["validate", "-c", str(config), "--ckpt_path", ckpt])
-    _rescored_correctness_is_honest(cli, ROOT / FIXTURES / "correctness_llama3_8b_metamath_oss.jsonl")
+    config, run, ckpt = _fit_and_validate("llama3_8b_metamath_oss", tmp_path)
     cli = main(["attribute", "-c", str(config), "--ckpt_path", ckpt])
     instance = pd.read_parquet(cli.trainer.attribution_state["instance_scores_path"])
     assert len(instance) == 80
