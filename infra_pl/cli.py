@@ -17,6 +17,14 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from infra_pl.data.datamodule import ReasoningDataModule
+from infra_pl.errors import (
+    InfraArgumentParser,
+    config_error,
+    debug_requested,
+    known_errors,
+    run_reporting_known_errors,
+    strip_debug_flag,
+)
 from infra_pl.module import SFTModule
 from infra_pl.threads import configure_for_subcommand
 from infra_pl.trainer import InfraTrainer
@@ -87,6 +95,18 @@ class InfraCLI(LightningCLI):
                  "max_length (and the partition plan when EKFACFactors.device_budget is set or a GPU is used), "
                  "then exit without attributing",
         )
+
+    def instantiate_classes(self) -> None:
+        # A refused option value surfaces from deep inside jsonargparse's union handling: report the
+        # class and its own check instead (infra_pl.errors).
+        if debug_requested():
+            return super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except known_errors():
+            raise
+        except (ValueError, TypeError) as err:
+            raise config_error(err) from err
 
     def _subcommand_config(self) -> Any:
         return self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -195,6 +215,7 @@ def run_cli(args: list[str] | None = None) -> InfraCLI:
         SFTModule,
         ReasoningDataModule,
         trainer_class=InfraTrainer,
+        parser_class=InfraArgumentParser,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": "infra-pl: SFT on math/code reasoning data + influence attribution."},
         args=args,
@@ -202,8 +223,16 @@ def run_cli(args: list[str] | None = None) -> InfraCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point (``infra-pl``); returns nothing so the exit status is 0 on success."""
-    run_cli(args)
+    """Console entry point (``infra-pl``); returns nothing so the exit status is 0 on success.
+
+    Known errors print their message alone (status 1); ``--debug`` anywhere on the command line,
+    or ``INFRA_PL_DEBUG=1``, shows the traceback.
+    """
+    if args is None:
+        sys.argv[1:] = strip_debug_flag(sys.argv[1:])
+    else:
+        args = strip_debug_flag(list(args))
+    run_reporting_known_errors(run_cli, args)
 
 
 if __name__ == "__main__":
