@@ -19,13 +19,14 @@ The tests run in the harness. Names the program defines are bound to proxies; ev
 comes back is decoded into plain, exactly typed builtins (int, float, str, bytes, list, tuple,
 dict, set, frozenset, complex, Fraction, Decimal, None, bools), so ``==`` in an assert compares
 plain values: the program cannot choose the comparison. Other objects stay in the candidate and
-come back as handles (attribute access and calls go on through the pipe; a handle equals only
-itself). A setup that defines ``run_stdio`` (``infra_pl.data.stdio_tests.HARNESS``) gets it
+come back as handles (attribute access and calls go on through the pipe; a handle is never equal
+to a plain value). A setup that defines ``run_stdio`` (``infra_pl.data.stdio_tests.HARNESS``) gets it
 answered by the candidate. Only after every test passed does the harness write the job's nonce
 to the verdict fd, which no other process holds.
 
 Known limits: arguments travel by value (a test that checks how a call mutated its argument
-sees the harness's copy), and a harness-side function (a lambda) cannot be passed to the program.
+sees the harness's copy), a harness-side function (a lambda) cannot be passed to the program, and
+two objects made by the program's own classes compare with the program's ``__eq__``.
 """
 
 import builtins
@@ -210,6 +211,8 @@ def candidate(request_fd, response_fd):
             result = target[decode(message["key"], lambda h, _t: objects[h])]
         elif op == "contains":
             result = decode(message["item"], lambda h, _t: objects[h]) in target
+        elif op == "eq":
+            result = bool(target == objects[int(message["other"])])
         elif op == "iter":
             result = []
             for item in target:
@@ -363,10 +366,15 @@ class Remote:
         return self._typed(int, self._ask("index"))
 
     def __eq__(self, other):
-        return self is other
+        # Against a plain value: never equal (the program does not get to say). Two of the program's
+        # own objects (a test comparing f() with Point(1, 2), both made by the program's classes):
+        # its own equality, as the test intends.
+        if type(other) is Remote and object.__getattribute__(other, "_channel") is object.__getattribute__(self, "_channel"):
+            return self is other or self._typed(bool, self._ask("eq", other=object.__getattribute__(other, "_handle")))
+        return False
 
     def __ne__(self, other):
-        return self is not other
+        return not self.__eq__(other)
 
     def __hash__(self):
         return object.__hash__(self)

@@ -494,6 +494,9 @@ def test_check_code_still_accepts_correct_programs_of_every_kind():
     ]
     result = check_code(program, tests, setup_code="from fractions import Fraction")
     assert result.passed, result.stderr
+    made = "from dataclasses import dataclass\n@dataclass\nclass P:\n    x: int\n\ndef f():\n    return P(1)\n"
+    both = check_code(made, ["assert f() == P(1) and f() != P(2)", "assert f() != (1,) and f().x == 1"])
+    assert both.passed, both.stderr  # two of the program's objects compare with its own __eq__
     solution = "class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n        return (0, 1)"
     assert check_code(solution, [call_test("Solution().twoSum", [[2, 7], 9], [0, 1])], call_setup()).passed
     script = "n = int(input())\nprint(n * 2)\nprint('done')"
