@@ -454,8 +454,18 @@ def harness(verdict_fd):
     # The job's setup code (trusted, from the data set) runs here too: test helpers and imports.
     linecache.cache["<setup>"] = (len(job["setup"]), None, job["setup"].splitlines(True), "<setup>")
     exec(compile(job["setup"], "<setup>", "exec"), namespace)
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
     for name, spec in names.items():
-        if name in namespace:  # setup names (check_call, check_stdio...) are never the program's
+        # Setup names (check_call, check_stdio...) and builtins (isinstance, all...) are never the
+        # program's: a test's own checks cannot be replaced. A stdlib module name (math, for
+        # math.isclose) is the real module, whatever the program bound to it.
+        if name in namespace or hasattr(builtins, name):
+            continue
+        if name in stdlib:
+            try:
+                namespace[name] = __import__(name)
+            except Exception:  # noqa: BLE001
+                pass
             continue
         if "module" in spec:
             module = spec["module"]

@@ -466,6 +466,15 @@ def test_check_code_program_cannot_replace_the_test_helpers():
     assert not result.passed and "expected 3, got -1" in result.stderr
 
 
+@pytest.mark.parametrize("test", [
+    "assert math.isclose(f(2), 1.4142)", "assert isinstance(f(2), list)", "assert all([f(1) == 1])",
+])
+def test_check_code_program_cannot_replace_builtins_or_stdlib_modules_the_tests_use(test):
+    program = ("class math:\n    isclose = staticmethod(lambda *a, **k: True)\n"
+               "def isinstance(*a):\n    return True\ndef all(*a):\n    return True\ndef f(x):\n    return 0\n")
+    assert not check_code(program, [test]).passed
+
+
 def test_check_code_still_accepts_correct_programs_of_every_kind():
     from infra_pl.data.stdio_tests import call_setup, call_test, stdio_setup, stdio_test
 
