@@ -249,12 +249,20 @@ class InfluenceScores(AttributionStep):
 
         # Sentence scores for the top examples (rank 0, direct: a small set), summed over partitions.
         if trainer.is_global_zero and self.sentence_top_k > 0:
-            frames = [self._sentence_scores(pl_module, datamodule, part.tracked, part.directions, instance_df, names, tagged)
-                      for part in parts]
+            results = [self._sentence_scores(pl_module, datamodule, part.tracked, part.directions, instance_df, names, tagged)
+                       for part in parts]
+            frames = [frame for frame, _ in results]
             sentence_df = frames[0].copy()
             for column in ("score_removal", "score_token_sum"):
                 if column in sentence_df:
                     sentence_df[column] = sum(frame[column].to_numpy() for frame in frames)
+            removal_df = results[0][1].copy()
+            for column in ("score_full", "score_without", "score_removal_joint", "score_removal_additive"):
+                if column in removal_df:
+                    removal_df[column] = sum(removal[column].to_numpy() for _, removal in results)
+            trainer.attribution_state["behaviour_removal"] = removal_df
+            if len(removal_df):
+                trainer.attribution_state["behaviour_removal_path"] = write_table(out / "behaviour_removal.parquet", removal_df, meta)
             trainer.attribution_state["sentence_scores"] = sentence_df
             trainer.attribution_state["sentence_scores_path"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
         trainer.attribution_state["scores_dir"] = out
@@ -264,6 +272,7 @@ class InfluenceScores(AttributionStep):
             instance_scores_path=state.get("instance_scores_path"), token_scores=state.get("token_scores"),
             token_scores_path=state.get("token_scores_path"), sentence_scores=state.get("sentence_scores"),
             sentence_scores_path=state.get("sentence_scores_path"), pairwise_scores_path=state.get("pairwise_scores_path"),
+            behaviour_removal=state.get("behaviour_removal"), behaviour_removal_path=state.get("behaviour_removal_path"),
         )
         dispatch(trainer, pl_module, state["scores_ready"])
 
@@ -562,15 +571,18 @@ class InfluenceScores(AttributionStep):
         data["writer"].add(rows)
 
     # ----------------------------------------------------------------- sentences
-    def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, names, tagged) -> pd.DataFrame:
-        """Eq. 7 rows for the top examples; behaviour labels from the whole-trace tags (by offsets).
+    def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, names, tagged) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Eq. 7 rows for the top examples, and each behaviour's joint removal (paper Table 2).
 
-        Sentences wholly past the ``max_length`` cut are not scored (they never reached the model);
-        their count per example goes to ``attrs["sentences_past_cut"]`` of the returned frame.
+        Behaviour labels come from the whole-trace tags (by offsets). Sentences wholly past the
+        ``max_length`` cut are not scored (they never reached the model); their count per example
+        goes to ``attrs["sentences_past_cut"]`` of the sentence frame. The second frame has one row
+        per (example, measurement, removed set): S(z) − S(z without all its sentences), re-scored
+        once, beside the additive approximation Σ of the single removals (labelled as such).
         """
         from infra_pl.data.sentences import split_sentences
         from infra_pl.data.tagging import sentence_labels
-        from infra_pl.influence import sentence_scores
+        from infra_pl.influence import joint_removal_scores, sentence_scores
 
         model = self._model(pl_module)
         dirs = directions.to(pl_module.device)
@@ -580,7 +592,7 @@ class InfluenceScores(AttributionStep):
         for name in names:
             for index in instance_df.nlargest(self.sentence_top_k, f"score_{name}")["index"]:
                 chosen.setdefault(int(index), []).append(name)
-        rows = []
+        rows, removal_rows = [], []
         past_cut: dict[str, int] = {}
         for index, measured in chosen.items():
             example = datamodule.attribution_example("train", index)
@@ -600,6 +612,19 @@ class InfluenceScores(AttributionStep):
                 continue
             token_sum = _token_sums(model, datamodule.tokenizer, messages, datamodule.max_length, dirs, tracked, logits_fn, result.spans)
             labels = sentence_labels(tagged[index], scored) if tagged is not None else [[] for _ in scored]
+            sets = _removal_sets(scored, labels)
+            joint = joint_removal_scores(model, datamodule.tokenizer, messages, {n: [s for s, _ in v] for n, v in sets.items()},
+                                         dirs, tracked, max_length=datamodule.max_length, assistant_turn_index=turn,
+                                         loss_fn=loss_fn) if sets else None
+            for m, name in enumerate(names):
+                for k, (removed, members) in enumerate(sets.items()):
+                    removal_rows.append({
+                        "id": ids[index], "index": index, "measurement": name, "top_for": ",".join(measured),
+                        "removed": removed, "n_sentences": joint.n_sentences[k],
+                        "score_full": float(joint.full[m]), "score_without": float(joint.without[k, m]),
+                        "score_removal_joint": float(joint.removal[k, m]),
+                        "score_removal_additive": float(sum(result.removal[j, m] for _, j in members)),
+                    })
             for m, name in enumerate(names):
                 for j, sentence in enumerate(scored):
                     rows.append(
@@ -624,7 +649,7 @@ class InfluenceScores(AttributionStep):
         frame = pd.DataFrame(rows)
         frame.attrs["sentences_past_cut"] = past_cut
         frame.attrs["tagged_by"] = _source_name(self.tagger)
-        return frame
+        return frame, pd.DataFrame(removal_rows)
 
 
 def _token_sums(model, tokenizer, messages, max_length, directions, tracked, logits_fn, spans: list[list[int]]) -> torch.Tensor:
@@ -643,6 +668,23 @@ def _token_sums(model, tokenizer, messages, max_length, directions, tracked, log
     if not spans:
         return torch.zeros(0, len(directions), dtype=torch.float64)
     return torch.stack([per_token[:, span].sum(dim=1) for span in spans])
+
+
+JOINT_SETS = {"exploration+verification": ("exploration", "verification")}  # Table 2 (left) removes both too
+
+
+def _removal_sets(sentences: list[Any], labels: list[list[str]]) -> dict[str, list[tuple[Any, int]]]:
+    """Sentences (with their position among the scored ones) of each behaviour the example shows,
+    plus the combined sets of :data:`JOINT_SETS` when the example shows all of their behaviours."""
+    sets: dict[str, list[tuple[Any, int]]] = {}
+    for behaviour in BEHAVIOURS:
+        members = [(s, j) for j, (s, found) in enumerate(zip(sentences, labels)) if behaviour in found]
+        if members:
+            sets[behaviour] = members
+    for name, parts in JOINT_SETS.items():
+        if all(p in sets for p in parts):
+            sets[name] = [(s, j) for j, (s, found) in enumerate(zip(sentences, labels)) if set(parts) & set(found)]
+    return sets
 
 
 def _source_name(tagger: Any) -> str | None:

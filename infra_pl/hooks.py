@@ -63,6 +63,8 @@ class ScoresReady:
     sentence_scores: pd.DataFrame | None = None
     sentence_scores_path: Path | None = None
     pairwise_scores_path: Path | None = None
+    behaviour_removal: pd.DataFrame | None = None  # S(z) − S(z without all sentences of a behaviour), Table 2
+    behaviour_removal_path: Path | None = None
 
     hook = "on_scores_ready"
 

@@ -177,6 +177,12 @@ def test_stratos_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
     assert len(labelled) and {"clipped", "n_tokens"} <= set(sentences.columns)
     assert (sentences["n_tokens"] > 0).all()
 
+    # Table 2: each behaviour's sentences removed at once (one re-scored counterfactual), beside the additive sum.
+    removal = pd.read_parquet(state["behaviour_removal_path"])
+    assert set(removal["removed"]) >= {"verification"} and (removal["n_sentences"] > 0).all()
+    gap = (removal["score_full"] - removal["score_without"] - removal["score_removal_joint"]).abs()
+    assert (gap <= 1e-9 * removal["score_full"].abs().max()).all()
+
     html, tables = _report_checks(run, instance)
     assert "difficulty = length quintile" in html and "generated (8)" in html
     assert {r["behaviour"] for r in tables["behaviours"]} == set(BEHAVIOURS)

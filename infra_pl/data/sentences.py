@@ -81,6 +81,17 @@ def remove_span(text: str, sentence: Sentence) -> str:
     return text[:left] + joint + text[right:]
 
 
+def remove_spans(text: str, sentences: list[Sentence]) -> str:
+    """``text`` without every sentence in ``sentences`` (one counterfactual for a whole behaviour).
+
+    Cut from the last to the first, so the offsets of the ones still to cut stay valid; each cut
+    keeps the stronger separator between its neighbours, as :func:`remove_span` does.
+    """
+    for sentence in sorted(sentences, key=lambda s: s.start, reverse=True):
+        text = remove_span(text, sentence)
+    return text
+
+
 def _block_at(text: str, pos: int) -> tuple[int, str] | None:
     """End and kind of a marker or fenced code block starting at ``pos``, else ``None``."""
     for marker in MARKERS:

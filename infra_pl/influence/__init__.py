@@ -20,8 +20,10 @@ from infra_pl.influence.instance import (
 )
 from infra_pl.influence.measurement import Directions, measurement_directions, measurement_gradient, measurement_value
 from infra_pl.influence.sentences import (
+    JointRemoval,
     SentenceScores,
     content_offset,
+    joint_removal_scores,
     last_assistant_turn,
     removal_variants,
     sentence_scores,
@@ -31,12 +33,14 @@ from infra_pl.influence.tokens import causal_lm_logits, token_scores, token_scor
 
 __all__ = [
     "Directions",
+    "JointRemoval",
     "SentenceScores",
     "causal_lm_logits",
     "choose_contraction",
     "content_offset",
     "instance_scores",
     "instance_scores_over",
+    "joint_removal_scores",
     "last_assistant_turn",
     "measurement_directions",
     "measurement_gradient",

@@ -26,7 +26,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from infra_pl.data.sentences import Sentence, remove_span
+from infra_pl.data.sentences import Sentence, remove_span, remove_spans
 from infra_pl.data.tokenize import IGNORE_INDEX, TokenizedExample, collate_padded, tokenize_chat
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.influence.instance import instance_scores
@@ -299,27 +299,10 @@ def sentence_scores(
     cut = kept_content_end(tokenizer, messages, turn, max_length)
     kept, scored = clip_to_kept(sentences, content, cut)
     clipped = [scored[j].end < sentences[k].end for j, k in enumerate(kept)]
-    if cut is None:
-        conversations = [list(messages), *removal_variants(messages, scored, turn)]
-        tokenized: list[TokenizedExample | None] = [tokenize_chat(tokenizer, c, max_length) for c in conversations]
-    else:
-        base = [dict(m) for m in messages]
-        base[turn]["content"] = content[:cut]
-        conversations = [base, *removal_variants(base, scored, turn)]
-        tokenized = [tokenize_kept(tokenizer, c, turn) for c in conversations]
-    if tokenized[0] is None:
-        raise ValueError("the example has no target token within max_length")
-    features = [
-        {"input_ids": tok.input_ids, "labels": tok.labels, "index": k}
-        for k, tok in enumerate(tokenized)
-        if tok is not None
-    ]
-    scores = torch.zeros(len(conversations), len(directions), dtype=torch.float64)
-    for start in range(0, len(features), batch_size):
-        chunk = features[start : start + batch_size]
-        batch = collate_padded(chunk, pad_id)
-        part = instance_scores(model, batch, directions, modules, loss_fn).detach().double().cpu()
-        scores[batch["index"]] = part
+    kept_text = content if cut is None else content[:cut]
+    contents = [kept_text, *(remove_span(kept_text, sentence) for sentence in scored)]
+    scores, features = _score_contents(model, tokenizer, messages, turn, contents, cut is not None, directions, modules,
+                                       max_length=max_length, batch_size=batch_size, loss_fn=loss_fn)
     spans = token_spans_for_sentences(tokenizer, messages, scored, turn, max_length) if scored else []
     token_sum = None
     if with_token_sum:
@@ -328,3 +311,79 @@ def sentence_scores(
         token_sum = torch.stack([per_token[:, span].sum(dim=1) for span in spans]) if spans else torch.zeros(0, len(directions))
     return SentenceScores(full=scores[0], removal=scores[0] - scores[1:], token_sum=token_sum, spans=spans,
                           kept=kept, clipped=clipped, cut=cut, n_input=len(sentences))
+
+
+def _score_contents(model, tokenizer, messages: Messages, turn: int, contents: Sequence[str], truncated: bool,
+                    directions: Directions, modules: Modules, *, max_length: int, batch_size: int,
+                    loss_fn: LossFn) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Instance scores [V, M] of the conversation with ``messages[turn]`` replaced by each of ``contents``.
+
+    ``contents[0]`` is the example itself and must keep a target token. ``truncated``: the contents
+    are the kept prefix of a cut example, tokenised without the template's closing tokens
+    (:func:`tokenize_kept`); otherwise each is tokenised normally. A variant without any target
+    token scores 0 (it trains on nothing).
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokenized: list[TokenizedExample | None] = []
+    for text in contents:
+        conversation = [dict(m) for m in messages]
+        conversation[turn]["content"] = text
+        tokenized.append(tokenize_kept(tokenizer, conversation, turn) if truncated else tokenize_chat(tokenizer, conversation, max_length))
+    if tokenized[0] is None:
+        raise ValueError("the example has no target token within max_length")
+    features = [{"input_ids": tok.input_ids, "labels": tok.labels, "index": k} for k, tok in enumerate(tokenized) if tok is not None]
+    scores = torch.zeros(len(contents), len(directions), dtype=torch.float64)
+    for start in range(0, len(features), batch_size):
+        batch = collate_padded(features[start : start + batch_size], pad_id)
+        scores[batch["index"]] = instance_scores(model, batch, directions, modules, loss_fn).detach().double().cpu()
+    return scores, features
+
+
+@dataclass
+class JointRemoval:
+    """S(z) and S(z without every sentence of a set) per named set (paper Table 2: "w/o exploration")."""
+
+    names: list[str]
+    full: torch.Tensor  # [M]
+    without: torch.Tensor  # [K, M]: S(z∖Y_k), one counterfactual per set, re-tokenised
+    n_sentences: list[int]
+
+    @property
+    def removal(self) -> torch.Tensor:
+        """S(z) − S(z∖Y_k): what the whole set contributes (Eq. 7 for a set of sentences)."""
+        return self.full - self.without
+
+
+def joint_removal_scores(
+    model: nn.Module,
+    tokenizer: Any,
+    messages: Messages,
+    sentence_sets: Mapping[str, Sequence[Sentence]],
+    directions: Directions,
+    modules: Modules = None,
+    *,
+    max_length: int,
+    assistant_turn_index: int | None = None,
+    batch_size: int = 8,
+    loss_fn: LossFn = causal_lm_loss,
+) -> JointRemoval:
+    """One counterfactual per named set of sentences, all of its sentences removed at once.
+
+    The joint removal is not the sum of single removals (later sentences lose their context once,
+    not once per removed sentence); this is the exact quantity the additive approximation
+    S(z) − Σ_y I(y) stands in for. Truncation is handled as in :func:`sentence_scores`: sets are
+    clipped to the kept content, and sentences past the cut are ignored.
+    """
+    turn = _check_turn(messages, assistant_turn_index)
+    content = messages[turn]["content"]
+    cut = kept_content_end(tokenizer, messages, turn, max_length)
+    kept_text = content if cut is None else content[:cut]
+    names, contents, counts = [], [kept_text], []
+    for name, sentences in sentence_sets.items():
+        _, clipped = clip_to_kept(list(sentences), content, cut)
+        names.append(name)
+        counts.append(len(clipped))
+        contents.append(remove_spans(kept_text, clipped) if clipped else kept_text)
+    scores, _ = _score_contents(model, tokenizer, messages, turn, contents, cut is not None, directions, modules,
+                                max_length=max_length, batch_size=batch_size, loss_fn=loss_fn)
+    return JointRemoval(names=names, full=scores[0], without=scores[1:], n_sentences=counts)

@@ -176,3 +176,26 @@ def test_truncated_example_counterfactuals_keep_the_trained_content(small_tokeni
     # tokens back in: a different number, which is what the issue reported.
     old = tokenize_chat(small_tokenizer, [*LONG_MESSAGES[:2], {"role": "assistant", "content": remove_span(LONG, sentences[1])}], max_length)
     assert len(old.input_ids) > len(ids)
+
+
+def test_joint_removal_is_one_counterfactual_per_set_not_the_sum(small_tokenizer, setup):
+    """Table 2 (paper): S(z) − S(z without all sentences of a behaviour), re-tokenised once."""
+    from infra_pl.data.sentences import remove_spans
+    from infra_pl.influence import joint_removal_scores
+
+    model, modules, directions = setup
+    sentences = split_sentences(LONG)
+    sets = {"verification": [sentences[2], sentences[6]], "exploration": [sentences[4]], "both": [sentences[2], sentences[4], sentences[6]]}
+    result = joint_removal_scores(model, small_tokenizer, LONG_MESSAGES, sets, directions, modules, max_length=MAX_LENGTH)
+    assert result.names == list(sets) and result.n_sentences == [2, 1, 3]
+    full = _alone(model, small_tokenizer, LONG_MESSAGES, directions, modules)
+    assert torch.allclose(result.full, full, rtol=1e-5, atol=1e-5 * float(full.abs().max()))
+    for k, chosen in enumerate(sets.values()):
+        variant = [*LONG_MESSAGES[:2], {"role": "assistant", "content": remove_spans(LONG, chosen)}]
+        expected = full - _alone(model, small_tokenizer, variant, directions, modules)
+        assert torch.allclose(result.removal[k], expected, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
+    single = sentence_scores(model, small_tokenizer, LONG_MESSAGES, sentences, directions, modules, max_length=MAX_LENGTH,
+                             with_token_sum=False)
+    additive = single.removal[[2, 6]].sum(0)
+    assert not torch.allclose(additive, result.removal[0], rtol=1e-3)  # the additive approximation differs
+    assert remove_spans(LONG, sets["both"]).count("check") == 0
