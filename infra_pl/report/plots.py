@@ -1,5 +1,6 @@
 """Matplotlib figures of the paper's analyses: histograms (Fig. 2), grouped bars with CIs
-(Figs. 3, 5, 6) and a token heatmap (Fig. 7).
+(Figs. 3, 5, 6), a token heatmap (Fig. 7), token-class bars (Finding 4) and symmetric-log score
+distributions with the top proponents marked (Figs. 2 and 8).
 
 Why ``matplotlib.figure.Figure`` and never ``pyplot``: pyplot keeps global state and picks a GUI
 backend; figures built directly render with Agg, leak nothing when dropped, and are safe to build
@@ -27,7 +28,15 @@ from matplotlib.patches import Rectangle
 from infra_pl.report.tokens import colour_scale, printable, score_rgb, top_token_mask
 from infra_pl.report.validate import require_columns, require_finite, resolve_measurements, score_column
 
-__all__ = ["behaviour_bars", "figure_png", "grouped_bars", "score_histograms", "token_heatmap"]
+__all__ = [
+    "behaviour_bars",
+    "figure_png",
+    "grouped_bars",
+    "score_distributions",
+    "score_histograms",
+    "token_class_bars",
+    "token_heatmap",
+]
 
 _DOMAIN_COLOURS = {"math": "#1f77b4", "code": "#ff7f0e"}
 _MONO = "DejaVu Sans Mono"  # ships with matplotlib; a fixed advance width makes the layout exact
@@ -334,4 +343,160 @@ def token_heatmap(
         fig.text(0.15 / fig_w, y, title, fontsize=fontsize + 2, va="top", parse_math=False, fontweight="bold")
         y -= 0.22 / fig_h
     fig.text(0.15 / fig_w, y, "; ".join(notes), fontsize=fontsize, va="top", parse_math=False, color="#444444")
+    return fig
+
+
+# --------------------------------------------------------------------------- token classes (Finding 4)
+
+_CLASS_METRICS = {
+    "share_top": "share of the top tokens",
+    "share_positive_influence": "share of positive influence",
+    "share_tokens": "share of all tokens",
+}
+
+
+def token_class_bars(
+    table: pd.DataFrame,
+    metrics: Sequence[str] = ("share_top", "share_positive_influence"),
+    show_base_rate: bool = True,
+) -> Figure:
+    """Finding 4 from :func:`~infra_pl.report.token_classes.token_class_table`: one column of
+    panels per measurement, one row per metric; in each panel grouped bars per token class, one
+    colour per training domain (math vs code traces), with the bootstrap CIs as error bars.
+
+    With ``show_base_rate`` a black tick on each bar marks the class's share of *all* tokens of
+    those traces, so a bar above its tick is a class over-represented among the top tokens (or
+    holding more than its share of the positive influence).
+    """
+    unknown = [m for m in metrics if m not in _CLASS_METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"token_class_bars: unknown metric(s) {unknown or metrics}; choose from {sorted(_CLASS_METRICS)}")
+    require_columns(table, ["measurement", "domain", "token_class", *metrics], "token class table")
+    names = list(dict.fromkeys(table["measurement"].map(_label)))
+    classes = list(dict.fromkeys(table["token_class"].map(_label)))
+    domains = list(dict.fromkeys(table["domain"].map(_label)))
+    fig = Figure(figsize=(max(5.0, 0.32 * len(classes) * max(1, len(domains)) + 1.6) * max(1, len(names)),
+                          2.9 * len(metrics) + 0.4), layout="constrained")
+    if table.empty:
+        return _empty(fig, "no token scores")
+    axes = fig.subplots(len(metrics), len(names), squeeze=False)
+    width = 0.8 / max(1, len(domains))
+    positions = np.arange(len(classes))
+    for col, name in enumerate(names):
+        part_m = table[table["measurement"].map(_label) == name]
+        for row, metric in enumerate(metrics):
+            ax = axes[row][col]
+            for i, domain in enumerate(domains):
+                part = part_m[part_m["domain"].map(_label) == domain].set_index("token_class")
+                part.index = part.index.map(_label)
+                heights = np.array([float(part.at[c, metric]) if c in part.index and not pd.isna(part.at[c, metric]) else np.nan
+                                    for c in classes])
+                err = np.full((2, len(classes)), np.nan)
+                low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+                if low in part.columns and high in part.columns:
+                    for j, c in enumerate(classes):
+                        if c in part.index and not (pd.isna(part.at[c, low]) or pd.isna(part.at[c, high]) or np.isnan(heights[j])):
+                            err[:, j] = [max(0.0, heights[j] - float(part.at[c, low])), max(0.0, float(part.at[c, high]) - heights[j])]
+                x = positions + (i - (len(domains) - 1) / 2) * width
+                n_examples = int(part["n_examples"].iloc[0]) if "n_examples" in part.columns and len(part) else 0
+                ax.bar(x, heights, width, yerr=err, capsize=2, error_kw={"linewidth": 0.8},
+                       color=_DOMAIN_COLOURS.get(domain, f"C{i + 2}"), alpha=0.85,
+                       label=f"{domain} traces (n={n_examples})")
+                if show_base_rate and metric != "share_tokens" and "share_tokens" in part.columns:
+                    base = np.array([float(part.at[c, "share_tokens"]) if c in part.index else np.nan for c in classes])
+                    ax.hlines(base, x - width / 2, x + width / 2, colors="black", linewidth=1.2,
+                              label="share of all tokens" if i == 0 else None)
+            ax.set_xticks(positions, classes, rotation=35, ha="right", fontsize=8, parse_math=False)
+            ax.set_ylabel(_CLASS_METRICS[metric], fontsize=9)
+            ax.set_ylim(bottom=0.0)
+            if row == 0:
+                ax.set_title(f"influence on {name}", fontsize=10, parse_math=False)
+            if row == 0 and col == len(names) - 1:
+                _literal_legend(ax.legend(fontsize=7, title="training examples", title_fontsize=7))
+    return fig
+
+
+# --------------------------------------------------------------------------- score distributions (Figs. 2, 8)
+
+
+def _symlog_threshold(values: np.ndarray) -> float:
+    """Width of the linear region around 0: the 5th percentile of the non-zero |scores| rounded down
+    to a power of 10, so almost every example sits on the logarithmic part, zeros are still drawn,
+    and the ticks -10^k, 0, 10^k are one decade apart (1 when all scores are 0)."""
+    magnitudes = np.abs(values[values != 0])
+    if magnitudes.size == 0:
+        return 1.0
+    quantile = float(max(np.quantile(magnitudes, 0.05), np.finfo(float).tiny))
+    return float(10.0 ** math.floor(math.log10(quantile)))
+
+
+def score_distributions(
+    instance_df: pd.DataFrame,
+    measurements: Sequence[str] | None = None,
+    top_k: int = 100,
+    bins: int = 50,
+    linthresh: float | None = None,
+    log_y: bool = False,
+) -> Figure:
+    """Score distributions as in the paper's Figures 2 and 8: one panel per measurement, a histogram
+    per training domain on a symmetric-log x axis, the top-``top_k`` proponents highlighted.
+
+    Why symlog: instance scores span orders of magnitude and both signs; on a linear axis the bulk
+    collapses into one bar next to 0 and the tail that matters (the proponents) is invisible. Bins
+    are evenly spaced on the drawn axis, so their widths read the same everywhere. ``linthresh``
+    (the linear region around 0) defaults to the 5th percentile of the non-zero |scores|, rounded
+    down to a power of 10.
+
+    Proponents: the ``top_k`` examples with the largest score for that measurement (capped at the
+    table's size, ties at the cut included). Their range is shaded, each is a rug tick in its
+    domain's colour along the top of the panel, and the legend says how many come from each domain
+    - Finding 1's question, whether the other domain reaches the top.
+    """
+    if int(top_k) != top_k or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if linthresh is not None and not linthresh > 0:
+        raise ValueError(f"linthresh must be positive, got {linthresh!r}")
+    names = resolve_measurements(instance_df, measurements)
+    require_columns(instance_df, ["domain", *(score_column(m) for m in names)], "instance scores")
+    require_finite(instance_df, [score_column(m) for m in names], "instance scores")
+    fig = Figure(figsize=(5.0 * len(names), 3.6), layout="constrained")
+    if instance_df.empty:
+        return _empty(fig, "no instance scores")
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    labels = instance_df["domain"].map(_label).to_numpy()
+    domains = list(dict.fromkeys(labels))
+    colours = {d: _DOMAIN_COLOURS.get(d, f"C{i + 2}") for i, d in enumerate(domains)}
+    for ax, name in zip(axes, names):
+        values = instance_df[score_column(name)].to_numpy(dtype=float)
+        threshold = linthresh if linthresh is not None else _symlog_threshold(values)
+        ax.set_xscale("symlog", linthresh=threshold, linscale=1.0)
+        transform = ax.xaxis.get_transform()
+        lo, hi = transform.transform(np.array([values.min(), values.max()]))
+        if hi - lo <= 0:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = transform.inverted().transform(np.linspace(lo, hi, bins + 1))
+        edges[0], edges[-1] = min(edges[0], values.min()), max(edges[-1], values.max())
+        k = min(int(top_k), len(values))
+        cut = float(np.sort(values)[-k])
+        top = values >= cut
+        counts = {d: int((top & (labels == d)).sum()) for d in domains}
+        ax.axvspan(cut, edges[-1], color="#f2c14e", alpha=0.25, linewidth=0,
+                   label=f"top {int(top.sum())} proponents: " + ", ".join(f"{d} {c}" for d, c in counts.items()))
+        for domain in domains:
+            part = values[labels == domain]
+            ax.hist(part, bins=edges, alpha=0.45, color=colours[domain], label=f"{domain} (n={len(part)})")
+            ax.hist(part, bins=edges, histtype="step", color=colours[domain], linewidth=1.0)
+        for domain in domains:
+            picked = values[top & (labels == domain)]
+            if picked.size:
+                ax.plot(picked, np.full(picked.size, 0.97), "|", transform=ax.get_xaxis_transform(),
+                        color=colours[domain], markersize=9, markeredgewidth=1.0)
+        ax.axvline(0.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_title(f"influence on {name}", fontsize=10, parse_math=False)
+        ax.set_xlabel(f"influence score S(z) (symlog, linear within \u00b1{threshold:.2g})")
+        ax.set_ylabel("training examples")
+        if log_y:
+            ax.set_yscale("log")
+        _literal_legend(ax.legend(title="training domain", fontsize=7, title_fontsize=8))
     return fig

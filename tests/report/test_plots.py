@@ -99,3 +99,49 @@ def test_data_labels_are_not_parsed_as_mathtext(instance_df):
         figure_png(fig, dpi=40)
         figure_png(score_histograms(odd), dpi=40)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["$\\frac$ cost"]
+
+
+# --------------------------------------------------------------------------- token classes, score distributions
+
+from infra_pl.report.plots import score_distributions, token_class_bars  # noqa: E402
+from infra_pl.report.token_classes import token_class_table  # noqa: E402
+
+
+def test_token_class_bars_panels_per_measurement_and_metric(token_df, instance_df):
+    table = token_class_table(token_df, instance_df, **FAST)
+    fig = token_class_bars(table)
+    assert len(fig.axes) == 4  # 2 metrics x 2 measurements
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["influence on math", "influence on code"]
+    classes = list(dict.fromkeys(table["token_class"]))
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == classes
+    assert "code traces (n=1)" in _texts(fig) and "share of all tokens" in _texts(fig)
+    assert len(fig.axes[0].patches) == len(classes)  # one domain in this table: one bar per class
+    assert figure_png(fig, dpi=40)[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="unknown metric"):
+        token_class_bars(table, metrics=["mean"])
+
+
+def test_score_distributions_symlog_with_proponents(instance_df):
+    fig = score_distributions(instance_df, top_k=3)
+    assert [ax.get_title() for ax in fig.axes] == ["influence on math", "influence on code"]
+    assert all(ax.get_xscale() == "symlog" for ax in fig.axes)
+    text = _texts(fig)
+    # math: top 3 are f (5, code), d (4, math), g (3, code); code: g (4), d (2), then e and f tie at 1
+    assert "top 3 proponents: math 1, code 2" in text
+    assert "top 4 proponents: math 1, code 3" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = figure_png(fig, dpi=40)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_score_distributions_zero_negative_and_constant_scores(instance_df):
+    odd = instance_df.assign(score_math=0.0, score_code=[-1e6, -3.0, 0.0, 0.0, 1e-9, 2.0, 5e4])
+    fig = score_distributions(odd, top_k=100)  # more than the table holds: all 7
+    assert "top 7 proponents: math 4, code 3" in _texts(fig)
+    assert len(figure_png(fig, dpi=40)) > 1000
+    assert score_distributions(odd, measurements=["code"], linthresh=1.0).axes[0].get_xscale() == "symlog"
+    with pytest.raises(ValueError, match="top_k"):
+        score_distributions(instance_df, top_k=0)
+    with pytest.raises(ReportInputError, match="NaN"):
+        score_distributions(instance_df.assign(score_math=np.nan))
