@@ -129,10 +129,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.intermediate = 4 * args.hidden
     if args.streams is None:
         args.streams = args.threads
+    args.bf16_units = None
     if args.compute_dtype == "auto":
-        from infra_pl.ekfac.precision import native_bf16
+        from infra_pl.ekfac.precision import bf16_detection
 
-        args.compute_dtype = "bfloat16" if native_bf16("cpu") else "float32"
+        native, args.bf16_units = bf16_detection("cpu")  # from the CPU's flags: never an emulated bfloat16 path
+        args.compute_dtype = "bfloat16" if native else "float32"
+        if not args.only:
+            print(f"--compute-dtype auto -> {args.compute_dtype}: {args.bf16_units}", flush=True)
     fixed = dict(hidden=128, intermediate=512, layers=4, heads=4, vocab=2048, seq_len=128, n_train=256, n_query=32)
     changed = [k for k, v in fixed.items() if getattr(args, k) != v]
     if changed and not args.scale:
@@ -450,7 +454,7 @@ def report(args: argparse.Namespace, kron: dict, infra: dict) -> None:
     print()
     print(f"setting: Llama hidden={args.hidden} mlp={args.intermediate} layers={args.layers} heads={args.heads} "
           f"vocab={args.vocab}; {args.n_train} train + {args.n_query} query x {args.seq_len} tokens; "
-          f"batch {args.batch_size}; threads={args.threads}; infra-pl streams={args.streams} compute_dtype={args.compute_dtype}; repeats={args.repeats}; clock={args.clock} seconds; "
+          f"batch {args.batch_size}; threads={args.threads}; infra-pl streams={args.streams} compute_dtype={args.compute_dtype}{f' (auto; {args.bf16_units})' if args.bf16_units else ''}; repeats={args.repeats}; clock={args.clock} seconds; "
           f"MALLOC_ARENA_MAX={args.malloc_arenas or 'default'} (both); "
           f"torch {torch.__version__}")
     print(f"one epoch (plain fwd+bwd over {args.n_train} seqs, the same code in both children): infra child median "

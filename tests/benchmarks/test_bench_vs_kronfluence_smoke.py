@@ -26,6 +26,8 @@ def test_interleaved_benchmark_runs_and_scores_agree() -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
+    # --compute-dtype auto records how it decided (the CPU's bfloat16 units, read from its flags).
+    assert re.search(r"compute_dtype=(float32|bfloat16) \(auto; cpu", out), out[-2000:]
     # Every shared phase ran in both libraries in each of the 2 repeats, in alternating order.
     for phase in ("epoch", "factors", "pairwise", "token scores"):
         assert len(re.findall(rf"^repeat \d/2 {phase} +kronfluence", out, flags=re.M)) == 2, phase
