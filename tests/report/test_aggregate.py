@@ -37,7 +37,8 @@ def _row(table: pd.DataFrame, **keys) -> pd.Series:
 def test_group_summary_by_domain_hand_computed(instance_df):
     table = group_summary(instance_df, "domain", **FAST)
     assert list(table.columns) == ["domain", "measurement", "n", "mean", "mean_ci_low", "mean_ci_high", "median",
-                                   "share_positive", "share_ci_low", "share_ci_high"]
+                                   "share_positive", "share_ci_low", "share_ci_high",
+                                   "mean_per_token", "mean_per_token_ci_low", "mean_per_token_ci_high", "n_no_tokens"]
     assert list(table["domain"]) == ["code", "code", "math", "math"]  # sorted groups, measurements in column order
     math_math = _row(table, domain="math", measurement="math")
     assert (math_math["n"], math_math["mean"], math_math["median"], math_math["share_positive"]) == (4, 1.0, 1.5, 0.75)
@@ -108,7 +109,8 @@ def test_behaviour_summary_with_vs_without(instance_df):
     assert ver["difference"] == -0.75 and ver["share_of_examples"] == pytest.approx(3 / 7)
     exp = _row(table, behaviour="exploration", measurement="code")  # with: b, e
     assert exp["mean_with"] == 0.0 and exp["mean_without"] == pytest.approx(1.2)  # [0, -1, 2, 1, 4] / 5
-    assert not table.isna().any().any()  # nobody backtracks: no row of NaN for it
+    raw = table.loc[:, "behaviour":"difference_per_token_ci_high"]
+    assert not raw.isna().any().any()  # nobody backtracks: no row of NaN for it
 
 
 def test_behaviour_summary_refuses_untagged_or_empty_behaviours(instance_df):
@@ -208,7 +210,7 @@ def test_empty_input_gives_empty_tables(instance_df):
 def test_standard_tables_and_write_tables(tmp_path, instance_df, sentence_df):
     tables = standard_tables(instance_df, sentence_df, **FAST)
     assert list(tables) == ["domain_difficulty", "cross_domain", "by_domain", "by_category", "behaviours",
-                            "sentence_behaviours"]
+                            "sentence_behaviours", "finding1_in_vs_cross_domain", "finding2_difficulty_contrast"]
     written = write_tables(tmp_path, tables)
     for name, paths in written.items():
         assert paths["csv"].exists() and paths["json"].exists()
