@@ -52,11 +52,16 @@ class AttributionReport(AttributionStep):
                 "AttributionReport groups training examples by 'domain', which the instance scores lack: return it "
                 "from the datamodule's attribution_metadata('train'), or leave AttributionReport out of the callbacks"
             )
+        import pandas as pd
+
         from infra_pl.report import standard_tables, write_report
+        from infra_pl.report.analyses import extra_tables
 
         out = Path(self.output_dir) if self.output_dir else trainer.attribution_dir() / "report"
         instance_df, token_df, sentence_df = state["instance_scores"], state.get("token_scores"), state.get("sentence_scores")
         tables = standard_tables(instance_df, sentence_df, n_boot=self.n_boot)
+        pairwise = pd.read_parquet(state["pairwise_scores_path"]) if state.get("pairwise_scores_path") else None
+        tables.update(extra_tables(instance_df, token_df, state.get("behaviour_removal"), pairwise, n_boot=self.n_boot))
         html_path, md_path = write_report(
             out, instance_df, token_df, sentence_df, state.get("measurement_info"), tables, top_k=self.top_k, n_boot=self.n_boot
         )

@@ -25,7 +25,7 @@ _META = ("domain", "source", "category", "difficulty", "n_target_tokens")
 FEW_ITEMS = 10  # below this many items in D_correct, f (and every score) is noisy
 
 
-def score_meaning(n_train: int) -> list[str]:
+def score_meaning(n_train: int, ci_caption: str | None = None) -> list[str]:
     """The paragraphs that tell a reader what a score is and how to read its sign and size."""
     return [
         "Each training example z has one influence score S(z) per measurement. A measurement f is the "
@@ -38,7 +38,7 @@ def score_meaning(n_train: int) -> list[str]:
         "scored examples); up-weighting it by \u03b5 changes f by about \u03b5\u00b7S(z). Magnitudes "
         "depend on the measurement (different items, different n), so compare signs, rankings and "
         "ratios across measurements rather than raw values.",
-        "Intervals are percentile-bootstrap confidence intervals (resampling examples within a group).",
+        ci_caption or "Intervals are percentile-bootstrap confidence intervals (resampling examples within a group).",
     ]
 
 
@@ -251,6 +251,7 @@ def build_content(
     tables: Mapping[str, pd.DataFrame],
     top_k: int = 10,
     title: str = "Influence attribution report",
+    ci_caption: str | None = None,
 ) -> ReportContent:
     """Validate the inputs and gather the report's content: top-``top_k`` examples per measurement
     (highest score first) with their token scores, sentence scores and per-behaviour removal."""
@@ -300,7 +301,7 @@ def build_content(
         title=title,
         n_train=len(instance_df),
         measurements=measurements,
-        meaning=score_meaning(len(instance_df)),
+        meaning=score_meaning(len(instance_df), ci_caption),
         measurement_rows=_measurement_rows(measurements, measurement_info),
         tables=dict(tables),
         examples=examples,

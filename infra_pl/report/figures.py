@@ -13,7 +13,7 @@ from typing import Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
-from infra_pl.report.plots import behaviour_bars, grouped_bars, score_histograms
+from infra_pl.report.plots import behaviour_bars, grouped_bars, score_distributions, token_class_bars
 
 __all__ = ["ReportFigure", "report_figures"]
 
@@ -39,18 +39,36 @@ def _arrow(key: tuple) -> str:
 
 
 def report_figures(instance_df: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> list[ReportFigure]:
-    """Histograms of the instance scores plus one bar chart per summary table (see module doc)."""
+    """Score distributions plus one chart per summary table (see module doc)."""
     figures = [ReportFigure(
-        "histograms",
-        "Distribution of instance influence scores by training domain, one panel per measurement "
-        "(paper Fig. 2). Right of the dashed line: examples that raise f.",
-        score_histograms(instance_df),
+        "score_distributions",
+        "Distribution of instance influence scores by training domain on a symmetric-log axis, one panel "
+        "per measurement, the top proponents shaded (paper Figs. 2 and 8). Right of zero: examples that raise f.",
+        score_distributions(instance_df),
     )]
     for name, table in tables.items():
         if table is None or table.empty:
             continue
         columns = set(table.columns)
-        if {"behaviour", "mean_with", "mean_without"} <= columns:
+        if {"token_class", "share_top"} <= columns:
+            figures.append(ReportFigure(
+                f"bars_{name}",
+                "Share of each token class among each example's top 5% tokens and of total positive token "
+                "influence, math vs code training traces (paper Fig. 7, Finding 4); ticks: share of all tokens; "
+                "error bars: bootstrap CI resampling examples.",
+                token_class_bars(table),
+            ))
+        elif {"removed", "mean_removal", "mean_removal_ci_low"} <= columns:
+            figures.append(ReportFigure(
+                f"bars_{name}",
+                "Mean S(z) − S(z without all sentences of a behaviour), one re-scored counterfactual per "
+                "example, over the top examples that show it (paper Table 2, left). Above zero: the behaviour's "
+                "sentences carry positive influence. Error bars: bootstrap CI.",
+                grouped_bars(table, x="removed", value="mean_removal", low="mean_removal_ci_low",
+                             high="mean_removal_ci_high", ylabel="mean removal score",
+                             title="influence carried by each behaviour (joint removal)"),
+            ))
+        elif {"behaviour", "mean_with", "mean_without"} <= columns:
             figures.append(ReportFigure(
                 f"bars_{name}",
                 "Mean instance score of training examples with vs without each behaviour, per "

@@ -231,7 +231,11 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     if tables is None:
         tables = standard_tables(instance_df, sentence_df, n_boot=n_boot, seed=seed, ci=ci)
-    content = build_content(instance_df, token_df, sentence_df, measurement_info, tables, top_k=top_k, title=title)
+    from infra_pl.report.robustness import ci_coverage_caption
+
+    caption = ci_coverage_caption(tables.get("dcorrect_robustness"), ci=ci, n_boot=n_boot)
+    content = build_content(instance_df, token_df, sentence_df, measurement_info, tables, top_k=top_k, title=title,
+                            ci_caption=caption)
     written = write_tables(out / "tables", content.tables)
     table_links = {name: f"tables/{paths['csv'].name}" for name, paths in written.items()}
 

@@ -30,7 +30,7 @@ def test_files_are_written(report):
     assert (out / "report.html").exists() and (out / "report.md").exists()
     for name in tables:
         assert (out / "tables" / f"{name}.csv").exists() and (out / "tables" / f"{name}.json").exists()
-    assert (out / "figure_histograms.png").exists()
+    assert (out / "figure_score_distributions.png").exists()
     assert (out / "figure_tokens_math_1.png").exists()  # example f, top for math, has token scores
 
 
@@ -85,7 +85,7 @@ def test_markdown_has_tables_and_links_to_existing_pngs(report):
     out, _, md, _ = report
     assert "| domain | n | math\\_mean |" in md
     links = re.findall(r"\]\(([^)]+\.png)\)", md)
-    assert "figure_histograms.png" in links and "figure_tokens_math_1.png" in links
+    assert "figure_score_distributions.png" in links and "figure_tokens_math_1.png" in links
     assert all((out / link).exists() for link in links)
     assert "<script" not in md and "<b>" not in md  # data text is HTML-escaped in Markdown too
 
