@@ -87,6 +87,7 @@ class ReportContent:
     examples: dict[str, list[ExampleView]]
     notes: list[str] = field(default_factory=list)
     provenance: list[str] = field(default_factory=list)  # where targets, labels and levels come from
+    findings: list[Any] = field(default_factory=list)  # infra_pl.report.findings.Finding, shown first
     provenance_warnings: list[str] = field(default_factory=list)
 
     @property
@@ -153,7 +154,7 @@ def _target_label(entry: Any) -> str | None:
 
 
 def data_provenance(instance_df: pd.DataFrame, sentence_df: pd.DataFrame | None,
-                    measurement_info: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
+                    measurement_info: Mapping[str, Any] | None) -> tuple[list[str], list[str], list[str]]:
     """Sentences saying where every label the tables group by came from, and the warnings among them.
 
     Why in the report: the same table means different things when difficulty is a MATH level or a
@@ -162,6 +163,7 @@ def data_provenance(instance_df: pd.DataFrame, sentence_df: pd.DataFrame | None,
     """
     lines: list[str] = []
     warnings: list[str] = []
+    weak: list[str] = []
     for name, entry in dict(measurement_info or {}).items():
         target = _value(entry, "target")
         if target is None:
@@ -213,7 +215,7 @@ def data_provenance(instance_df: pd.DataFrame, sentence_df: pd.DataFrame | None,
     if past:
         lines.append(f"Sentence scores: {sum(past.values())} sentence(s) of {len(past)} example(s) lie wholly past "
                      "max_length (never trained on) and are left out of every sentence table.")
-    return lines, warnings
+    return lines, warnings, weak
 
 
 def _tagger_trust(taggers: list[str], agreement: Mapping[str, float] | None) -> tuple[list[str], list[str]]:
@@ -291,11 +293,14 @@ def build_content(
         notes.append("No token scores were provided: token heatmaps are omitted.")
     if not has_sentences:
         notes.append("No sentence scores were provided: sentence tables are omitted.")
-    provenance, provenance_warnings = data_provenance(instance_df, sentence_df, measurement_info)
+    from infra_pl.report.findings import build_findings
+
+    provenance, provenance_warnings, weak = data_provenance(instance_df, sentence_df, measurement_info)
     not_observed = list(tables.get("behaviours").attrs.get("not_observed", [])) if "behaviours" in tables else []
     if not_observed:
         provenance.append(f"No training example shows {', '.join(not_observed)}: no row for it in the behaviour table.")
     return ReportContent(
+        findings=build_findings(tables, weak),
         provenance=provenance,
         provenance_warnings=provenance_warnings,
         title=title,

@@ -19,6 +19,7 @@ import pandas as pd
 
 from infra_pl.report.aggregate import standard_tables, write_tables
 from infra_pl.report.content import ExampleView, ReportContent, build_content
+from infra_pl.report.display import TABLE_NOTES, compact_table
 from infra_pl.report.figures import report_figures
 from infra_pl.report.formatting import MISSING, format_value
 from infra_pl.report.markdown import write_markdown
@@ -42,6 +43,11 @@ td.text { white-space: pre-wrap; font-family: ui-monospace, 'DejaVu Sans Mono', 
 .warning { background: #fff0f0; border: 2px solid #c00; color: #800; padding: 0.6em 1em; margin: 0.6em 0;
            font-weight: bold; }
 .note { color: #555; font-size: 0.9em; }
+.finding { border-left: 5px solid #888; background: #fafafa; padding: 0.4em 1em; margin: 0.8em 0; }
+.finding h3 { margin: 0.2em 0; } .finding p { margin: 0.3em 0; } .finding ul { margin: 0.3em 0; }
+.finding.holds { border-color: #2a7; } .finding.partly-holds { border-color: #db3; }
+.finding.does-not-hold { border-color: #c33; } .verdict { font-weight: bold; text-transform: uppercase; }
+.caveat { color: #a50; }
 .flag { background: #c00; color: #fff; padding: 0.1em 0.4em; border-radius: 3px; font-size: 0.8em; }
 .tokens { white-space: pre-wrap; word-break: break-word; font-family: ui-monospace, 'DejaVu Sans Mono', monospace;
           font-size: 0.85em; line-height: 1.7; border: 1px solid #ddd; padding: 0.6em; max-height: 32em; overflow: auto; }
@@ -57,6 +63,17 @@ def _e(value: Any) -> str:
 
 def _cell(value: Any) -> str:
     return _e(format_value(value))
+
+
+def _finding(finding: Any) -> str:
+    """One finding block: verdict in the heading, the paper's claim, what was measured, caveats."""
+    verdict_class = finding.verdict.replace(" ", "-")
+    measured = "".join(f"<li>{_e(line)}</li>" for line in finding.measured)
+    caveats = "".join(f'<li class="caveat">{_e(line)}</li>' for line in finding.caveats)
+    return (f'<div class="finding {verdict_class}"><h3>Finding {finding.number}: {_e(finding.title)} — '
+            f'<span class="verdict">{_e(finding.verdict)}</span></h3>'
+            f"<p><i>Paper:</i> {_e(finding.paper)}</p><p><i>Why:</i> {_e(finding.why)}</p>"
+            + (f"<ul>{measured}</ul>" if measured else "") + (f"<ul>{caveats}</ul>" if caveats else "") + "</div>")
 
 
 def _table(df: pd.DataFrame, text_columns: tuple[str, ...] = (), headers: Mapping[str, str] | None = None,
@@ -154,6 +171,11 @@ def render_html(content: ReportContent, figures: list[tuple[str, str, bytes]], t
     name to the relative path of its CSV file (written beside the report)."""
     table_links = dict(table_links or {})
     body = [f"<h1>{_e(content.title)}</h1>"]
+    if content.findings:
+        body.append("<h2>Findings on this run</h2>")
+        if content.warnings:
+            body.append(f'<p class="note">⚠ {len(content.warnings)} warning(s) below qualify these numbers.</p>')
+        body.extend(_finding(f) for f in content.findings)
     for warning in content.warnings:
         body.append(f'<div class="warning">\u26a0 {_e(warning)}</div>')
     body.append('<div class="meaning"><h3>What the scores mean</h3>'
@@ -175,9 +197,11 @@ def render_html(content: ReportContent, figures: list[tuple[str, str, bytes]], t
 
     body.append("<h2>Tables</h2>")
     for name, table in content.tables.items():
-        link = f' <a href="{_e(table_links[name])}">(CSV)</a>' if name in table_links else ""
+        link = f' <a href="{_e(table_links[name])}">(CSV, every column)</a>' if name in table_links else ""
         body.append(f"<h3>{_e(name)}{link}</h3>")
-        body.append(_table(table) if len(table) else f'<p class="note">{MISSING} empty</p>')
+        if name in TABLE_NOTES:
+            body.append(f'<p class="note">{_e(TABLE_NOTES[name])}</p>')
+        body.append(_table(compact_table(table)) if len(table) else f'<p class="note">{MISSING} empty</p>')
 
     body.append("<h2>Figures</h2>")
     for name, caption, png in figures:

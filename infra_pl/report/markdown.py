@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from infra_pl.report.content import ReportContent
+from infra_pl.report.display import TABLE_NOTES, compact_table
 from infra_pl.report.formatting import format_value
 
 __all__ = ["markdown_table", "render_markdown", "write_markdown"]
@@ -58,6 +59,16 @@ def render_markdown(
     heatmap_files = dict(heatmap_files or {})
     table_links = dict(table_links or {})
     out = [f"# {_md(content.title)}", ""]
+    if content.findings:
+        out += ["## Findings on this run", ""]
+        if content.warnings:
+            out += [f"_⚠ {len(content.warnings)} warning(s) below qualify these numbers._", ""]
+        for finding in content.findings:
+            out += [f"### Finding {finding.number}: {_md(finding.title)} — **{finding.verdict.upper()}**", "",
+                    f"_Paper:_ {_md(finding.paper)}", "", f"_Why:_ {_md(finding.why)}", ""]
+            out += [f"- {_md(line)}" for line in finding.measured]
+            out += [f"- ⚠ {_md(line)}" for line in finding.caveats]
+            out.append("")
     for warning in content.warnings:
         out += [f"> **\u26a0 WARNING:** {_md(warning)}", ""]
     out += ["## What the scores mean", ""] + [p + "\n" for p in map(_md, content.meaning)]
@@ -74,8 +85,11 @@ def render_markdown(
 
     out += ["## Tables", ""]
     for name, table in content.tables.items():
-        link = f" ([CSV]({table_links[name]}))" if name in table_links else ""
-        out += [f"### {_md(name)}{link}", "", markdown_table(table)]
+        link = f" ([CSV, every column]({table_links[name]}))" if name in table_links else ""
+        out += [f"### {_md(name)}{link}", ""]
+        if name in TABLE_NOTES:
+            out += [f"_{_md(TABLE_NOTES[name])}_", ""]
+        out.append(markdown_table(compact_table(table)))
 
     out += ["## Figures", ""]
     for caption, path in figure_files:

@@ -83,7 +83,7 @@ def test_no_fallback_no_warning(tmp_path, instance_df):
 
 def test_markdown_has_tables_and_links_to_existing_pngs(report):
     out, _, md, _ = report
-    assert "| domain | n | math\\_mean |" in md
+    assert r"| domain | n | math\_mean \[CI\] |" in md  # the value and its CI in one cell
     links = re.findall(r"\]\(([^)]+\.png)\)", md)
     assert "figure_score_distributions.png" in links and "figure_tokens_math_1.png" in links
     assert all((out / link).exists() for link in links)
