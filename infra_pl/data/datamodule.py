@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from infra_pl.curate import CurateOptions, Curation, curate as apply_curation, write_curation
 from infra_pl.data.batching import FixedBatches, LengthGroupedBatchSampler, token_budget_batches
 from infra_pl.data.difficulty import DifficultyOptions, apply_difficulty
 from infra_pl.data.exploration import remove_exploration as cut_exploration
@@ -107,6 +108,10 @@ class ReasoningDataModule(L.LightningDataModule):
             resample from ``pool`` keeping size and per-domain counts, ``reweight`` samples with
             per-example weights. Before/after histograms go to the log dir (Figure 5b).
         remove_exploration: cut post-answer exploration from training traces (Appendix D ablation).
+        curate: build the training mixture from instance scores of this training set
+            (``infra_pl.curate``: keep the top fraction, drop the most negative, reweight by score,
+            or a difficulty flip with directions derived from the scores; ``random: true`` for the
+            matched random control). The rule and the selected ids go to ``curate.out_dir``.
     """
 
     def __init__(
@@ -128,18 +133,23 @@ class ReasoningDataModule(L.LightningDataModule):
         difficulty: DifficultyOptions | None = None,
         flip: FlipOptions | None = None,
         remove_exploration: bool = False,
+        curate: CurateOptions | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.train_sources = train if train is not None else _default_train()
         self.eval_sources = eval if eval is not None else _default_eval()
-        resampling = flip is not None and flip.mode != "reweight"
+        resampling = (flip is not None and flip.mode != "reweight") or (curate is not None and curate.needs_pool)
+        if flip is not None and curate is not None:
+            raise DataError("data.flip and data.curate both change the training mix; use one of them per run")
         if pool is None and resampling and all(s.path.startswith("demo:") for s in self.train_sources):
             pool = [Source("demo:pool")]
         self.pool_sources = pool
         self.difficulty = difficulty
         self.flip = flip
         self.remove_exploration = remove_exploration
+        self.curate = curate
+        self.curation: Curation | None = None  # what data.curate did, once set up
         self.train_weights: list[float] | None = None  # per training example, set by flip mode "reweight"
         self.difficulty_summary: Any = None  # which signal gave each level (infra_pl.data.difficulty), once set up
         self.tokenizer_name = tokenizer
@@ -253,8 +263,12 @@ class ReasoningDataModule(L.LightningDataModule):
         self._ready = True
 
     def _prepare_train(self, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Difficulty levels, the difficulty flip and the exploration cut, in that order."""
+        """Difficulty levels, the difficulty flip (or data.curate) and the exploration cut, in that order."""
         resampling = self.flip is not None and self.flip.mode != "reweight"
+        if self.curate is not None and self.curate.needs_pool:
+            resampling = True
+            if not self.pool_sources:
+                raise DataError(f"data.curate mode '{self.curate.mode}' needs data.pool sources to draw replacements from")
         if resampling and not self.pool_sources:
             raise DataError(f"data.flip mode '{self.flip.mode}' needs data.pool sources to draw replacements from")
         pool = self._load(self.pool_sources, "pool") if resampling else []
@@ -269,6 +283,8 @@ class ReasoningDataModule(L.LightningDataModule):
             train, self.train_weights, text = apply_flip(train, pool, self.flip, exclude=self.eval_examples)
             rank_zero_info(text)
             self._write_flip_plot(before, train)
+        if self.curate is not None:
+            train = self._apply_curation(train, pool)
         if self.remove_exploration:
             cut = cut_exploration(train)
             rank_zero_info(f"exploration cut: {cut.describe()}")
@@ -277,6 +293,20 @@ class ReasoningDataModule(L.LightningDataModule):
                 self.train_weights = [w for e, w in zip(train, self.train_weights) if e["id"] in kept]
             train = cut.examples
         return train
+
+    def _apply_curation(self, train: list[dict[str, Any]], pool: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``data.curate`` (infra_pl.curate); the rule and selected ids are written on rank 0."""
+        curation = apply_curation(train, self.curate, pool=pool, exclude=self.eval_examples)
+        self.curation = curation
+        if curation.weights is not None:
+            self.train_weights = curation.weights
+        rank_zero_info(curation.describe())
+        trainer = self.trainer
+        if trainer is None or trainer.is_global_zero:
+            root = self.curate.out_dir or Path(trainer.default_root_dir if trainer is not None else ".") / "curation"
+            rule, ids = write_curation(curation, root)
+            rank_zero_info(f"curation rule: {rule}; selected ids: {ids}")
+        return curation.examples
 
     def _write_flip_plot(self, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> None:
         """Figure 5b (before/after level histograms, PNG + JSON) into the run's log dir, rank 0 only."""
@@ -439,4 +469,4 @@ class ReasoningDataModule(L.LightningDataModule):
 
 
 # Datamodule hyperparameters in checkpoints hold these dataclasses (see module.py).
-torch.serialization.add_safe_globals([DemoOptions, Source, DifficultyOptions, FlipOptions])
+torch.serialization.add_safe_globals([DemoOptions, Source, DifficultyOptions, FlipOptions, CurateOptions])
