@@ -71,8 +71,10 @@ class InfluenceScores(AttributionStep):
             ``correctness.jsonl`` under the run folder; if none exists, validation runs first).
         seed: seed of the D_correct draw.
         batch_size: batch size of the scoring passes (default: the datamodule's eval batch size).
-        token_top_k: token scores for the top-K examples per measurement (by instance score);
-            0 turns token scores off (then the module needs no ``attribution_logits``).
+        token_top_k: token scores for the top-K examples of each training domain per measurement
+            (by instance score), so math and code traces can be compared (Finding 4) even when one
+            domain dominates the top; 0 turns token scores off (then the module needs no
+            ``attribution_logits``).
         token_all: token scores for every training example instead of the top-K.
         sentence_top_k: sentence scores for the top examples per measurement (0: off).
         pairwise: also write per-query scores (every measured item x every training example) to
@@ -240,7 +242,8 @@ class InfluenceScores(AttributionStep):
             if self.token_all:
                 top = list(range(len(train_ids)))
             else:
-                top = sorted({int(i) for n in names for i in instance_df.nlargest(self.token_top_k, f"score_{n}")["index"]})
+                groups = [g for _, g in instance_df.groupby("domain")] if "domain" in instance_df else [instance_df]
+                top = sorted({int(i) for n in names for g in groups for i in g.nlargest(self.token_top_k, f"score_{n}")["index"]})
             token_df = _sum_token_frames([self._token_pass(trainer, pl_module, datamodule, part, out, top, train_ids) for part in parts])
             _check_token_sums(token_df, instance_df, names)
             if trainer.is_global_zero:

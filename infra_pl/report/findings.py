@@ -70,6 +70,22 @@ def _sign(row: Mapping[str, Any], column: str = "difference") -> int:
     return 1 if low > 0 else -1 if high < 0 else 0
 
 
+MIN_EXAMPLES = 5  # fewer examples behind a comparison: its bootstrap CI is not trusted for a verdict
+
+
+def _robust_sign(row: Mapping[str, Any], column: str = "difference") -> int:
+    """:func:`_sign`, but 0 when the raw difference does not survive length adjustment."""
+    return 0 if row.get("length_driven") in (True, 1) else _sign(row, column)
+
+
+def _raw_only(raw: list[int], robust: list[int]) -> str:
+    """The sentence added to a verdict that raw sums alone would have decided differently."""
+    if raw == robust:
+        return ""
+    return (" On raw sums alone more of it would look significant, but that part does not survive length "
+            "adjustment (possibly length-driven; see caveats).")
+
+
 def _length_note(row: Mapping[str, Any], what: str) -> str | None:
     flag = row.get("length_driven")
     if flag is True or flag == 1:
@@ -93,9 +109,10 @@ def _finding1(tables: Mapping[str, pd.DataFrame]) -> Finding:
     if not rows:
         finding.why = "no measurement is named after a training domain, so in-domain vs cross-domain is undefined."
         return finding
-    signs = []
+    signs, raw = [], []
     for row in rows:
-        signs.append(_sign(row))
+        raw.append(_sign(row))
+        signs.append(_robust_sign(row))
         finding.measured.append(
             f"{row['measurement']} measurement: {row['in_domain']} data {fmt(row['mean_in'])} vs {row['other_domain']} "
             f"data {fmt(row['mean_other'])}; difference {interval(row, 'difference')} (per token "
@@ -125,9 +142,7 @@ def _finding1(tables: Mapping[str, pd.DataFrame]) -> Finding:
         finding.verdict, finding.why = NOT, "on at least one measurement cross-domain examples score higher (CI below 0)."
     else:
         finding.verdict, finding.why = NOT_SIGNIFICANT, "the in- vs cross-domain CI includes 0 on at least one measurement."
-    if finding.caveats and finding.verdict == HOLDS:
-        finding.verdict = PARTLY
-        finding.why += " But part of it may be length-driven (see caveats)."
+    finding.why += _raw_only(raw, signs)
     return finding
 
 
@@ -142,12 +157,12 @@ def _finding2(tables: Mapping[str, pd.DataFrame]) -> Finding:
     if not rows:
         finding.why = "no training domain has two or more difficulty levels (data.difficulty gives none)."
         return finding
-    agree, length_driven = [], 0
+    agree, raw_signs, robust_signs, length_domains = [], [], [], []
     for row in rows:
         expected = PAPER_DIFFICULTY.get(row["domain"])
-        sign = _sign(row)
-        if sign != 0 and row.get("length_driven") in (True, 1):
-            length_driven += 1
+        sign = _robust_sign(row)
+        raw_signs.append(_sign(row))
+        robust_signs.append(sign)
         direction = "higher" if sign > 0 else "lower" if sign < 0 else "not different"
         finding.measured.append(
             f"{row['domain']} data on the {row['measurement']} measurement: levels {row['high_levels']} vs "
@@ -156,13 +171,13 @@ def _finding2(tables: Mapping[str, pd.DataFrame]) -> Finding:
         if expected is not None and sign != 0:
             agree.append((sign > 0) == (expected == "high"))
         source = str(row.get("difficulty_source") or "")
-        if "length_quantile" in source:
-            finding.caveats.append(f"{row['domain']}: levels are trace-length quintiles (difficulty = length quintile), "
-                                   "so this is a finding about length.")
-        else:
-            note = _length_note(row, f"{row['domain']} on {row['measurement']}")
-            if note:
-                finding.caveats.append(note)
+        if "length_quantile" in source and row["domain"] not in length_domains:
+            length_domains.append(row["domain"])
+            finding.caveats.append(f"{row['domain']}: some or all levels are trace-length quintiles (difficulty = length "
+                                   f"quintile; sources: {source}), so for those examples this is a finding about length.")
+        note = _length_note(row, f"{row['domain']} on {row['measurement']}")
+        if note:
+            finding.caveats.append(note)
     if not agree:
         finding.verdict, finding.why = NOT_SIGNIFICANT, "no high-vs-low difference is significant."
     elif all(agree) and len(agree) == len(rows):
@@ -173,8 +188,7 @@ def _finding2(tables: Mapping[str, pd.DataFrame]) -> Finding:
         finding.verdict, finding.why = NOT, "the significant contrasts go against the paper."
     else:
         finding.verdict, finding.why = PARTLY, "some significant contrasts go the paper's way, some against it."
-    if length_driven:
-        finding.why += f" {length_driven} significant contrast(s) may be length-driven (see caveats)."
+    finding.why += _raw_only(raw_signs, robust_signs)
     return finding
 
 
@@ -196,8 +210,11 @@ def _finding3(tables: Mapping[str, pd.DataFrame], weak_behaviours: list[str]) ->
             f"without {row['removed']} ({row['n_examples']} top examples, {fmt(row['mean_sentences_removed'])} sentences "
             f"each): S(z) falls by {interval(row, 'mean_removal')} on the {row['measurement']} measurement "
             f"(additive approximation {fmt(row['mean_removal_additive'])}).")
-        if row["removed"] == "exploration":
+        if row["removed"] == "exploration" and row["n_examples"] >= MIN_EXAMPLES:
             exploration[row["measurement"]] = _sign(row, "mean_removal")
+        elif row["removed"] == "exploration":
+            finding.caveats.append(f"exploration's removal on {row['measurement']} rests on {row['n_examples']} example(s), "
+                                   f"fewer than {MIN_EXAMPLES}: not used for the verdict (raise sentence_top_k).")
     for row in behaviours:
         if row["behaviour"] in ("exploration", "verification"):
             finding.measured.append(
@@ -209,7 +226,7 @@ def _finding3(tables: Mapping[str, pd.DataFrame], weak_behaviours: list[str]) ->
     if weak_behaviours:
         finding.caveats.append(f"labels of {', '.join(weak_behaviours)} have low measured accuracy: indicative only.")
     if not exploration:  # no removal scores: the instance-level with/without comparison is the evidence left
-        exploration = {r["measurement"]: _sign(r) for r in behaviours if r["behaviour"] == "exploration"}
+        exploration = {r["measurement"]: _robust_sign(r) for r in behaviours if r["behaviour"] == "exploration"}
         basis = " (from examples with vs without exploration: no removal scores)"
     else:
         basis = ""
@@ -253,10 +270,16 @@ def _finding4(tables: Mapping[str, pd.DataFrame]) -> Finding:
         expected = PAPER_TOKENS.get(domain)
         if expected is not None:
             results.append(enriched["token_class"] in expected or top["token_class"] in expected)
+    missing = [d for d in PAPER_TOKENS if d not in set(table["domain"])]
+    if missing:
+        finding.caveats.append(f"no {' or '.join(missing)} traces among the token-scored examples: the math-vs-code "
+                               "contrast is half measured.")
     if not results:
         finding.why = "no math or code training traces among the token-scored examples."
-    elif all(results):
+    elif all(results) and not missing:
         finding.verdict, finding.why = HOLDS, "the leading token class matches the paper in every domain."
+    elif all(results):
+        finding.verdict, finding.why = PARTLY, "the leading token class matches the paper in the domain measured."
     elif any(results):
         finding.verdict, finding.why = PARTLY, "the leading token class matches the paper in some domains only."
     else:
