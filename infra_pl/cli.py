@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from infra_pl.data.datamodule import ReasoningDataModule
 from infra_pl.errors import (
+    ConfigError,
     InfraArgumentParser,
     config_error,
     debug_requested,
@@ -26,6 +27,7 @@ from infra_pl.errors import (
     strip_debug_flag,
 )
 from infra_pl.module import SFTModule
+from infra_pl.run_settings import expand_root_placeholder
 from infra_pl.threads import configure_for_subcommand
 from infra_pl.trainer import InfraTrainer
 
@@ -111,8 +113,58 @@ class InfraCLI(LightningCLI):
     def _subcommand_config(self) -> Any:
         return self.config.get(self.subcommand, self.config) if self.subcommand else self.config
 
+    def _parse_ckpt_path(self) -> None:
+        """The checkpoint's hyperparameters fill what the config leaves unset, and never override silently.
+
+        Lightning's own version lays every stored hyperparameter over the parsed config. Here each key
+        is decided on its own (:func:`infra_pl.run_settings.merge_checkpoint_hparams`): unset settings
+        come from the checkpoint, a differing architecture is refused naming each key, and any other
+        given setting is kept with a line naming the key and both values.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        import torch
+
+        from infra_pl.run_settings import conflict_message, merge_checkpoint_hparams
+
+        try:  # mmap: only the hyperparameters are read, not gigabytes of weights
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+        except RuntimeError:
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        stored = dict(ckpt.get("hyper_parameters") or {})
+        del ckpt
+        stored.pop("_instantiator", None)
+        if not stored:
+            return
+        if "_class_path" in stored:  # a model given by class_path: Lightning's merge
+            return super()._parse_ckpt_path()
+        given = self.config[subcommand].get("model")
+        given = given.as_dict() if hasattr(given, "as_dict") else dict(given or {})
+        defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
+        defaults = defaults.as_dict() if hasattr(defaults, "as_dict") else dict(defaults or {})
+        merge = merge_checkpoint_hparams(stored, given, defaults, subcommand)
+        if merge.conflicts:
+            raise ConfigError(conflict_message(str(ckpt_path), merge.conflicts))
+        for line in merge.notices:
+            print(f"[infra-pl] warning: {line}", file=sys.stderr)
+        if merge.ignored:
+            owner = getattr(self.model_class, "__name__", "the model")
+            print(f"[infra-pl] warning: the checkpoint's hyperparameter(s) {', '.join(merge.ignored)} are no option of "
+                  f"{owner} in this version; ignored", file=sys.stderr)
+        if merge.take:
+            try:
+                self.config = self.parser.parse_object({subcommand: {"model": merge.take}}, self.config)
+            except SystemExit:
+                sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+                raise
+
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
+        expand_root_placeholder(config)
         if config.get("print_plan") and self.subcommand != "attribute":
             raise ValueError(f"--print_plan applies to `attribute`, not `{self.subcommand}`")
         _, lines = configure_for_subcommand(self.subcommand, config.get("threads"))
