@@ -1,277 +1,74 @@
-"""Command line: ``infra-pl fit|validate -c configs/demo.yaml`` (LightningCLI).
+"""Command line: ``infra-pl fit|validate|attribute -c configs/demo.yaml`` (LightningCLI).
 
-``InfraTrainer`` is where the ``attribute`` subcommand lives once attribution is wired in; the
-CLI subclass prints where every artefact of a run went, because the first thing a user does
-after a run is look for its logs, checkpoint and correctness file.
+This module is the console entry point and stays light: importing Lightning takes seconds (7-8 s
+on the project's machine, most of ``infra-pl --help``), so ``infra-pl`` and ``infra-pl --help``
+are answered here without it, and the LightningCLI side (:mod:`infra_pl.cli_app`) is imported
+only when a subcommand runs or asks for its own ``--help``. ``InfraCLI``, ``run_cli`` and the
+other names of :mod:`infra_pl.cli_app` can still be imported from here.
 """
 
 from __future__ import annotations
 
-import collections
 import sys
-from pathlib import Path
 from typing import Any
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.callbacks import ModelCheckpoint
+from infra_pl.errors import run_reporting_known_errors, strip_debug_flag
 
-from infra_pl.data.datamodule import ReasoningDataModule
-from infra_pl.errors import (
-    ConfigError,
-    InfraArgumentParser,
-    config_error,
-    debug_requested,
-    known_errors,
-    run_reporting_known_errors,
-    strip_debug_flag,
-)
-from infra_pl.module import SFTModule
-from infra_pl.run_settings import expand_root_placeholder
-from infra_pl.threads import configure_for_subcommand
-from infra_pl.trainer import InfraTrainer
+DESCRIPTION = "infra-pl: SFT on math/code reasoning data + influence attribution."
 
+# What `infra-pl --help` lists; every LightningCLI subcommand's own `--help` has its options.
+SUBCOMMAND_HELP = {
+    "fit": "Fine-tune the model (SFTModule) on the training data.",
+    "validate": "Score greedy generations per domain and difficulty; writes correctness.jsonl.",
+    "test": "Lightning's test loop over the test set.",
+    "predict": "Lightning's predict loop.",
+    "attribute": "EK-FAC factors, influence scores and the report (the attribution callbacks' options: "
+                 "`infra-pl attribute --help` says how to list them).",
+}
 
-def _checkpoint_path(trainer: L.Trainer) -> str | None:
-    for callback in trainer.callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            return callback.last_model_path or callback.best_model_path or None
-    return None
+# `infra-pl curate` (a training mixture from instance scores) and `infra-pl compare` (fit + validate
+# variants over seeds, paired table): issue 25.
+EXTRA_COMMANDS = {"curate": "infra_pl.curate", "compare": "infra_pl.compare"}
+EXTRA_HELP = {
+    "curate": "A training mixture from instance scores (top/drop/reweight; `infra-pl curate --help`).",
+    "compare": "Fit + validate variants over seeds, paired table (`infra-pl compare --help`).",
+}
 
-
-def last_checkpoint_without_version(trainer: L.Trainer) -> None:
-    """A re-run's ``last.ckpt`` replaces the previous one instead of becoming ``last-v1.ckpt``.
-
-    With Lightning's version counter on, a second ``fit`` into the same folder wrote ``last-v1.ckpt``
-    and the ``validate``/``attribute`` commands (``--ckpt_path .../last.ckpt``) silently used the old
-    weights. The shipped configs set ``enable_version_counter: false``; configs that do not get it
-    turned off here, with a notice, for callbacks that save ``last``.
-    """
-    for callback in trainer.callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.save_last and getattr(callback, "_enable_version_counter", False):
-            callback._enable_version_counter = False
-            print(
-                f"[infra-pl] ModelCheckpoint: version counter off, so this fit overwrites "
-                f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION} in its folder and later commands load it "
-                "(set enable_version_counter: false in the config to silence this notice)",
-                file=sys.stderr,
-            )
+_APP_NAMES = ("InfraCLI", "InfraArgumentParser", "run_cli", "memory_plan_text", "correctness_table",
+              "last_checkpoint_without_version")
 
 
-def correctness_table(verdicts: list[Any]) -> str:
-    """Correct/total per domain and difficulty level, as printed after ``validate``."""
-    totals: dict[tuple[str, Any], list[int]] = collections.defaultdict(lambda: [0, 0])
-    for verdict in verdicts:
-        for key in ((verdict.domain, "all"), (verdict.domain, verdict.difficulty)):
-            totals[key][0] += int(verdict.correct)
-            totals[key][1] += 1
-    lines = []
-    for domain in sorted({d for d, _ in totals}):
-        levels = sorted((lvl for d, lvl in totals if d == domain and lvl != "all"), key=str)
-        per_level = "  ".join(f"L{lvl}: {totals[(domain, lvl)][0]}/{totals[(domain, lvl)][1]}" for lvl in levels)
-        correct, total = totals[(domain, "all")]
-        lines.append(f"  {domain:<5} {correct:>4}/{total:<4} correct   {per_level}")
-    return "\n".join(lines)
+def __getattr__(name: str) -> Any:
+    if name in _APP_NAMES:
+        from infra_pl import cli_app
+
+        return getattr(cli_app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class InfraCLI(LightningCLI):
-    """LightningCLI with infra-pl's model, data and trainer classes as defaults."""
-
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "attribute": {"model", "datamodule"}}
-
-    def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_argument(
-            "--threads",
-            type=int | None,
-            default=None,
-            help="torch CPU threads (default: INFRA_PL_THREADS/OMP_NUM_THREADS, else 1 for fit/validate: "
-                 "the weights depend on the thread count, not on load; attribute: the cores not busy)",
-        )
-        parser.add_argument(
-            "--print_plan",
-            type=bool,
-            default=False,
-            help="attribute only: print the memory planner's per-phase estimate for this model, batch size and "
-                 "max_length (and the partition plan when EKFACFactors.device_budget is set or a GPU is used), "
-                 "then exit without attributing",
-        )
-
-    def instantiate_classes(self) -> None:
-        # A refused option value surfaces from deep inside jsonargparse's union handling: report the
-        # class and its own check instead (infra_pl.errors).
-        if debug_requested():
-            return super().instantiate_classes()
-        try:
-            super().instantiate_classes()
-        except known_errors():
-            raise
-        except (ValueError, TypeError) as err:
-            raise config_error(err) from err
-
-    def _subcommand_config(self) -> Any:
-        return self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-
-    def _parse_ckpt_path(self) -> None:
-        """The checkpoint's hyperparameters fill what the config leaves unset, and never override silently.
-
-        Lightning's own version lays every stored hyperparameter over the parsed config. Here each key
-        is decided on its own (:func:`infra_pl.run_settings.merge_checkpoint_hparams`): unset settings
-        come from the checkpoint, a differing architecture is refused naming each key, and any other
-        given setting is kept with a line naming the key and both values.
-        """
-        subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return
-        ckpt_path = self.config[subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        import torch
-
-        from infra_pl.run_settings import conflict_message, merge_checkpoint_hparams
-
-        try:  # mmap: only the hyperparameters are read, not gigabytes of weights
-            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
-        except RuntimeError:
-            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        stored = dict(ckpt.get("hyper_parameters") or {})
-        del ckpt
-        stored.pop("_instantiator", None)
-        if not stored:
-            return
-        if "_class_path" in stored:  # a model given by class_path: Lightning's merge
-            return super()._parse_ckpt_path()
-        given = self.config[subcommand].get("model")
-        given = given.as_dict() if hasattr(given, "as_dict") else dict(given or {})
-        defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
-        defaults = defaults.as_dict() if hasattr(defaults, "as_dict") else dict(defaults or {})
-        merge = merge_checkpoint_hparams(stored, given, defaults, subcommand)
-        if merge.conflicts:
-            raise ConfigError(conflict_message(str(ckpt_path), merge.conflicts))
-        for line in merge.notices:
-            print(f"[infra-pl] warning: {line}", file=sys.stderr)
-        if merge.ignored:
-            owner = getattr(self.model_class, "__name__", "the model")
-            print(f"[infra-pl] warning: the checkpoint's hyperparameter(s) {', '.join(merge.ignored)} are no option of "
-                  f"{owner} in this version; ignored", file=sys.stderr)
-        if merge.take:
-            try:
-                self.config = self.parser.parse_object({subcommand: {"model": merge.take}}, self.config)
-            except SystemExit:
-                sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
-                raise
-
-    def before_instantiate_classes(self) -> None:
-        config = self._subcommand_config()
-        expand_root_placeholder(config)
-        if config.get("print_plan") and self.subcommand != "attribute":
-            raise ValueError(f"--print_plan applies to `attribute`, not `{self.subcommand}`")
-        _, lines = configure_for_subcommand(self.subcommand, config.get("threads"))
-        print("\n".join(lines), file=sys.stderr)
-
-    def before_fit(self) -> None:
-        last_checkpoint_without_version(self.trainer)
-
-    def after_fit(self) -> None:
-        trainer = self.trainer
-        print("\n[infra-pl] fit finished")
-        if trainer.logger is not None:
-            print(f"  TensorBoard logs : {trainer.logger.log_dir}   (tensorboard --logdir {Path(trainer.logger.log_dir).parent})")
-        ckpt = _checkpoint_path(trainer)
-        if ckpt:
-            print(f"  checkpoint       : {ckpt}")
-
-    def after_validate(self) -> None:
-        trainer, model = self.trainer, self.model
-        print("\n[infra-pl] validate finished")
-        if trainer.logger is not None:
-            print(f"  TensorBoard logs : {trainer.logger.log_dir}")
-        if getattr(trainer, "loaded_checkpoint", None):
-            print(f"  checkpoint       : {trainer.loaded_checkpoint}")
-        verdicts = getattr(model, "_verdicts", [])
-        if verdicts:
-            print("  greedy generation, correct per domain and difficulty level:")
-            print(correctness_table(verdicts))
-        if getattr(model, "last_correctness_path", None):
-            print(f"  correctness file : {model.last_correctness_path}")
-
-
-    def before_attribute(self) -> None:
-        if self._subcommand_config().get("print_plan"):
-            print(memory_plan_text(self.trainer, self.model, self.datamodule))
-            raise SystemExit(0)
-
-    def after_attribute(self) -> None:
-        state = getattr(self.trainer, "attribution_state", {})
-        print("\n[infra-pl] attribute finished")
-        if getattr(self.trainer, "loaded_checkpoint", None):
-            print(f"  checkpoint       : {self.trainer.loaded_checkpoint}")
-        if state.get("factors_dir"):
-            print(f"  EK-FAC factors   : {state['factors_dir']}")
-        for label, key in (("instance scores", "instance_scores_path"), ("token scores", "token_scores_path"),
-                           ("sentence scores", "sentence_scores_path"), ("report", "report_path")):
-            if state.get(key):
-                print(f"  {label:<16} : {state[key]}")
-
-
-def memory_plan_text(trainer: L.Trainer, module: L.LightningModule, datamodule: Any) -> str:
-    """The planner's table for the configured attribution run (``attribute --print_plan``).
-
-    Builds the network if the module has not yet (``configure_model``) but loads no checkpoint:
-    memory depends on shapes and dtypes, not on weight values.
-    """
-    from infra_pl.callbacks import EKFACFactors, InfluenceScores
-    from infra_pl.planner import PartitionError, plan_partitions, plan_table
-    from infra_pl.protocol import attribution_model, model_is_built
-
-    factors = next((c for c in trainer.callbacks if isinstance(c, EKFACFactors)), None)
-    if factors is None:
-        raise ValueError("--print_plan needs an EKFACFactors callback in trainer.callbacks (it sets modules, dtype, "
-                         "batch size and the device budget)")
-    if not model_is_built(module) and hasattr(module, "configure_model"):
-        # What `attribute` does before its first pass: the data (SFTModule takes its tokenizer from
-        # it), then the network.
-        for hook, arg in (("prepare_data", ()), ("setup", ("predict",))):
-            if callable(getattr(datamodule, hook, None)):
-                getattr(datamodule, hook)(*arg)
-        if isinstance(datamodule, L.LightningDataModule):
-            trainer.datamodule = datamodule
-            datamodule.trainer = trainer
-        module.trainer = trainer
-        module.configure_model()
-    model = attribution_model(module)
-    scores = next((c for c in trainer.callbacks if isinstance(c, InfluenceScores)), None)
-    # Measurements are built per evaluation domain at run time (the default: one per domain), so
-    # count domains x measurement objects; the table's header shows the number assumed.
-    domains = {ex.get("domain") for ex in getattr(datamodule, "eval_examples", None) or []} - {None}
-    measurements = max(1, (len(scores.measurements) if scores is not None else 1) * max(1, len(domains)))
-    est = factors.memory_estimate(model, datamodule, measurements=measurements)
-    # The network is still on the CPU here; the device the run will use is the strategy's.
-    budget = factors.budget_bytes(trainer.strategy.root_device)
-    if budget is None:
-        return plan_table(est, None) + (
-            "\n\n(no partition plan: the run is not on a GPU and EKFACFactors has no device_budget; set "
-            "`device_budget: 80GiB` under its init_args in the YAML to plan partitions for that budget)"
-        )
-    try:
-        plan = plan_partitions(est, budget)
-    except PartitionError as err:
-        return plan_table(est, None) + f"\n\nerror: {err}"
-    return plan_table(est, plan, budget)
-
-
-def run_cli(args: list[str] | None = None) -> InfraCLI:
-    """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
-    return InfraCLI(
-        SFTModule,
-        ReasoningDataModule,
-        trainer_class=InfraTrainer,
-        parser_class=InfraArgumentParser,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "infra-pl: SFT on math/code reasoning data + influence attribution."},
-        args=args,
-    )
+def top_level_help() -> str:
+    """``infra-pl --help``: the subcommands and where each one's options are listed."""
+    names = [*SUBCOMMAND_HELP, *EXTRA_COMMANDS]
+    rows = [f"    {name:<12}{(SUBCOMMAND_HELP | EXTRA_HELP)[name]}" for name in names]
+    return "\n".join([
+        f"usage: infra-pl [-c CONFIG] {{{','.join(names)}}} ...",
+        "",
+        DESCRIPTION,
+        "",
+        "options:",
+        "  -h, --help            Show this help message and exit.",
+        "  -c CONFIG, --config CONFIG",
+        "                        Path to a configuration file in json or yaml format.",
+        "  --print_config [=flags]",
+        "                        Print the configuration after applying all other arguments and exit.",
+        "  --debug               Show the traceback of known errors (also INFRA_PL_DEBUG=1).",
+        "",
+        "subcommands (`infra-pl SUBCOMMAND --help` lists each one's options):",
+        *rows,
+        "",
+        "Example: infra-pl fit -c configs/demo.yaml; infra-pl validate -c configs/demo.yaml "
+        "--ckpt_path runs/demo/checkpoints/last.ckpt",
+    ])
 
 
 def main(args: list[str] | None = None) -> None:
@@ -284,6 +81,20 @@ def main(args: list[str] | None = None) -> None:
         sys.argv[1:] = strip_debug_flag(sys.argv[1:])
     else:
         args = strip_debug_flag(list(args))
+    argv = sys.argv[1:] if args is None else args
+    if not argv or argv[0] in ("-h", "--help"):  # answered without importing Lightning
+        print(top_level_help(), file=sys.stdout if argv else sys.stderr)
+        if not argv:
+            print("infra-pl: error: give a subcommand", file=sys.stderr)
+        raise SystemExit(0 if argv else 2)
+    if argv[0] in EXTRA_COMMANDS:  # plain programs beside the Lightning subcommands
+        import importlib
+
+        program = importlib.import_module(EXTRA_COMMANDS[argv[0]]).main
+        run_reporting_known_errors(program, argv[1:])
+        return
+    from infra_pl.cli_app import run_cli
+
     run_reporting_known_errors(run_cli, args)
 
 

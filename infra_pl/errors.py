@@ -17,9 +17,7 @@ import inspect
 import os
 import re
 import sys
-from typing import Any, NoReturn
-
-from lightning.pytorch.cli import LightningArgumentParser
+from typing import Any
 
 DEBUG_ENV = "INFRA_PL_DEBUG"
 HINT = "(run with --debug or INFRA_PL_DEBUG=1 for the traceback)"
@@ -141,13 +139,11 @@ def config_error(err: BaseException) -> ConfigError:
     return ConfigError(condense_parser_error(str(err)))
 
 
-class InfraArgumentParser(LightningArgumentParser):
-    """Parser errors as a short message (``INFRA_PL_DEBUG=1``: jsonargparse's full output)."""
+def __getattr__(name: str) -> Any:
+    # The parser subclasses Lightning's, whose import takes seconds: it lives in infra_pl.cli_app so
+    # that `infra-pl --help` and the error helpers above stay light.
+    if name == "InfraArgumentParser":
+        from infra_pl.cli_app import InfraArgumentParser
 
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error or debug_requested():
-            super().error(message, ex)
-        prog = self.prog.replace(" [options]", "")
-        sys.stderr.write(f"infra-pl: error: {condense_parser_error(message)}\n"
-                         f"(`{prog} --help` lists the options; INFRA_PL_DEBUG=1 shows the parser's full message)\n")
-        self.exit(2)
+        return InfraArgumentParser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -197,9 +198,14 @@ class SFTModule(L.LightningModule):
             self._clock.start()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._clock is not None and self._clock.time_budget_s:
-            if self._clock.progress(self.global_step) >= 1.0:
-                self.trainer.should_stop = True  # time budget used: the LR has fully annealed
+        clock = self._clock
+        if clock is not None and clock.time_budget_s and clock.progress(self.global_step) >= 1.0:
+            if not self.trainer.should_stop and self.global_step < clock.total_steps and self.trainer.is_global_zero:
+                planned = f" of {self._planned_steps} planned" if self._planned_steps else ""
+                print(f"[infra-pl] fit: wall-clock budget of {clock.time_budget_s} s (model.time_budget_s) used up after "
+                      f"{self.global_step} optimizer steps{planned}; stopping here (the learning rate has annealed)",
+                      file=sys.stderr, flush=True)
+            self.trainer.should_stop = True  # time budget used: the LR has fully annealed
 
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []

@@ -264,7 +264,19 @@ class InfraTrainer(L.Trainer):
 
     # ------------------------------------------------------------ subcommand
     def attribute(self, model: L.LightningModule, datamodule: Any = None, ckpt_path: str | None = None) -> dict[str, Any]:
-        """Fit (or reuse) EK-FAC factors and compute influence scores with the attribution callbacks."""
+        """Fit (or reuse) EK-FAC factors and compute influence scores with the attribution callbacks.
+
+        The attribution options are the init_args of those callbacks in ``trainer.callbacks``.
+
+        Args:
+            model: the module to attribute (SFTModule), built from the config.
+            datamodule: the data: training examples to score and the evaluation items whose
+                correct answers define the measurements.
+            ckpt_path: the fitted weights to attribute, e.g. ``runs/demo/checkpoints/last.ckpt``
+                (the file ``fit`` wrote). Model settings the config leaves unset come from the
+                checkpoint's hyperparameters; without it the model is scored as configured (for
+                the demo: untrained random weights).
+        """
         steps = sorted((c for c in self.callbacks if isinstance(c, AttributionStep)), key=lambda c: c.order)
         if not steps:
             raise ValueError(
