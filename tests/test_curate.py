@@ -247,3 +247,22 @@ def test_infra_pl_curate_command_writes_the_mixture(demo, tmp_path, capsys):
                                                "curate": {"scores": str(scores), "quotas": "everything"}}}))
     with pytest.raises(CurationError, match="quotas must be one of"):
         curate_main(["-c", str(config)])
+
+
+def test_infra_pl_commands_print_one_line_errors(demo, tmp_path, capsys):
+    """`infra-pl curate` / `infra-pl compare` go through the CLI's known-error reporting."""
+    import yaml
+
+    from infra_pl.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"cache_dir": str(demo.cache), "demo": DEMO,
+                                               "curate": {"scores": str(tmp_path / "none.parquet")}}}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["curate", "-c", str(config)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "infra-pl: error: data.curate scores:" in err and "does not exist" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["compare", "--out", str(tmp_path / "cmp"), "--variant", f"base={tmp_path / 'missing.yaml'}"])
+    assert "variant 'base': config" in capsys.readouterr().err
