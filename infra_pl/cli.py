@@ -24,6 +24,7 @@ SUBCOMMAND_HELP = {
     "predict": "Lightning's predict loop.",
     "attribute": "EK-FAC factors, influence scores and the report (the attribution callbacks' options: "
                  "`infra-pl attribute --help` says how to list them).",
+    "check": "Per-example gradients of padded batches against one-by-one float32 ones, per tracked module.",
 }
 
 # `infra-pl curate` (a training mixture from instance scores) and `infra-pl compare` (fit + validate

@@ -103,7 +103,7 @@ class InfraCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "attribute": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "attribute": {"model", "datamodule"}, "check": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(

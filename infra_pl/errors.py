@@ -34,6 +34,7 @@ _KNOWN = (
     ("infra_pl.eval.dcorrect", "TooFewCorrectError"),
     ("infra_pl.data.llm_judge", "JudgeError"),
     ("infra_pl.eval.sandbox", "SandboxError"),
+    ("infra_pl.gradcheck", "GradientCheckError"),
 )
 
 

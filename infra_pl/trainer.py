@@ -44,6 +44,7 @@ class AttributionStep(Callback):
 
 
 PHASE_LABELS = {
+    "check/gradients": "Gradient check",
     "ekfac/setup": "Loading model",
     "ekfac/covariance": "EK-FAC covariance",
     "ekfac/lambda": "EK-FAC lambda",
@@ -167,6 +168,30 @@ def _no_prediction(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+class _GradientProbe(Callback):
+    """Runs :func:`infra_pl.gradcheck.check_gradients` on the batch of the ``check/gradients`` pass.
+
+    Inside a pass the checkpoint is loaded and the network sits on the run's device, in the
+    dtype and attention implementation the attribution passes use.
+    """
+
+    def __init__(self, modules: Any = None) -> None:
+        self.modules = modules
+        self.result: Any = None
+
+    def on_predict_batch_end(self, trainer: Any, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        if getattr(trainer, "attribution_phase", None) != GRADIENT_CHECK_PHASE or self.result is not None:
+            return
+        from infra_pl.gradcheck import check_gradients
+        from infra_pl.protocol import attribution_model, loss_fn_for
+
+        self.result = check_gradients(attribution_model(pl_module), batch, loss_fn_for(pl_module), self.modules)
+
+
+GRADIENT_CHECK_PHASE = "check/gradients"
+
+
 class InfraTrainer(L.Trainer):
     """Trainer with ``attribute(model, datamodule, ckpt_path)``.
 
@@ -263,7 +288,9 @@ class InfraTrainer(L.Trainer):
             self._check_stop(f"during the pass '{phase}'")
 
     # ------------------------------------------------------------ subcommand
-    def attribute(self, model: L.LightningModule, datamodule: Any = None, ckpt_path: str | None = None) -> dict[str, Any]:
+    def attribute(
+        self, model: L.LightningModule, datamodule: Any = None, ckpt_path: str | None = None, gradient_check: bool = True
+    ) -> dict[str, Any]:
         """Fit (or reuse) EK-FAC factors and compute influence scores with the attribution callbacks.
 
         The attribution options are the init_args of those callbacks in ``trainer.callbacks``.
@@ -276,6 +303,10 @@ class InfraTrainer(L.Trainer):
                 (the file ``fit`` wrote). Model settings the config leaves unset come from the
                 checkpoint's hyperparameters; without it the model is scored as configured (for
                 the demo: untrained random weights).
+            gradient_check: before the first pass, compare the padded, batched per-example
+                gradients of 4 training sequences with unpadded one-by-one float32 ones (seconds);
+                warn when they differ, refuse when they are wrong (``infra-pl check`` prints every
+                module's error). ``false`` skips it.
         """
         steps = sorted((c for c in self.callbacks if isinstance(c, AttributionStep)), key=lambda c: c.order)
         if not steps:
@@ -313,6 +344,14 @@ class InfraTrainer(L.Trainer):
         try:
             for step in steps:
                 step.preflight(self, model, datamodule)
+            if gradient_check:
+                from infra_pl.gradcheck import enforce
+
+                result = self.gradient_check(model, datamodule)
+                if self.is_global_zero:
+                    enforce(result)
+                elif result.status == "refuse":
+                    raise SystemExit(1)  # rank zero raises the message
             for step in steps:
                 self._check_stop(f"before {type(step).__name__}")
                 step.run_attribution(self, model, datamodule)
@@ -320,3 +359,70 @@ class InfraTrainer(L.Trainer):
             if installed:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         return self.attribution_state
+
+    # ------------------------------------------------------- gradient check
+    def _tracked_modules_option(self) -> Any:
+        """The ``modules`` option of the configured factor fit (the layers attribution tracks)."""
+        for callback in self.callbacks:
+            if isinstance(callback, AttributionStep) and type(callback).__name__ == "EKFACFactors":
+                return getattr(callback, "modules", None)
+        return None
+
+    def gradient_check(self, model: L.LightningModule, datamodule: Any, sequences: int | None = None) -> Any:
+        """One ``check/gradients`` pass over a few training sequences spread over the data (see :mod:`infra_pl.gradcheck`).
+
+        Returns the :class:`infra_pl.gradcheck.GradientCheckResult` (under DDP with the largest
+        error of all ranks). Raises nothing itself: :func:`infra_pl.gradcheck.enforce` decides.
+        """
+        from infra_pl.gradcheck import SEQUENCES, spread_indices
+
+        k = sequences or SEQUENCES
+        indices = spread_indices(len(datamodule.attribution_ids("train")), k)
+        probe = _GradientProbe(self._tracked_modules_option())
+        self.callbacks.append(probe)
+        limit = self.limit_predict_batches
+        self.limit_predict_batches = 1  # one batch of k sequences (a token budget may split them)
+        try:
+            self.run_attribution_pass(GRADIENT_CHECK_PHASE, model, datamodule, split="train", batch_size=len(indices),
+                                      indices=indices)
+        finally:
+            self.limit_predict_batches = limit
+            self.callbacks.remove(probe)
+        result = probe.result
+        if result is None:
+            raise RuntimeError("gradient check: the check pass saw no batch")
+        if self.world_size > 1:
+            import torch
+
+            worst = torch.tensor([result.worst[1]], device=self.strategy.root_device, dtype=torch.float64)
+            worst = self.strategy.reduce(worst, reduce_op="max")
+            name = result.worst[0]
+            result.errors[name] = max(result.errors[name], float(worst[0]))
+        return result
+
+    def check(
+        self, model: L.LightningModule, datamodule: Any = None, ckpt_path: str | None = None, sequences: int = 4
+    ) -> Any:
+        """Check the per-example gradients attribution would use: padded batches against one-by-one float32.
+
+        Args:
+            model: the module to check (SFTModule), built from the config.
+            datamodule: the data; the check takes training sequences spread over it.
+            ckpt_path: the fitted weights, as for ``attribute``
+                (e.g. ``runs/demo/checkpoints/last.ckpt``).
+            sequences: how many training sequences (of different lengths) are compared.
+        """
+        from infra_pl.gradcheck import enforce
+
+        if ckpt_path is not None and not Path(ckpt_path).exists():
+            raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+        require_data(datamodule, ["attribution_ids", "attribution_dataloader"], "`check`")
+        for hook, args in (("prepare_data", ()), ("setup", ("predict",))):
+            if callable(getattr(datamodule, hook, None)):
+                getattr(datamodule, hook)(*args)
+        self._pending_ckpt_path = ckpt_path
+        self._stop_requested = False
+        result = self.gradient_check(model, datamodule, sequences)
+        if self.is_global_zero:
+            print(result.table(), file=sys.stderr)
+        return enforce(result) if self.is_global_zero else result
