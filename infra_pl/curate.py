@@ -98,6 +98,8 @@ class CurateOptions:
             stays fixed while training seeds vary.
         out_dir: where ``curation.json`` (the rule) and ``selected_ids.jsonl`` go; default
             ``<trainer.default_root_dir>/curation``.
+        min_abs_t: ``derived_flip``: a domain whose slope has ``|t|`` below this keeps its examples
+            (no direction is learned from a slope within noise); 0 follows the sign alone.
     """
 
     scores: str = ""
@@ -112,6 +114,7 @@ class CurateOptions:
     random: bool = False
     seed: int = 0
     out_dir: str | None = None
+    min_abs_t: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.scores:
@@ -350,9 +353,10 @@ def select_top(
 
 
 # --------------------------------------------------------------------------- the derived rule
-def domain_difficulty_rule(frame: Any, score: Any, min_examples: int = 2) -> dict[str, Any]:
+def domain_difficulty_rule(frame: Any, score: Any, min_examples: int = 2, min_abs_t: float = 0.0) -> dict[str, Any]:
     """Per domain: mean score per level, the least-squares slope of score on level (with its
-    standard error and t), and the direction it implies (slope > 0: harder helps)."""
+    standard error and t), and the direction it implies (slope > 0: harder helps); a domain whose
+    ``|t|`` is below ``min_abs_t`` gets no direction (``keep``)."""
     import numpy as np
 
     table: dict[str, Any] = {}
@@ -375,9 +379,11 @@ def domain_difficulty_rule(frame: Any, score: Any, min_examples: int = 2) -> dic
             resid = y - y.mean() - slope * xc
             dof = max(1, len(x) - 2)
             se = float(math.sqrt((resid ** 2).sum() / dof / (xc ** 2).sum()))
-            entry.update(slope=slope, slope_se=se, t=slope / se if se > 0 else float("inf") * np.sign(slope))
-            directions[domain] = "harder" if slope > 0 else "easier"
-            entry["direction"] = directions[domain]
+            t = slope / se if se > 0 else float("inf") * float(np.sign(slope))
+            entry.update(slope=slope, slope_se=se, t=t)
+            if abs(t) >= min_abs_t and slope != 0:
+                directions[domain] = "harder" if slope > 0 else "easier"
+            entry["direction"] = directions.get(domain, "keep")
         table[domain] = entry
     return {"table": table, "directions": directions}
 
@@ -516,10 +522,12 @@ def _derived_flip(train, frame, score_series, options, pool, exclude, rng) -> tu
 
     if not pool:
         raise CurationError("data.curate mode derived_flip needs data.pool sources to draw replacements from")
-    derived = domain_difficulty_rule(frame, score_series)
+    derived = domain_difficulty_rule(frame, score_series, min_abs_t=options.min_abs_t)
     if not derived["directions"]:
         raise CurationError(
-            f"data.curate derived_flip: {options.scores} has no domain with two or more difficulty levels to learn a rule from"
+            f"data.curate derived_flip: {options.scores} gives no domain a direction (each needs two or more difficulty "
+            f"levels and a slope with |t| >= min_abs_t = {options.min_abs_t}): "
+            + ", ".join(f"{d}: t={e.get('t')}" for d, e in derived["table"].items())
         )
     flip_options = FlipOptions(mode="flip", fraction=options.fraction, seed=options.seed, directions=dict(derived["directions"]))
     result = flip_difficulty(train, pool, flip_options, exclude)

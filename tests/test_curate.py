@@ -160,6 +160,9 @@ def test_domain_difficulty_rule_table():
     entry = rule["table"]["math"]
     assert entry["levels"] == {"1": {"n": 2, "mean_score": pytest.approx(0.1)}, "3": {"n": 2, "mean_score": pytest.approx(1.1)}}
     assert entry["slope"] == pytest.approx(0.5) and rule["directions"] == {"math": "harder"}
+    # A slope within noise gives no direction when a minimum |t| is asked for.
+    noisy = domain_difficulty_rule(frame, pd.Series([0.0, 1.0, 0.1, 1.0]), min_abs_t=2.0)
+    assert noisy["directions"] == {} and noisy["table"]["math"]["direction"] == "keep"
 
 
 # ----------------------------------------------------------------------------- bad input
