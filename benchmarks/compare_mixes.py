@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compare_mixes"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=sorted(VARIANTS))
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps per fit (fixed: step-based schedule)")
+    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps per fit (fixed: step-based schedule)")
     parser.add_argument("--n-eval", type=int, default=100,
                         help="demo evaluation items per domain (20 per level at 100; the demo default is 200)")
     parser.add_argument("--score-seed", type=int, default=1000, help="training seed of the scoring run")
