@@ -9,10 +9,11 @@ other names of :mod:`infra_pl.cli_app` can still be imported from here.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
-from infra_pl.errors import run_reporting_known_errors, strip_debug_flag
+from infra_pl.errors import DEBUG_ENV, run_reporting_known_errors, strip_debug_flag
 
 DESCRIPTION = "infra-pl: SFT on math/code reasoning data + influence attribution."
 
@@ -78,6 +79,17 @@ def main(args: list[str] | None = None) -> None:
     Known errors print their message alone (status 1); ``--debug`` anywhere on the command line,
     or ``INFRA_PL_DEBUG=1``, shows the traceback.
     """
+    previous = os.environ.get(DEBUG_ENV)
+    try:
+        _main(args)
+    finally:  # `--debug` holds for this command only (in-process callers run several)
+        if previous is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = previous
+
+
+def _main(args: list[str] | None) -> None:
     if args is None:
         sys.argv[1:] = strip_debug_flag(sys.argv[1:])
     else:

@@ -82,3 +82,16 @@ def test_fit_says_it_stopped_on_its_time_budget(tmp_path, monkeypatch, tiny_cach
     assert (f"[infra-pl] fit: wall-clock budget of 0.5 s (model.time_budget_s) used up after {steps} optimizer steps "
             "of 100000 planned; stopping here") in captured.err
     assert f"stopped          : wall-clock budget of 0.5 s (model.time_budget_s) used up after {steps}" in captured.out
+
+
+def test_debug_flag_holds_for_one_command_only(monkeypatch):
+    """`--debug` used to set INFRA_PL_DEBUG for the rest of the process: later in-process commands
+    (tests, `infra-pl compare` running fits) printed tracebacks instead of one-line errors."""
+    import os
+
+    from infra_pl.cli import main
+
+    monkeypatch.delenv("INFRA_PL_DEBUG", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--help", "--debug"])
+    assert "INFRA_PL_DEBUG" not in os.environ
