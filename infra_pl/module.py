@@ -274,6 +274,10 @@ class SFTModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._verdicts = []
+        if self._generating() and self.trainer.is_global_zero:
+            from infra_pl.eval.sandbox import announce_isolation
+
+            announce_isolation()  # once per process: which isolation layers generated code runs without here
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
