@@ -510,7 +510,7 @@ def plot_table(rows: Sequence[Mapping[str, Any]], baseline: str, path: Path, ci:
                     lo.append(100 * (mean - low) if math.isfinite(low) else 0.0)
                     hi.append(100 * (high - mean) if math.isfinite(high) else 0.0)
                 if xs:
-                    axis.bar(xs, ys, width=width, yerr=np.array([lo, hi]), capsize=2, label=name)
+                    axis.bar(xs, ys, width=width, yerr=np.array([lo, hi]), capsize=2, label=name, color=f"C{k % 10}")
             axis.set_xticks(range(len(levels)))
             axis.set_xticklabels(["all" if lvl == LEVEL_ALL else f"L{lvl}" for lvl in levels])
             axis.set_title(f"{domain}: {what}")
