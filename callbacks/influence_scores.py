@@ -102,6 +102,8 @@ class InfluenceScores(AttributionStep):
             chat examples through ``attribution_example``, else none, said in the log and report).
             Tagged once per trace, on the whole trace, and cached under the scores folder.
         tag_workers: processes for rule tagging (~0.1 s per long trace).
+        removal_top_k: paper Table 2: per measurement and behaviour, the top-K examples that show
+            the behaviour are scored with all of its sentences removed at once (0: off).
     """
 
     order = 20
@@ -125,6 +127,7 @@ class InfluenceScores(AttributionStep):
         target: str = "auto",
         tagger: Any = "auto",
         tag_workers: int = 1,
+        removal_top_k: int = 20,
     ) -> None:
         check_streams(streams)
         from infra_pl.data.tagging import resolve_tagger
@@ -139,6 +142,7 @@ class InfluenceScores(AttributionStep):
         ]
         self.target = target
         self.tag_workers = tag_workers
+        self.removal_top_k = removal_top_k
         self.n_correct = n_correct
         self.min_correct = min_correct
         self.fallback = fallback
@@ -252,22 +256,24 @@ class InfluenceScores(AttributionStep):
 
         # Sentence scores for the top examples (rank 0, direct: a small set), summed over partitions.
         if trainer.is_global_zero and self.sentence_top_k > 0:
-            results = [self._sentence_scores(pl_module, datamodule, part.tracked, part.directions, instance_df, names, tagged)
-                       for part in parts]
-            frames = [frame for frame, _ in results]
+            frames = [self._sentence_scores(pl_module, datamodule, part.tracked, part.directions, instance_df, names, tagged)
+                      for part in parts]
             sentence_df = frames[0].copy()
             for column in ("score_removal", "score_token_sum"):
                 if column in sentence_df:
                     sentence_df[column] = sum(frame[column].to_numpy() for frame in frames)
-            removal_df = results[0][1].copy()
+            trainer.attribution_state["sentence_scores"] = sentence_df
+            trainer.attribution_state["sentence_scores_path"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
+        if trainer.is_global_zero and self.removal_top_k > 0:  # Table 2: behaviours removed from the top examples showing them
+            removals = [self._behaviour_removal(pl_module, datamodule, part.tracked, part.directions, instance_df, names, tagged)
+                        for part in parts]
+            removal_df = removals[0].copy()
             for column in ("score_full", "score_without", "score_removal_joint", "score_removal_additive"):
                 if column in removal_df:
-                    removal_df[column] = sum(removal[column].to_numpy() for _, removal in results)
+                    removal_df[column] = sum(removal[column].to_numpy() for removal in removals)
             trainer.attribution_state["behaviour_removal"] = removal_df
             if len(removal_df):
                 trainer.attribution_state["behaviour_removal_path"] = write_table(out / "behaviour_removal.parquet", removal_df, meta)
-            trainer.attribution_state["sentence_scores"] = sentence_df
-            trainer.attribution_state["sentence_scores_path"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
         trainer.attribution_state["scores_dir"] = out
         state = trainer.attribution_state
         state["scores_ready"] = ScoresReady(
@@ -574,18 +580,15 @@ class InfluenceScores(AttributionStep):
         data["writer"].add(rows)
 
     # ----------------------------------------------------------------- sentences
-    def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, names, tagged) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Eq. 7 rows for the top examples, and each behaviour's joint removal (paper Table 2).
+    def _sentence_scores(self, pl_module, datamodule, tracked, directions, instance_df, names, tagged) -> pd.DataFrame:
+        """Eq. 7 rows for the top examples; behaviour labels from the whole-trace tags (by offsets).
 
-        Behaviour labels come from the whole-trace tags (by offsets). Sentences wholly past the
-        ``max_length`` cut are not scored (they never reached the model); their count per example
-        goes to ``attrs["sentences_past_cut"]`` of the sentence frame. The second frame has one row
-        per (example, measurement, removed set): S(z) − S(z without all its sentences), re-scored
-        once, beside the additive approximation Σ of the single removals (labelled as such).
+        Sentences wholly past the ``max_length`` cut are not scored (they never reached the model);
+        their count per example goes to ``attrs["sentences_past_cut"]`` of the returned frame.
         """
         from infra_pl.data.sentences import split_sentences
         from infra_pl.data.tagging import sentence_labels
-        from infra_pl.influence import joint_removal_scores, sentence_scores
+        from infra_pl.influence import sentence_scores
 
         model = self._model(pl_module)
         dirs = directions.to(pl_module.device)
@@ -595,7 +598,7 @@ class InfluenceScores(AttributionStep):
         for name in names:
             for index in instance_df.nlargest(self.sentence_top_k, f"score_{name}")["index"]:
                 chosen.setdefault(int(index), []).append(name)
-        rows, removal_rows = [], []
+        rows = []
         past_cut: dict[str, int] = {}
         for index, measured in chosen.items():
             example = datamodule.attribution_example("train", index)
@@ -615,19 +618,6 @@ class InfluenceScores(AttributionStep):
                 continue
             token_sum = _token_sums(model, datamodule.tokenizer, messages, datamodule.max_length, dirs, tracked, logits_fn, result.spans)
             labels = sentence_labels(tagged[index], scored) if tagged is not None else [[] for _ in scored]
-            sets = _removal_sets(scored, labels)
-            joint = joint_removal_scores(model, datamodule.tokenizer, messages, {n: [s for s, _ in v] for n, v in sets.items()},
-                                         dirs, tracked, max_length=datamodule.max_length, assistant_turn_index=turn,
-                                         loss_fn=loss_fn) if sets else None
-            for m, name in enumerate(names):
-                for k, (removed, members) in enumerate(sets.items()):
-                    removal_rows.append({
-                        "id": ids[index], "index": index, "measurement": name, "top_for": ",".join(measured),
-                        "removed": removed, "n_sentences": joint.n_sentences[k],
-                        "score_full": float(joint.full[m]), "score_without": float(joint.without[k, m]),
-                        "score_removal_joint": float(joint.removal[k, m]),
-                        "score_removal_additive": float(sum(result.removal[j, m] for _, j in members)),
-                    })
             for m, name in enumerate(names):
                 for j, sentence in enumerate(scored):
                     rows.append(
@@ -652,7 +642,56 @@ class InfluenceScores(AttributionStep):
         frame = pd.DataFrame(rows)
         frame.attrs["sentences_past_cut"] = past_cut
         frame.attrs["tagged_by"] = _source_name(self.tagger)
-        return frame, pd.DataFrame(removal_rows)
+        return frame
+
+    def _behaviour_removal(self, pl_module, datamodule, tracked, directions, instance_df, names, tagged) -> pd.DataFrame:
+        """Paper Table 2 (left): for each measurement and behaviour, the top ``removal_top_k`` examples
+        *that show it*, scored once with all of its sentences removed (one re-tokenised
+        counterfactual), beside the additive approximation (the sum of its single removals)."""
+        from infra_pl.data.sentences import Sentence
+        from infra_pl.influence import joint_removal_scores, sentence_scores
+
+        if tagged is None:
+            return pd.DataFrame()
+        parts = {b: (b,) for b in BEHAVIOURS} | {name: tuple(p) for name, p in JOINT_SETS.items()}
+        shows = {name: [all(tagged[int(i)].counts()[b] > 0 for b in members) for i in instance_df["index"]]
+                 for name, members in parts.items()}
+        selected: dict[int, dict[str, set[str]]] = {}
+        for measurement in names:
+            for name in parts:
+                candidates = instance_df[shows[name]]
+                for index in candidates.nlargest(self.removal_top_k, f"score_{measurement}")["index"]:
+                    selected.setdefault(int(index), {}).setdefault(name, set()).add(measurement)
+        model, dirs, loss_fn = self._model(pl_module), directions.to(pl_module.device), loss_fn_for(pl_module)
+        ids = list(datamodule.attribution_ids("train"))
+        rows = []
+        for index, chosen in sorted(selected.items()):
+            messages = datamodule.attribution_example("train", index)["messages"]
+            turn = max(i for i, msg in enumerate(messages) if msg["role"] == "assistant")
+            content = messages[turn]["content"]
+            sets = {name: [Sentence(a, b, content[a:b], "text") for a, b, labels in tagged[index].spans
+                           if set(parts[name]) & set(labels)] for name in chosen}
+            joint = joint_removal_scores(model, datamodule.tokenizer, messages, sets, dirs, tracked,
+                                         max_length=datamodule.max_length, assistant_turn_index=turn, loss_fn=loss_fn)
+            singles = sorted({(s.start, s.end): s for members in sets.values() for s in members}.values(), key=lambda s: s.start)
+            single = sentence_scores(model, datamodule.tokenizer, messages, singles, dirs, tracked,
+                                     max_length=datamodule.max_length, assistant_turn_index=turn, with_token_sum=False,
+                                     loss_fn=loss_fn)
+            position = {singles[k].start: j for j, k in enumerate(single.kept)}
+            for k, name in enumerate(joint.names):
+                for m, measurement in enumerate(names):
+                    if measurement not in chosen[name] or joint.n_sentences[k] == 0:  # all its sentences past the cut
+                        continue
+                    additive = sum(float(single.removal[position[s.start], m]) for s in sets[name] if s.start in position)
+                    rows.append({
+                        "id": ids[index], "index": index, "measurement": measurement, "removed": name,
+                        "n_sentences": joint.n_sentences[k], "score_full": float(joint.full[m]),
+                        "score_without": float(joint.without[k, m]), "score_removal_joint": float(joint.removal[k, m]),
+                        "score_removal_additive": additive,
+                    })
+        _log(f"behaviour removal: {len(rows)} joint counterfactuals over {len(selected)} examples "
+             f"(top {self.removal_top_k} showing each behaviour, per measurement)")
+        return pd.DataFrame(rows)
 
 
 def _token_sums(model, tokenizer, messages, max_length, directions, tracked, logits_fn, spans: list[list[int]]) -> torch.Tensor:
@@ -674,20 +713,6 @@ def _token_sums(model, tokenizer, messages, max_length, directions, tracked, log
 
 
 JOINT_SETS = {"exploration+verification": ("exploration", "verification")}  # Table 2 (left) removes both too
-
-
-def _removal_sets(sentences: list[Any], labels: list[list[str]]) -> dict[str, list[tuple[Any, int]]]:
-    """Sentences (with their position among the scored ones) of each behaviour the example shows,
-    plus the combined sets of :data:`JOINT_SETS` when the example shows all of their behaviours."""
-    sets: dict[str, list[tuple[Any, int]]] = {}
-    for behaviour in BEHAVIOURS:
-        members = [(s, j) for j, (s, found) in enumerate(zip(sentences, labels)) if behaviour in found]
-        if members:
-            sets[behaviour] = members
-    for name, parts in JOINT_SETS.items():
-        if all(p in sets for p in parts):
-            sets[name] = [(s, j) for j, (s, found) in enumerate(zip(sentences, labels)) if set(parts) & set(found)]
-    return sets
 
 
 def _source_name(tagger: Any) -> str | None:
