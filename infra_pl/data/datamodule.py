@@ -435,7 +435,8 @@ class ReasoningDataModule(L.LightningDataModule):
                 "source": example["source"],
                 "category": example["category"],
                 "difficulty": example["difficulty"],
-                "difficulty_source": example.get("difficulty_source") if example["difficulty"] is not None else None,
+                # A level with no named signal was stored with the data itself (the demo, a local file).
+                "difficulty_source": (example.get("difficulty_source") or "given") if example["difficulty"] is not None else None,
                 "n_target_tokens": sum(1 for label in feature["labels"][1:] if label != -100) if feature else 0,
                 "truncated": bool(feature["truncated"]) if feature else False,
             }
