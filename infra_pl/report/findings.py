@@ -199,7 +199,9 @@ def _finding3(tables: Mapping[str, pd.DataFrame], weak_behaviours: list[str]) ->
     finding = Finding(3, "Exploration after the answer helps (more than verification)",
                       "Removing post-answer exploration lowers the influence of a trace on both math and code, more "
                       "than removing verification (Table 2 left; Fig. 6).", NOT_MEASURABLE, "")
-    removal = _rows(tables.get("behaviour_removal"))
+    order = ["exploration", "verification", "exploration+verification", "backtracking", "subgoal_setting", "backward_chaining"]
+    removal = sorted(_rows(tables.get("behaviour_removal")),
+                     key=lambda r: (order.index(r["removed"]) if r["removed"] in order else len(order), str(r["measurement"])))
     behaviours = _rows(tables.get("behaviours"))
     if not removal and not behaviours:
         finding.why = "no behaviour labels (tagger: none) or no sentence scores of tagged traces."
