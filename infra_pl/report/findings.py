@@ -210,9 +210,9 @@ def _finding3(tables: Mapping[str, pd.DataFrame], weak_behaviours: list[str]) ->
     for row in removal:
         change = interval(row, "mean_removal") if row["n_examples"] > 1 else f"{fmt(row['mean_removal'])} (one example: no interval)"
         finding.measured.append(
-            f"without {row['removed']} ({row['n_examples']} top examples, {fmt(row['mean_sentences_removed'])} sentences "
-            f"each): S(z) falls by {change} on the {row['measurement']} measurement "
-            f"(additive approximation {fmt(row['mean_removal_additive'])}).")
+            f"S(z) \u2212 S(z without its {row['removed']} sentences), top {row['n_examples']} examples showing it "
+            f"({fmt(row['mean_sentences_removed'])} sentences each), {row['measurement']} measurement: {change} "
+            f"(additive approximation {fmt(row['mean_removal_additive'])}; positive: the sentences help).")
         if row["removed"] == "exploration" and row["n_examples"] >= MIN_EXAMPLES:
             exploration[row["measurement"]] = _sign(row, "mean_removal")
         elif row["removed"] == "exploration":
