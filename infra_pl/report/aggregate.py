@@ -38,7 +38,15 @@ import pandas as pd
 
 from infra_pl.data.schema import BEHAVIOURS
 from infra_pl.report.bootstrap import STATISTICS, describe
-from infra_pl.report.length import LENGTH_COLUMN, N_STRATA, compare, length_strata, per_token, token_counts
+from infra_pl.report.length import (
+    COMPARISON_STATISTICS,
+    LENGTH_COLUMN,
+    N_STRATA,
+    compare,
+    length_strata,
+    per_token,
+    token_counts,
+)
 from infra_pl.report.validate import (
     ReportInputError,
     behaviour_columns,
@@ -73,17 +81,7 @@ _SENTENCE = "sentence scores"
 # group's examples that have target tokens (+ CI), and how many examples had none (left out).
 PER_TOKEN_STATISTICS = ("mean_per_token", "mean_per_token_ci_low", "mean_per_token_ci_high", "n_no_tokens")
 # Comparison columns appended to every with-vs-without / A-vs-B table (see infra_pl.report.length).
-_COMPARISON_TAIL = (
-    "difference_per_token",
-    "difference_per_token_ci_low",
-    "difference_per_token_ci_high",
-    "difference_length_adjusted",
-    "difference_length_adjusted_ci_low",
-    "difference_length_adjusted_ci_high",
-    "adjusted_coverage",
-    "n_no_tokens",
-    "length_driven",
-)
+_COMPARISON_TAIL = COMPARISON_STATISTICS[COMPARISON_STATISTICS.index("difference_per_token"):]
 
 
 # --------------------------------------------------------------------------- helpers
