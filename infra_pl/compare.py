@@ -47,6 +47,7 @@ from infra_pl.data.schema import DataError
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
 LEVEL_ALL = "all"
+MIN_PAIRS_FOR_VERDICT = 3  # fewer paired seeds: numbers shown, no significance verdict
 
 
 class CompareError(DataError):
@@ -365,7 +366,10 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], ci: float 
     diffs = [a[s] - b[s] for s in paired]
     d_mean, d_low, d_high = t_interval(diffs, ci)
     wins, losses, ties, p = sign_test(diffs)
-    verdict = "higher" if d_low > 0 else "lower" if d_high < 0 else "within seed noise"
+    if len(paired) < MIN_PAIRS_FOR_VERDICT:
+        verdict = "too few seeds"  # a 2-seed t interval is degenerate whenever the two differences agree
+    else:
+        verdict = "higher" if d_low > 0 else "lower" if d_high < 0 else "within seed noise"
     out.update({"diff_mean": d_mean, "diff_low": d_low, "diff_high": d_high, "diff_per_seed": diffs,
                 "wins": wins, "losses": losses, "ties": ties, "sign_p": p, "verdict": verdict})
     return out
@@ -394,7 +398,7 @@ def _pct(value: float) -> str:
 def _diff_cell(r: Mapping[str, Any]) -> str:
     if "diff_mean" not in r:
         return ""
-    mark = "" if r["verdict"] == "within seed noise" else " **" + ("↑" if r["verdict"] == "higher" else "↓") + "**"
+    mark = {"higher": " **↑**", "lower": " **↓**"}.get(r["verdict"], "")
     return (f"{100 * r['diff_mean']:+.1f} [{_pct(r['diff_low'])}, {_pct(r['diff_high'])}] "
             f"{r['wins']}/{r['losses']}/{r['ties']} p={r['sign_p']:.2g}{mark}")
 
@@ -457,7 +461,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], baseline: str, ci: float =
             out.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
         out.append("")
     out += _contrast_markdown(contrasts or [], level_keys, conf)
-    out.append(f"↑/↓: the {conf} interval of the paired difference excludes 0; everything else is within seed noise. "
+    out.append(f"↑/↓: the {conf} interval of the paired difference excludes 0 (with at least {MIN_PAIRS_FOR_VERDICT} "
+               "paired seeds); everything else is within seed noise. "
                "With n paired seeds the exact sign test cannot go below p = 2·0.5^n (0.0625 for 5 seeds): "
                "it is reported, not relied on.")
     return "\n".join(out) + "\n"

@@ -52,8 +52,12 @@ def test_paired_differences_use_matching_seeds_only():
     assert row["accuracy_mean"] == pytest.approx(0.7) and rows[("base", "math", "all")]["accuracy_mean"] == pytest.approx(11 / 30)
     assert (row["wins"], row["losses"], row["ties"]) == (2, 0, 0) and row["sign_p"] == pytest.approx(0.5)
     assert "diff_mean" not in rows[("base", "math", "all")]
-    # Identical differences have a zero-width interval that excludes 0: significant here; code ties.
-    assert row["verdict"] == "higher" and rows[("var", "code", "all")]["verdict"] == "within seed noise"
+    # Two pairs get numbers but no verdict (their t interval is degenerate when the differences agree).
+    assert row["verdict"] == "too few seeds"
+    three = results + [result("base", 3, 8), result("var", 0, 3)]  # differences +0.2, +0.1, +0.1, +0.1
+    rows3 = {(r["variant"], r["domain"], r["level"]): r for r in compare_table(three, "base", ["base", "var"])}
+    assert rows3[("var", "math", "all")]["n_pairs"] == 4 and rows3[("var", "math", "all")]["verdict"] == "higher"
+    assert rows3[("var", "code", "all")]["verdict"] == "within seed noise"
     # An extra contrast between two variants pairs them the same way.
     contrast = {(r["domain"], r["level"]): r for r in contrast_table(results, [["var", "base"]])}
     assert contrast[("math", "all")]["diff_per_seed"] == row["diff_per_seed"] and contrast[("math", "all")]["versus"] == "base"
