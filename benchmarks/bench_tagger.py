@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     if judge_labels:
-        from infra_pl.data.llm_judge import cohen_kappa
-
-        from infra_pl.data.llm_judge import number_sentences
+        from infra_pl.data.llm_judge import cohen_kappa, number_sentences
 
         for split in SPLITS:
             rules_labels, judge_flat = [], []

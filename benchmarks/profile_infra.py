@@ -97,13 +97,13 @@ def breakdown(args: argparse.Namespace) -> None:
     """Median wall seconds of each factors + pairwise step next to the model-only pass (see module doc)."""
     import statistics
 
+    from _common import plain_epoch
+
     from infra_pl.ekfac import Factors, eigendecompose, find_tracked_modules, fit_covariance, fit_lambda
     from infra_pl.ekfac.capture import Capture
     from infra_pl.ekfac.loss import causal_lm_loss
     from infra_pl.ekfac.passes import capture_pass, eval_mode
     from infra_pl.influence import instance_scores, query_directions
-
-    from _common import plain_epoch
 
     model = build_model(128, 512, 4, 4, 2048)
     train = batches(random_tokens(args.n_train, 128, 2048, 1), args.batch_size)

@@ -9,13 +9,13 @@ resumes from the last finished phase) and logs spectra to TensorBoard.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
 import torch
 
+from infra_pl.console import log as _log
 from infra_pl.ekfac import (
     CovarianceAccumulator,
     Factors,
@@ -24,14 +24,14 @@ from infra_pl.ekfac import (
     data_fingerprint,
     eigendecompose,
     model_fingerprint,
+    phase_store,
 )
-from infra_pl.ekfac import phase_store
 from infra_pl.ekfac.eigen import EigenBasis
 from infra_pl.ekfac.modules import layer_shape, resolve_modules
 from infra_pl.ekfac.partition import check_partitions, split_modules
 from infra_pl.ekfac.passes import model_device
-from infra_pl.ekfac.storage import partition_dir, read_partition_index, write_partition_index
 from infra_pl.ekfac.precision import dtype_name, resolve_compute_dtype
+from infra_pl.ekfac.storage import partition_dir, read_partition_index, write_partition_index
 from infra_pl.ekfac.streams import AccumulatorStreams, check_streams, merged_state
 from infra_pl.hooks import FactorsReady, dispatch, tensorboard_writer
 from infra_pl.protocol import attribution_model, loss_fn_for, model_is_built, require_data, require_module, require_true_fisher
@@ -40,9 +40,6 @@ from infra_pl.trainer import AttributionStep
 COVARIANCE, LAMBDA = "ekfac/covariance", "ekfac/lambda"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-
-def _log(message: str) -> None:
-    print(f"[infra-pl] {message}", file=sys.stderr)
 
 
 class EKFACFactors(AttributionStep):
@@ -272,9 +269,7 @@ class EKFACFactors(AttributionStep):
 
     def _planned_groups(self, tracked: dict[str, torch.nn.Module], model: torch.nn.Module, datamodule: Any) -> list[list[str]]:
         """Module groups from the memory planner for this model, batch shape and device budget."""
-        from infra_pl.planner import format_bytes
-
-        from infra_pl.planner import plan_partitions
+        from infra_pl.planner import format_bytes, plan_partitions
 
         budget = self.budget_bytes(model_device(model))
         if budget is None:

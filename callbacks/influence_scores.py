@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 
 from infra_pl.allocator import mmap_large_buffers
+from infra_pl.console import log as _log
 from infra_pl.data.schema import BEHAVIOURS
 from infra_pl.ekfac.precision import resolve_compute_dtype
 from infra_pl.ekfac.streams import Streams, check_streams, split_batch
@@ -51,9 +51,6 @@ from infra_pl.trainer import AttributionStep
 
 MEASURE, INSTANCE, TOKENS = "influence/measure", "influence/instance", "influence/tokens"
 
-
-def _log(message: str) -> None:
-    print(f"[infra-pl] {message}", file=sys.stderr)
 
 
 class InfluenceScores(AttributionStep):

@@ -106,9 +106,8 @@ class TopProponentsJSONL(AttributionHooks):
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     import plain_module_attribution as toy
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     args = toy.parse_args(list(argv) if argv is not None else None)
     if args.out == "runs/example_plain":

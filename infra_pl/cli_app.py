@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from infra_pl.data.datamodule import ReasoningDataModule
 from infra_pl.errors import ConfigError, condense_parser_error, config_error, debug_requested, known_errors

@@ -29,7 +29,6 @@ answer, on the items it got wrong).
 from __future__ import annotations
 
 import random
-import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +37,13 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from infra_pl.console import log as _log
 from infra_pl.data.tokenize import IGNORE_INDEX, collate_padded, tokenize_chat
 from infra_pl.eval.dcorrect import latest_correctness_file, read_correctness, select_measurement_sets
 from infra_pl.protocol import ProtocolError, require_data
 
 UNLIMITED = 1 << 30
 
-
-def _log(message: str) -> None:
-    print(f"[infra-pl] {message}", file=sys.stderr)
 
 
 @dataclass

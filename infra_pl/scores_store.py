@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra_pl.checksum import readable, read_sidecar, record, verify, write_sidecar
+from infra_pl.checksum import read_sidecar, readable, record, verify, write_sidecar
 
 
 def _part_hint(part: Path) -> str:

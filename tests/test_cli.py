@@ -34,7 +34,9 @@ def test_print_config(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "-c", CONFIG, "--print_config"])
     out = capsys.readouterr().out
-    assert "time_budget_s: 240" in out and "class_path: infra_pl.module.SFTModule" not in out or "model:" in out
+    # The resolved demo config: the step schedule, no wall-clock budget, the attribution callbacks.
+    assert "max_steps: 1500" in out and "time_budget_s: null" in out
+    assert "class_path: infra_pl.callbacks.EKFACFactors" in out and "class_path: infra_pl.callbacks.InfluenceScores" in out
 
 
 def test_fit_then_validate_writes_checkpoint_logs_and_correctness(tmp_path, monkeypatch, tiny_cache, capsys):

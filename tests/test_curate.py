@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infra_pl.curate import CurateOptions, CurationError, curate, domain_difficulty_rule, main as curate_main
+from infra_pl.curate import CurateOptions, CurationError, curate, domain_difficulty_rule
+from infra_pl.curate import main as curate_main
 from infra_pl.data.datamodule import DemoOptions, ReasoningDataModule
 from infra_pl.data.sources import Source
 

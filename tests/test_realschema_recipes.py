@@ -11,7 +11,6 @@ the measurement target named, sentence scores with behaviour labels, no table of
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd

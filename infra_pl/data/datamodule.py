@@ -17,7 +17,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from infra_pl.curate import CurateOptions, Curation, curate as apply_curation, write_curation
+from infra_pl.curate import CurateOptions, Curation, write_curation
+from infra_pl.curate import curate as apply_curation
 from infra_pl.data.batching import FixedBatches, LengthGroupedBatchSampler, token_budget_batches
 from infra_pl.data.difficulty import DifficultyOptions, apply_difficulty
 from infra_pl.data.exploration import remove_exploration as cut_exploration

@@ -454,7 +454,6 @@ def difficulty_contrast_table(
     names = _checked_instance(instance_df, ["domain", "difficulty"], measurements)
     tokens = token_counts(instance_df, LENGTH_COLUMN, _INSTANCE)
     scores = instance_df[[score_column(m) for m in names]].to_numpy(dtype=float).reshape(len(instance_df), len(names))
-    domain = instance_df["domain"].to_numpy(dtype=object)
     difficulty = instance_df["difficulty"]
     has_level = difficulty.notna().to_numpy(dtype=bool)
     level_values = difficulty.astype(object).to_numpy(dtype=object)

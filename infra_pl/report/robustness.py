@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd

@@ -147,11 +147,11 @@ def test_auto_partitions_follow_the_memory_planner():
     """partitions: auto asks the planner: a budget just under the all-modules peak splits the modules."""
     from types import SimpleNamespace
 
+    import transformers
+
     from infra_pl.callbacks import EKFACFactors
     from infra_pl.ekfac import find_tracked_modules
     from infra_pl.planner import Settings, estimate
-
-    import transformers
 
     config = {k: v for k, v in TINY_MODEL.items() if k != "model_type"}
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=300, **config))

@@ -206,7 +206,6 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from infra_pl.data.sentences import split_sentences  # noqa: E402
 from infra_pl.data.behaviours import (  # noqa: E402
     ACCURACY_PATH,
     BehaviourMetrics,
@@ -216,6 +215,7 @@ from infra_pl.data.behaviours import (  # noqa: E402
     measure_tagger_accuracy,
     tagger_accuracy,
 )
+from infra_pl.data.sentences import split_sentences  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_DIR = ROOT / "tests" / "fixtures" / "behaviours"

@@ -6,8 +6,8 @@ from hub_fixtures import fixture, load
 from infra_pl.data.difficulty import (
     DifficultyOptions,
     DifficultyTable,
-    apply_difficulty,
     LengthLevels,
+    apply_difficulty,
     assign_difficulty,
     parse_level,
     reasoning_length,

@@ -148,8 +148,8 @@ def test_livecodebench_bad_tests_are_counted(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"row 2: .*public_test_cases.*\[malformed tests\]"):
         load_source(Source(str(path), adapter="livecodebench"))
-    from infra_pl.data.sources import ADAPTERS, read_raw_rows
     from infra_pl.data.schema import RowLocation
+    from infra_pl.data.sources import ADAPTERS, read_raw_rows
 
     bound = ADAPTERS["livecodebench"].bind({"bad_rows": "skip"})
     file, raw_rows = read_raw_rows(Source(str(path)))

@@ -43,6 +43,7 @@ def test_custom_measurement_margin_is_the_difference_of_two_log_probs(tmp_path):
 def test_custom_measurement_f_value_matches_an_independent_computation(tmp_path):
     import custom_measurement as example
     import plain_module_attribution as toy
+
     from infra_pl.measurements import MeasurementContext
 
     args = toy.parse_args(["--out", str(tmp_path), *TINY_EXAMPLE_ARGS])
@@ -76,10 +77,10 @@ def test_top_proponents_callback_writes_jsonl_and_a_tensorboard_figure(tmp_path)
 
 def test_examples_are_selectable_by_class_path_in_yaml():
     """The custom measurement and callback parse from YAML like any Lightning component."""
-    from jsonargparse import ArgumentParser
-
     import custom_measurement
     import top_proponents_callback
+    from jsonargparse import ArgumentParser
+
     from infra_pl.callbacks import InfluenceScores
 
     parser = ArgumentParser()

@@ -9,7 +9,7 @@ import torch
 
 from infra_pl.callbacks import AttributionReport, EKFACFactors, InfluenceScores
 from infra_pl.hooks import AttributionHooks, FactorsReady, ScoresReady, dispatch
-from infra_pl.protocol import ProtocolError, loss_fn_for, logits_fn_for, weighted_loss_fn
+from infra_pl.protocol import ProtocolError, logits_fn_for, loss_fn_for, weighted_loss_fn
 from infra_pl.trainer import InfraTrainer
 from tests.extension.conftest import TINY_EXAMPLE_ARGS
 
