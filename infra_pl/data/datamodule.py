@@ -176,7 +176,6 @@ class ReasoningDataModule(L.LightningDataModule):
         self._eval_features: list[dict[str, Any]] = []
         self._demo_files: dict[str, Path] | None = None
         self._ready = False
-        self._predict: tuple[str, int | None, list[int] | None] = ("train", None, None)
 
     # ----------------------------------------------------------------- loading
     def _needs_demo(self) -> bool:
@@ -370,19 +369,9 @@ class ReasoningDataModule(L.LightningDataModule):
             collate_fn=partial(_collate_with_prompts, pad_token_id=self.pad_token_id),
         )
 
-    def set_predict_split(self, split: str, batch_size: int | None = None, indices: list[int] | None = None) -> None:
-        """What the next ``predict`` pass (an attribution pass) iterates: a split, or a subset of it.
-
-        ``indices`` are positions in ``train_examples``/``eval_examples`` (the ``index`` carried in
-        batches), e.g. the D_correct items, the top-K examples, or what an interrupted pass left.
-        """
-        if split not in ("train", "eval"):
-            raise ValueError(f"unknown split '{split}' (train or eval)")
-        self._predict = (split, batch_size, None if indices is None else list(indices))
-
     def predict_dataloader(self) -> DataLoader:
-        split, batch_size, indices = self._predict
-        return self.attribution_dataloader(split, batch_size, indices)
+        """The training split in attribution order (``attribute`` passes its own loaders to each pass)."""
+        return self.attribution_dataloader("train")
 
     def attribution_dataloader(
         self, split: str = "train", batch_size: int | None = None, indices: list[int] | None = None
