@@ -29,7 +29,7 @@ SUBCOMMAND_HELP = {
 }
 
 # `infra-pl curate` (a training mixture from instance scores) and `infra-pl compare` (fit + validate
-# variants over seeds, paired table): issue 25.
+# variants over seeds, paired table): the loop from scores to a better training mix.
 EXTRA_COMMANDS = {"curate": "infra_pl.curate", "compare": "infra_pl.compare"}
 EXTRA_HELP = {
     "curate": "A training mixture from instance scores (top/drop/reweight; `infra-pl curate --help`).",

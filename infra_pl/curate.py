@@ -1,4 +1,4 @@
-"""Influence-guided curation: turn instance scores into a new training mixture (issue 25).
+"""Influence-guided curation: turn instance scores into a new training mixture.
 
 Input: the ``instance_scores.parquet`` that ``infra-pl attribute`` wrote for *this* training set
 (one row per example: ``id``, ``domain``, ``difficulty``, ``n_target_tokens``,

@@ -1,4 +1,4 @@
-"""Settings a run takes from elsewhere than the command line, made explicit (issue 18, item 4).
+"""Settings a run takes from elsewhere than the command line, made explicit.
 
 Two places used to override what the user gave without a word:
 

@@ -1,4 +1,4 @@
-"""The one example schema every data source is mapped into (DESIGN.md §2).
+"""The one example schema every data source is mapped into.
 
 Why one schema: attribution joins scores back to examples by ``id`` and groups them by
 ``domain`` / ``category`` / ``difficulty`` / ``behaviours``. If each adapter produced its own
