@@ -142,9 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     spec = CompareSpec(out_dir=str(out), seeds=args.seeds, variants=variants, baseline="baseline"
                        if "baseline" in args.variants else None, overrides=common, threads=args.threads,
                        in_process=args.in_process, contrasts=contrasts)
-    (out / "command.txt").parent.mkdir(parents=True, exist_ok=True)
-    (out / "command.txt").write_text("python benchmarks/compare_mixes.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
     if not args.summary_only:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "command.txt").write_text("python benchmarks/compare_mixes.py "
+                                         + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
         for seed in spec.seeds:  # seed-major: a partial benchmark has every variant at its first seeds
             for variant in spec.variants:
                 started = time.time()
