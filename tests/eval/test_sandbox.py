@@ -4,10 +4,12 @@ Every test is bounded by the sandbox's own (small) limits; the namespace-only
 guarantees are skipped where the namespaces are not available.
 """
 
+import ast
 import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +101,22 @@ def test_syntax_error_is_error():
 def test_only_stdlib_is_importable():
     result = run_python("import json, collections\ntry:\n    import torch\nexcept ImportError:\n    print('no torch')")
     assert result.status == "ok" and result.stdout == "no torch\n"
+
+
+def test_launcher_runs_as_an_isolated_stdlib_only_script():
+    """The launcher is its own file, started with ``-I -S`` (no site-packages, not its own directory on sys.path)."""
+    argv = sandbox._launcher_args(ISO, FAST, status_fd=3, workdir="/tmp/work")
+    assert argv[:4] == [ISO.interpreter, "-I", "-S", sandbox._LAUNCHER_PATH]
+    assert json.loads(argv[4])["script"] == "/tmp/work/main.py"
+    launcher = Path(sandbox._LAUNCHER_PATH)
+    assert launcher.name == "sandbox_launcher.py" and launcher.is_file()
+    imported = set()
+    for node in ast.walk(ast.parse(launcher.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or ".").split(".")[0])
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
 
 
 @needs_uid_drop
