@@ -1,4 +1,11 @@
-"""Machinery shared by the public-dataset adapters: options, the bad-row policy, the summary.
+"""The adapter registry and the machinery shared by the public-dataset adapters: options, the bad-row
+policy, the summary.
+
+``ADAPTERS`` maps each ``adapter:`` name of a YAML source to its adapter. Plain functions
+``fn(row, where)`` register with :func:`register_adapter` (the identity adapter ``"infra"``, here);
+adapters with options register with :func:`register` (:mod:`infra_pl.data.adapters` and
+:mod:`infra_pl.data.eval_adapters`, which :mod:`infra_pl.data.sources` imports, so the registry is
+complete wherever ``sources`` is importable). This module imports no adapter and not ``sources``.
 
 Why a class around each adapter function: hub datasets have rows that cannot be mapped (an
 unknown MetaMathQA ``type``, a conversation without an assistant turn, an empty answer). A user
@@ -30,7 +37,24 @@ from typing import Any, Callable, Mapping, Sequence
 
 from infra_pl.data.difficulty import DifficultyTable
 from infra_pl.data.schema import DataError, RowLocation, validate_example
-from infra_pl.data.sources import ADAPTERS
+
+Adapter = Callable[[Mapping[str, Any], RowLocation], "dict[str, Any] | None"]
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(name: str) -> Callable[[Adapter], Adapter]:
+    """Decorator: make an adapter selectable by name in YAML (``adapter: metamathqa``)."""
+
+    def wrap(fn: Adapter) -> Adapter:
+        ADAPTERS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_adapter("infra")
+def _identity(row: Mapping[str, Any], where: RowLocation) -> dict[str, Any]:
+    return dict(row)
 
 BAD_ROWS = ("error", "skip")
 COMMON_OPTIONS: dict[str, Any] = {

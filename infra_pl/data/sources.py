@@ -1,8 +1,9 @@
 """Where examples come from: the embedded demo, local JSONL/Parquet files, or ``datasets`` hubs.
 
 Every source goes through one path: raw rows -> adapter (source schema -> our schema) ->
-:func:`validate_examples`. Adapters for public datasets register themselves in ``ADAPTERS``;
-the identity adapter ``"infra"`` accepts rows already in our schema.
+:func:`validate_examples`. Adapters are looked up by name in ``ADAPTERS`` (the registry lives in
+:mod:`infra_pl.data.adapter_base`; importing this module imports the adapters, which register
+themselves there); the identity adapter ``"infra"`` accepts rows already in our schema.
 """
 
 from __future__ import annotations
@@ -10,29 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
+from infra_pl.data import adapters as _adapters  # noqa: F401 - registers the public-dataset and evaluation adapters
+from infra_pl.data.adapter_base import ADAPTERS, Adapter, register_adapter
 from infra_pl.data.schema import DataError, RowLocation, validate_examples
 
-Adapter = Callable[[Mapping[str, Any], RowLocation], "dict[str, Any] | None"]
-ADAPTERS: dict[str, Adapter] = {}
+__all__ = ["ADAPTERS", "DEMO_SPLITS", "Adapter", "Source", "bind_adapter", "load_source", "read_raw_rows", "register_adapter"]
 
 DEMO_SPLITS = ("train", "eval_math", "eval_code", "pool")
-
-
-def register_adapter(name: str) -> Callable[[Adapter], Adapter]:
-    """Decorator: make an adapter selectable by name in YAML (``adapter: metamathqa``)."""
-
-    def wrap(fn: Adapter) -> Adapter:
-        ADAPTERS[name] = fn
-        return fn
-
-    return wrap
-
-
-@register_adapter("infra")
-def _identity(row: Mapping[str, Any], where: RowLocation) -> dict[str, Any]:
-    return dict(row)
 
 
 @dataclass
@@ -137,8 +124,6 @@ def bind_adapter(source: Source) -> Adapter:
     source, holding its options and its own count of skipped rows. Plain functions take no
     options, so options given to them are an error rather than silently ignored.
     """
-    import infra_pl.data.adapters  # noqa: F401 - registers the public-dataset adapters (lazy: they import us)
-
     if source.adapter not in ADAPTERS:
         raise DataError(f"unknown adapter '{source.adapter}' for source '{source.path}'; known: {sorted(ADAPTERS)}")
     adapter = ADAPTERS[source.adapter]
