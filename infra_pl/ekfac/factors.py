@@ -21,6 +21,7 @@ from infra_pl.ekfac.eigen import EigenBasis
 from infra_pl.ekfac.fingerprint import data_fingerprint, model_fingerprint, module_fingerprints, untracked_fingerprint
 from infra_pl.ekfac.lambdas import LambdaState
 from infra_pl.ekfac.modules import LayerShape, layer_shape, resolve_modules
+from infra_pl.ekfac.storage import read_factors, save_factors
 
 HEURISTIC_DAMPING_SCALE = 0.1  # λ = 0.1 · mean(Λ), kronfluence's default when no damping is given
 MIN_DAMPING = 1e-12  # floor when Λ is identically zero (e.g. an untrained LoRA B = 0)
@@ -175,8 +176,6 @@ class Factors:
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write covariance/eigen/lambda safetensors and ``manifest.json`` into ``directory``."""
-        from infra_pl.ekfac.storage import save_factors
-
         return save_factors(self, directory)
 
     @classmethod
@@ -184,9 +183,8 @@ class Factors:
         cls, directory: str | Path, device: torch.device | str = "cpu", modules: Iterable[str] | None = None
     ) -> "Factors":
         """Read factors written by :meth:`save` (or a partitioned fit); ``modules``: only these."""
-        from infra_pl.ekfac.storage import load_factors
-
-        return load_factors(directory, device=device, modules=modules)
+        per_module, fields = read_factors(directory, device=device, modules=modules)
+        return cls(modules={name: ModuleFactors(**meta) for name, meta in per_module.items()}, **fields)
 
     def subset(self, names: Iterable[str]) -> "Factors":
         """The factors of some modules only (tensors shared, not copied), e.g. one partition."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,7 +22,7 @@ from infra_pl.ekfac.eigen import EigenBasis
 from infra_pl.ekfac.modules import LayerShape
 from infra_pl.ekfac.precision import dtype_name
 
-if TYPE_CHECKING:  # factors.py imports this module lazily; avoid the cycle at runtime
+if TYPE_CHECKING:  # annotations only: factors.py builds on this module, which never imports it at runtime
     from infra_pl.ekfac.factors import Factors
 
 FORMAT_VERSION = 1
@@ -118,19 +118,19 @@ def _read_tensors(path: Path, names: set[str] | None, device: str, checksum: str
         return out
 
 
-def load_factors(
+def read_factors(
     directory: str | Path, device: torch.device | str = "cpu", modules: Iterable[str] | None = None
-) -> Factors:
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Inverse of :func:`save_factors` (and of a partitioned save, see :func:`save_partition`).
 
-    ``modules``: load only these modules' tensors (the others are never read from disk), which is
+    Returns what :meth:`~infra_pl.ekfac.factors.Factors.load` builds the factors from: per module
+    the fields of its ``ModuleFactors``, and the fields of the ``Factors`` besides ``modules``.
+    ``modules``: read only these modules' tensors (the others are never read from disk), which is
     how a partitioned scoring pass keeps one group of factors in memory at a time.
     """
-    from infra_pl.ekfac.factors import Factors, ModuleFactors  # noqa: F811 (runtime import, see above)
-
     root = Path(directory)
     if (root / PARTITIONS).exists():
-        return _load_partitioned(root, device, modules)
+        return _read_partitioned(root, device, modules)
     manifest = read_manifest(root)
     device = str(device)
     wanted = None if modules is None else set(modules)
@@ -147,28 +147,28 @@ def load_factors(
     for name, meta in manifest["modules"].items():
         if wanted is not None and name not in wanted:
             continue
-        loaded[name] = ModuleFactors(
-            shape=LayerShape(meta["out_features"], meta["in_features"], meta["has_bias"]),
-            activation_covariance=covariance[f"{name}/activation_covariance"],
-            gradient_covariance=covariance[f"{name}/gradient_covariance"],
-            eigen=EigenBasis(**{key: eigen[f"{name}/{key}"] for key in _EIGEN_KEYS}),
-            lambdas=lambdas[f"{name}/lambda"],
-            damping=float(meta["damping"]),
-            n_tokens=int(meta["n_tokens"]),
-            n_gradient_tokens=int(meta["n_gradient_tokens"]),
-            n_sequences=int(meta["n_sequences"]),
-        )
-    return Factors(
-        modules=loaded,
-        fisher=manifest["fisher"],
-        damping_rule=manifest["damping_rule"],
-        dtype=getattr(torch, manifest["dtype"]),
-        model_fingerprint=manifest.get("model_fingerprint"),
-        module_fingerprints=dict(manifest.get("module_fingerprints") or {}),
-        untracked_fingerprint=manifest.get("untracked_fingerprint"),
-        data_fingerprint=manifest.get("data_fingerprint"),
-        compute_dtype=manifest.get("compute_dtype", "float32"),  # manifests before the option: float32
-    )
+        loaded[name] = {
+            "shape": LayerShape(meta["out_features"], meta["in_features"], meta["has_bias"]),
+            "activation_covariance": covariance[f"{name}/activation_covariance"],
+            "gradient_covariance": covariance[f"{name}/gradient_covariance"],
+            "eigen": EigenBasis(**{key: eigen[f"{name}/{key}"] for key in _EIGEN_KEYS}),
+            "lambdas": lambdas[f"{name}/lambda"],
+            "damping": float(meta["damping"]),
+            "n_tokens": int(meta["n_tokens"]),
+            "n_gradient_tokens": int(meta["n_gradient_tokens"]),
+            "n_sequences": int(meta["n_sequences"]),
+        }
+    fields = {
+        "fisher": manifest["fisher"],
+        "damping_rule": manifest["damping_rule"],
+        "dtype": getattr(torch, manifest["dtype"]),
+        "model_fingerprint": manifest.get("model_fingerprint"),
+        "module_fingerprints": dict(manifest.get("module_fingerprints") or {}),
+        "untracked_fingerprint": manifest.get("untracked_fingerprint"),
+        "data_fingerprint": manifest.get("data_fingerprint"),
+        "compute_dtype": manifest.get("compute_dtype", "float32"),  # manifests before the option: float32
+    }
+    return loaded, fields
 
 
 # -- partitioned layout -------------------------------------------------------------------------
@@ -208,9 +208,9 @@ def read_partition_index(directory: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _load_partitioned(root: Path, device: torch.device | str, modules: Iterable[str] | None) -> Factors:
-    from infra_pl.ekfac.factors import Factors  # noqa: F811
-
+def _read_partitioned(
+    root: Path, device: torch.device | str, modules: Iterable[str] | None
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     index = json.loads((root / PARTITIONS).read_text())
     groups: list[list[str]] = index["partitions"]
     wanted = None if modules is None else set(modules)
@@ -223,19 +223,19 @@ def _load_partitioned(root: Path, device: torch.device | str, modules: Iterable[
         take = group if wanted is None else [n for n in group if n in wanted]
         if not take:
             continue
-        part = load_factors(partition_dir(root, k), device=device, modules=take)
-        first = first or part
-        loaded.update(part.modules)
+        part_modules, part_fields = read_factors(partition_dir(root, k), device=device, modules=take)
+        first = first or part_fields
+        loaded.update(part_modules)
     if first is None:
         raise ValueError(f"no modules selected from the partitioned factors at {root}")
-    return Factors(
-        modules={n: loaded[n] for g in groups for n in g if n in loaded},
-        fisher=first.fisher,
-        damping_rule=first.damping_rule,
-        dtype=first.dtype,
-        model_fingerprint=index.get("model_fingerprint"),
-        module_fingerprints=dict(index.get("module_fingerprints") or {}),
-        untracked_fingerprint=index.get("untracked_fingerprint"),
-        data_fingerprint=index.get("data_fingerprint"),
-        compute_dtype=first.compute_dtype,
-    )
+    fields = {
+        "fisher": first["fisher"],
+        "damping_rule": first["damping_rule"],
+        "dtype": first["dtype"],
+        "model_fingerprint": index.get("model_fingerprint"),
+        "module_fingerprints": dict(index.get("module_fingerprints") or {}),
+        "untracked_fingerprint": index.get("untracked_fingerprint"),
+        "data_fingerprint": index.get("data_fingerprint"),
+        "compute_dtype": first["compute_dtype"],
+    }
+    return {n: loaded[n] for g in groups for n in g if n in loaded}, fields
