@@ -1,7 +1,7 @@
 """Adapters for the paper's training sets: each maps one hub schema (as on its dataset card) to ours.
 
 Importing this module registers every public-dataset adapter by name (the evaluation sets live in
-:mod:`infra_pl.data.eval_adapters`, imported at the bottom). Common options, the ``bad_rows``
+:mod:`infra_pl.data.eval_adapters`; :mod:`infra_pl.data.sources` imports both). Common options, the ``bad_rows``
 policy and the skipped-row summary are described in :mod:`infra_pl.data.adapter_base`.
 
 ==================  ===============================================  ==========================
@@ -293,5 +293,3 @@ def openthoughts(row: Mapping[str, Any], where: RowLocation, ctx: AdapterContext
             example["tests"], example["test_setup_code"], example["entry_point"] = built
     return example
 
-
-from infra_pl.data import eval_adapters as _eval_adapters  # noqa: E402,F401 - registers the evaluation sets

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from infra_pl.data import adapters as _adapters  # noqa: F401 - registers the public-dataset and evaluation adapters
+# Importing the adapter modules registers their adapters: the training sets', then the evaluation sets'.
+from infra_pl.data import adapters as _adapters  # noqa: F401
+from infra_pl.data import eval_adapters as _eval_adapters  # noqa: F401
 from infra_pl.data.adapter_base import ADAPTERS, Adapter, register_adapter
 from infra_pl.data.schema import DataError, RowLocation, validate_examples
 
