@@ -6,22 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-import infra_pl.data.adapters  # noqa: F401 - registers the adapters
-from infra_pl.data import sources
 from infra_pl.data.schema import RowLocation, validate_examples
 from infra_pl.data.sources import ADAPTERS, Source, load_source, read_raw_rows
 from infra_pl.data.tokenize import IGNORE_INDEX, tokenize_chat
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hub"
-
-# load_source passes Source.options to adapters only with the sources.py change proposed in
-# issue 5 (bind_adapter); until then the end-to-end option tests are skipped, visibly.
-needs_source_options = pytest.mark.skipif(
-    not hasattr(sources, "bind_adapter"),
-    reason="load_source does not pass Source.options to adapters yet (sources.py change proposed with issue 5)",
-)
 
 
 def fixture(name: str) -> Path:

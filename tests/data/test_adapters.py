@@ -9,7 +9,6 @@ from hub_fixtures import (
     load,
     load_bound,
     load_with_datasets,
-    needs_source_options,
     to_parquet,
 )
 
@@ -73,7 +72,6 @@ def test_metamathqa_bad_rows_skip_counts_each_reason():
     assert "metamathqa_bad.jsonl" in message and "unknown type (1; first at row 2)" in message
 
 
-@needs_source_options
 def test_metamathqa_options_through_load_source():
     with pytest.warns(UserWarning, match="skipped 4 bad row"):
         assert len(load("metamathqa_bad.jsonl", "metamathqa", options={"bad_rows": "skip"})) == 2
@@ -212,9 +210,6 @@ def test_openthoughts_metadata_options():
     assert len(examples[1]["tests"]) == 1
 
 
-@pytest.mark.skipif(
-    "data_files" not in Source.__dataclass_fields__, reason="Source.data_files not added yet (sources.py change proposed with issue 5)"
-)
 def test_packaged_builder_with_data_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     source = Source("json", adapter="livecodebench", split="train", data_files=str(fixture("livecodebench.jsonl")))

@@ -1,22 +1,13 @@
-"""ReasoningDataModule with the issue-5 data options (difficulty, flip, remove_exploration).
-
-Skipped until the DataModule takes those options (the change proposed with issue 5).
-"""
+"""ReasoningDataModule with its training-mix data options (difficulty, flip, remove_exploration)."""
 
 import collections
-import inspect
 import types
 
-import pytest
 import torch
 
 from infra_pl.data.datamodule import ReasoningDataModule
 from infra_pl.data.flip import FlipOptions
 
-pytestmark = pytest.mark.skipif(
-    "flip" not in inspect.signature(ReasoningDataModule).parameters,
-    reason="ReasoningDataModule has no flip/difficulty/remove_exploration options yet (proposed with issue 5)",
-)
 DEMO = {"seed": 0, "n_train": 80, "n_eval": 5, "n_pool": 160}
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import infra_pl.data.adapters  # noqa: F401 - registers the adapters
 from infra_pl.data.demo import ensure_demo
 from infra_pl.data.difficulty import DifficultyOptions
 from infra_pl.data.flip import FlipOptions, apply_flip
@@ -18,9 +17,9 @@ HUB = Path(__file__).resolve().parents[1] / "fixtures" / "hub"
 BASES = ("llama3_8b_metamath_oss", "qwen25_7b_stratos")
 VARIANTS = ("flip", "reverse_flip", "no_exploration")
 RECIPES = [f"{b}.yaml" for b in BASES] + [f"{b}_{v}.yaml" for b in BASES for v in VARIANTS] + ["demo_flip.yaml", "demo_reverse_flip.yaml"]
-# Keys the DataModule gains with issue 5 (flip, pool loading, difficulty, exploration cut).
+# Data keys the variants add (flip, pool loading, difficulty, exploration cut).
 NEW_DATA_KEYS = {"flip", "difficulty", "remove_exploration"}
-SOURCE_FIELDS = {f.name for f in dataclasses.fields(Source)} | {"data_files"}  # data_files: proposed Source field
+SOURCE_FIELDS = {f.name for f in dataclasses.fields(Source)}
 
 
 def _config(name):
@@ -81,17 +80,6 @@ def test_demo_flip_configs_do_what_they_say(tmp_path, name, mode):
     assert sign * (mean(flipped, "code") - mean(train, "code")) < -0.5
 
 
-def _cli_ready() -> bool:
-    """The recipes use the DataModule options and the Source field proposed with issue 5."""
-    import inspect
-
-    from infra_pl.data.datamodule import ReasoningDataModule
-
-    params = inspect.signature(ReasoningDataModule).parameters
-    return {"flip", "difficulty", "remove_exploration"} <= set(params) and "data_files" in Source.__dataclass_fields__
-
-
-@pytest.mark.skipif(not _cli_ready(), reason="DataModule flip/difficulty/remove_exploration and Source.data_files not added yet (issue 5)")
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 @pytest.mark.parametrize(  # every kind of key; the other variants differ from these only as checked above
     "name", ["llama3_8b_metamath_oss.yaml", "llama3_8b_metamath_oss_no_exploration.yaml", "qwen25_7b_stratos_flip.yaml", "demo_reverse_flip.yaml"]
