@@ -37,6 +37,7 @@ def test_identity_direction_is_the_measurement_gradient(fitted):
     model, train, _ = fitted
     grad = measurement_gradient(model, batches(train[:5], 5), dtype=F64)
     directions = measurement_directions(IdentityPreconditioner(), {"f": grad})
+    assert grad and set(directions.per_module) == set(grad)
     for name, value in grad.items():
         assert torch.equal(directions.per_module[name][0], value)
 
