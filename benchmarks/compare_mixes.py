@@ -4,8 +4,8 @@
    that is *not* one of the comparison seeds, then ``attribute`` (EK-FAC factors and instance scores
    only: no token/sentence scores, no tagging, no report) -> ``instance_scores.parquet``.
 2. **Variants** (each fit + validate at every seed, ``infra_pl.compare``; resumable):
-   ``baseline`` (configs/demo.yaml), ``flip`` / ``reverse_flip`` (the paper's difficulty flip and its
-   control, Table 1), ``no_exploration`` (Table 2 right), ``curated`` (the top half of each domain
+   ``baseline`` (configs/demo.yaml), and configs/demo.yaml with an overlay of configs/variants/:
+   ``flip`` / ``reverse_flip`` (the paper's difficulty flip and its control, Table 1), ``no_exploration`` (Table 2 right), ``curated`` (the top half of each domain
    by the mean z-scored instance score of step 1) and ``random`` (a random half with the same count
    per domain: the control of ``curated``); optional ``derived_flip`` (the difficulty flip with
    directions learned from the step-1 score table).
@@ -44,14 +44,15 @@ from infra_pl.compare import (  # noqa: E402
 )
 
 CONFIGS = ROOT / "configs"
-VARIANTS = {
-    "baseline": "demo.yaml",
-    "flip": "demo_flip.yaml",
-    "reverse_flip": "demo_reverse_flip.yaml",
-    "no_exploration": "demo_no_exploration.yaml",
-    "curated": "demo_curated.yaml",
-    "random": "demo_curated_random.yaml",
-    "derived_flip": "demo_derived_flip.yaml",
+BASE = "demo.yaml"
+VARIANTS = {  # name -> the overlay over configs/demo.yaml (None: the base alone)
+    "baseline": None,
+    "flip": "variants/flip.yaml",
+    "reverse_flip": "variants/reverse_flip.yaml",
+    "no_exploration": "variants/no_exploration.yaml",
+    "curated": "variants/curated.yaml",
+    "random": "variants/curated_random.yaml",
+    "derived_flip": "variants/derived_flip.yaml",
 }
 DEFAULT_VARIANTS = ["baseline", "flip", "reverse_flip", "no_exploration", "curated", "random"]
 SCORED = {"curated", "random", "derived_flip"}  # variants that read the scoring run's instance scores
@@ -60,6 +61,12 @@ TINY_MODEL = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
               "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
               "tie_word_embeddings": True}
 TINY_DEMO = {"seed": 0, "n_train": 60, "n_eval": 5, "n_pool": 40}
+
+
+def variant_configs(name: str) -> str | list[str]:
+    """The config files of a variant, in `infra-pl fit -c BASE -c OVERLAY` order."""
+    overlay = VARIANTS[name]
+    return str(CONFIGS / BASE) if overlay is None else [str(CONFIGS / BASE), str(CONFIGS / overlay)]
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -75,7 +82,7 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def score(spec: CompareSpec, args: argparse.Namespace, runner) -> Path:
     """Fit + validate + attribute the plain demo at ``--score-seed``; the instance-score file."""
-    variant = Variant("scoring", str(CONFIGS / VARIANTS["baseline"]))
+    variant = Variant("scoring", variant_configs("baseline"))
     run_one(variant, args.score_seed, spec, runner)
     run_dir = Path(spec.out_dir) / "runs" / "scoring" / f"seed{args.score_seed}"
     scores = run_dir / "attribution" / "scores" / "instance_scores.parquet"
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     common = overrides(args)
     runner = in_process_runner if args.in_process else subprocess_runner
-    base = CompareSpec(out_dir=str(out), seeds=[args.score_seed], variants=[Variant("scoring", str(CONFIGS / "demo.yaml"))],
+    base = CompareSpec(out_dir=str(out), seeds=[args.score_seed], variants=[Variant("scoring", variant_configs("baseline"))],
                        overrides=common, threads=args.threads, in_process=args.in_process)
     scores = out / "runs" / "scoring" / f"seed{args.score_seed}" / "attribution" / "scores" / "instance_scores.parquet"
     if not args.summary_only and SCORED & set(args.variants):
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = []
     for name in args.variants:
         extra = {"data.curate.scores": str(scores)} if name in SCORED else {}
-        variants.append(Variant(name, str(CONFIGS / VARIANTS[name]), extra))
+        variants.append(Variant(name, variant_configs(name), extra))
     contrasts = [[a, b] for a, b in (("curated", "random"), ("derived_flip", "flip"))
                  if a in args.variants and b in args.variants]
     spec = CompareSpec(out_dir=str(out), seeds=args.seeds, variants=variants, baseline="baseline"

@@ -5,7 +5,8 @@ reverse-flipped; Table 2 right: with and without exploration). This module runs 
 comparison reproducibly and says what is signal and what is seed noise:
 
 * Each (variant, seed) is its own folder ``<out>/runs/<variant>/seed<k>/`` holding the exact
-  config it ran (``config.yaml``: the variant's YAML with the comparison's overrides, the seed in
+  config it ran (``config.yaml``: the variant's YAML, a base merged with its overlays as
+  ``infra-pl fit -c BASE -c OVERLAY`` merges them, with the comparison's overrides, the seed in
   ``seed_everything``, ``data.seed`` and ``model.init_seed``, and every output path inside the
   folder), the checkpoint, ``fit_summary.json`` (optimizer steps, threads, seed), the
   ``correctness.jsonl`` of ``validate`` and, last, ``result.json``. A folder with ``result.json``
@@ -29,7 +30,6 @@ as text, the figure).
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from infra_pl.config_files import config_paths, load_configs
 from infra_pl.data.schema import DataError
 
 RESULT_FILE = "result.json"
@@ -56,11 +57,19 @@ class CompareError(DataError):
 
 @dataclass
 class Variant:
-    """One training mix: a config file plus dotted-key overrides (``data.flip.mode: reverse``)."""
+    """One training mix: config files plus dotted-key overrides (``data.flip.mode: reverse``).
+
+    ``config`` is one file or a list merged in order, as ``infra-pl fit -c A -c B`` merges them
+    (a base and an overlay: ``["configs/demo.yaml", "configs/variants/flip.yaml"]``).
+    """
 
     name: str
-    config: str
+    config: str | list[str]
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[str]:
+        return config_paths(self.config)
 
 
 @dataclass
@@ -104,8 +113,11 @@ class CompareSpec:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise CompareError(f"compare: seeds must be a non-empty list without repeats, got {self.seeds}")
         for variant in self.variants:
-            if not Path(variant.config).is_file():
-                raise CompareError(f"compare: variant {variant.name!r}: config {variant.config} does not exist")
+            if not variant.files:
+                raise CompareError(f"compare: variant {variant.name!r} names no config file")
+            for path in variant.files:
+                if not Path(path).is_file():
+                    raise CompareError(f"compare: variant {variant.name!r}: config {path} does not exist")
         for pair in self.contrasts:
             if len(pair) != 2 or any(p not in names for p in pair):
                 raise CompareError(f"compare: a contrast names two variants of {names}, got {pair}")
@@ -126,11 +138,8 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
 
 
 def run_config(variant: Variant, seed: int, run_dir: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The config one run executes: the variant's YAML, the overrides, the seed, paths in ``run_dir``."""
-    import yaml
-
-    config = yaml.safe_load(Path(variant.config).read_text(encoding="utf-8")) or {}
-    config = copy.deepcopy(config)
+    """The config one run executes: the variant's YAML files merged, the overrides, the seed, paths in ``run_dir``."""
+    config = load_configs(variant.files)
     for key, value in {**overrides, **variant.overrides}.items():
         set_dotted(config, key, value)
     run = str(run_dir)
@@ -615,8 +624,10 @@ def spec_from_args(argv: Sequence[str] | None = None) -> tuple[CompareSpec, argp
     parser.add_argument("-c", "--config", help="comparison spec YAML (out_dir, seeds, baseline, overrides, variants)")
     parser.add_argument("--out", help="output folder (overrides the spec's out_dir)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG",
-                        help="a variant (repeatable); the first is the baseline unless --baseline says otherwise")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=CONFIG[,OVERLAY...]",
+                        help="a variant (repeatable): a config, or a base and overlays merged in order as `infra-pl "
+                             "fit -c BASE -c OVERLAY` merges them (e.g. flip=configs/demo.yaml,configs/variants/flip.yaml); "
+                             "the first variant is the baseline unless --baseline says otherwise")
     parser.add_argument("--baseline", help="name of the baseline variant")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every run, dotted key (e.g. trainer.max_steps=400); repeatable")
@@ -632,14 +643,19 @@ def spec_from_args(argv: Sequence[str] | None = None) -> tuple[CompareSpec, argp
         import yaml
 
         raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-    variants = [Variant(name=n, config=str(v["config"]) if isinstance(v, dict) else str(v),
+
+    def _files(value: Any) -> str | list[str]:
+        return [str(c) for c in value] if isinstance(value, (list, tuple)) else str(value)
+
+    variants = [Variant(name=n, config=_files(v["config"]) if isinstance(v, dict) else _files(v),
                         overrides=dict((v.get("overrides") or {}) if isinstance(v, dict) else {}))
                 for n, v in (raw.get("variants") or {}).items()]
     for item in args.variant:
         name, _, config = item.partition("=")
         if not config:
-            raise CompareError(f"--variant wants NAME=CONFIG, got {item!r}")
-        variants = [v for v in variants if v.name != name] + [Variant(name, config)]
+            raise CompareError(f"--variant wants NAME=CONFIG[,OVERLAY...], got {item!r}")
+        files = [part for part in config.split(",") if part]
+        variants = [v for v in variants if v.name != name] + [Variant(name, files[0] if len(files) == 1 else files)]
     overrides = dict(raw.get("overrides") or {})
     for item in args.set:
         key, _, value = item.partition("=")

@@ -582,16 +582,19 @@ def write_curation(curation: Curation, out_dir: str | Path) -> tuple[Path, Path]
 
 # --------------------------------------------------------------------------- `infra-pl curate`
 def main(argv: Sequence[str] | None = None) -> None:
-    """``infra-pl curate -c <config with data.curate> [--out DIR]``: build the mixture, write it, train nothing.
+    """``infra-pl curate -c BASE [-c OVERLAY ...] [--out DIR]``: build the mixture, write it, train nothing.
 
-    Loads the config's ``data`` section (the same ``ReasoningDataModule`` options ``fit`` uses,
+    Merges the config files in order as ``infra-pl fit -c BASE -c OVERLAY`` does (e.g.
+    ``-c configs/demo.yaml -c configs/variants/curated.yaml``), loads the ``data`` section (the same ``ReasoningDataModule`` options ``fit`` uses,
     ``data.curate`` included), applies curation and writes the rule, the selected ids and the
     curated examples (``train.jsonl``, loadable as a ``data.train`` source) to ``--out``.
     """
     import argparse
 
     parser = argparse.ArgumentParser(prog="infra-pl curate", description=main.__doc__)
-    parser.add_argument("-c", "--config", required=True, help="YAML with a data.curate section")
+    parser.add_argument("-c", "--config", required=True, action="append",
+                        help="YAML with a data.curate section; repeat to merge a base and overlays in order, "
+                             "as `infra-pl fit -c BASE -c OVERLAY` does")
     parser.add_argument("--out", default=None, help="output folder (default: data.curate.out_dir, else "
                         "<trainer.default_root_dir>/curation)")
     parser.add_argument("--scores", default=None, help="override data.curate.scores")
@@ -599,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(list(argv) if argv is not None else None)
     datamodule, root = datamodule_from_config(args.config)
     if datamodule.curate is None:
-        raise CurationError(f"{args.config} has no data.curate section")
+        raise CurationError(f"{' + '.join(args.config)} has no data.curate section")
     if args.scores:
         datamodule.curate.scores = args.scores
     if args.random:
@@ -618,14 +621,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  examples     : {train_path}")
 
 
-def datamodule_from_config(config: str | Path) -> tuple[Any, str]:
-    """The ``ReasoningDataModule`` a config's ``data`` section describes, and its default_root_dir."""
-    import yaml
+def datamodule_from_config(config: str | Path | Sequence[str | Path]) -> tuple[Any, str]:
+    """The ``ReasoningDataModule`` a config's ``data`` section describes, and its default_root_dir.
+
+    ``config``: one file, or several merged in order (a base and its overlays).
+    """
     from jsonargparse import ArgumentParser
 
+    from infra_pl.config_files import config_paths, load_configs
     from infra_pl.data.datamodule import ReasoningDataModule
 
-    raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    raw = load_configs(config)
+    config = " + ".join(config_paths(config))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(ReasoningDataModule, "data")
     try:

@@ -18,6 +18,7 @@ from infra_pl.compare import (
     run_all,
     run_config,
     sign_test,
+    spec_from_args,
     t_interval,
     write_summary,
 )
@@ -82,21 +83,40 @@ def _tiny_overrides(cache: Path) -> dict:
 
 
 def test_run_config_sets_seeds_and_paths(tmp_path):
-    config = run_config(Variant("flip", str(CONFIGS / "demo_flip.yaml")), 3, tmp_path / "r", {"trainer.max_steps": 7})
+    flip = Variant("flip", [str(CONFIGS / "demo.yaml"), str(CONFIGS / "variants" / "flip.yaml")])
+    config = run_config(flip, 3, tmp_path / "r", {"trainer.max_steps": 7})
     assert config["seed_everything"] == 3 and config["data"]["seed"] == 3 and config["model"]["init_seed"] == 3
-    assert config["data"]["flip"]["seed"] == 0  # the mix stays fixed across training seeds
+    # The overlay merged over the base; the mix (data.flip.seed) stays fixed across training seeds.
+    assert config["data"]["flip"] == {"mode": "flip", "fraction": 0.5, "seed": 0}
+    assert config["data"]["demo"]["n_train"] == 2000 and config["trainer"]["max_steps"] == 7
     assert config["trainer"]["max_steps"] == 7 and config["trainer"]["default_root_dir"] == str(tmp_path / "r")
     checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
     assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "r" / "checkpoints")
     assert config["model"]["correctness_file"] == str(tmp_path / "r" / "correctness.jsonl")
 
 
+
+def test_a_variant_is_a_base_and_its_overlays(tmp_path):
+    """`--variant NAME=BASE,OVERLAY` or `config: [BASE, OVERLAY]` in a spec: merged as `fit -c BASE -c OVERLAY`."""
+    demo, flip = str(CONFIGS / "demo.yaml"), str(CONFIGS / "variants" / "flip.yaml")
+    spec, _ = spec_from_args(["--out", str(tmp_path), "--variant", f"baseline={demo}", "--variant", f"flip={demo},{flip}"])
+    assert [v.files for v in spec.variants] == [[demo], [demo, flip]]
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"out_dir": str(tmp_path), "variants": {
+        "baseline": demo, "flip": {"config": [demo, flip], "overrides": {"data.flip.fraction": 0.25}}}}))
+    spec, _ = spec_from_args(["-c", str(spec_file)])
+    config = run_config(spec.variants[1], 0, tmp_path / "r", {})
+    assert config["data"]["flip"] == {"mode": "flip", "fraction": 0.25, "seed": 0}
+    with pytest.raises(CompareError, match="does not exist"):
+        spec_from_args(["--out", str(tmp_path), "--variant", f"flip={demo},{tmp_path / 'missing.yaml'}"])
+
 @pytest.mark.slow
 def test_tiny_compare_resumes_without_redoing_finished_runs(tmp_path, tiny_cache, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = CompareSpec(
         out_dir=str(tmp_path / "cmp"), seeds=[0, 1],
-        variants=[Variant("baseline", str(CONFIGS / "demo.yaml")), Variant("flip", str(CONFIGS / "demo_flip.yaml"))],
+        variants=[Variant("baseline", str(CONFIGS / "demo.yaml")),
+                  Variant("flip", [str(CONFIGS / "demo.yaml"), str(CONFIGS / "variants" / "flip.yaml")])],
         overrides=_tiny_overrides(tiny_cache), in_process=True, contrasts=[["flip", "baseline"]],
     )
     calls = []

@@ -232,21 +232,26 @@ def test_infra_pl_curate_command_writes_the_mixture(demo, tmp_path, capsys):
     import yaml
 
     scores = write_scores(tmp_path / "s.parquet", demo.train)
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
+    # A base and an overlay, merged as `infra-pl fit -c BASE -c OVERLAY` merges them.
+    base, overlay = tmp_path / "base.yaml", tmp_path / "overlay.yaml"
+    base.write_text(yaml.safe_dump({"trainer": {"default_root_dir": str(tmp_path / "base")},
+                                    "data": {"cache_dir": str(demo.cache), "demo": DEMO}}))
+    overlay.write_text(yaml.safe_dump({
         "trainer": {"default_root_dir": str(tmp_path / "run")},
-        "data": {"cache_dir": str(demo.cache), "demo": DEMO,
-                 "curate": {"scores": str(scores), "by": "math", "fraction": 0.25, "quotas": "proportional"}},
+        "data": {"curate": {"scores": str(scores), "by": "math", "fraction": 0.25, "quotas": "proportional"}},
     }))
-    curate_main(["-c", str(config)])
+    with pytest.raises(CurationError, match="has no data.curate section"):
+        curate_main(["-c", str(base)])
+    curate_main(["-c", str(base), "-c", str(overlay)])
     out = tmp_path / "run" / "curation"
     rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 20 and (out / "curation.json").exists()
     assert "curation top by math: 80 -> 20" in capsys.readouterr().out
-    curate_main(["-c", str(config), "--random", "--out", str(tmp_path / "ctl")])
+    curate_main(["-c", str(base), "-c", str(overlay), "--random", "--out", str(tmp_path / "ctl")])
     control = [json.loads(line) for line in (tmp_path / "ctl" / "train.jsonl").read_text().splitlines()]
     assert counts(control) == counts(rows)
 
+    config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"data": {"cache_dir": str(demo.cache), "demo": DEMO,
                                                "curate": {"scores": str(scores), "quotas": "everything"}}}))
     with pytest.raises(CurationError, match="quotas must be one of"):

@@ -1,4 +1,4 @@
-"""configs/demo_standard_callbacks.yaml (tiny variant): our callbacks + ModelCheckpoint, EarlyStopping,
+"""configs/demo.yaml + configs/variants/standard_callbacks.yaml (tiny variant): our callbacks + ModelCheckpoint, EarlyStopping,
 LearningRateMonitor, RichProgressBar, CSVLogger + TensorBoardLogger, and a user hook callback listed in
 YAML, through fit, validate and attribute."""
 
@@ -11,13 +11,15 @@ import torch
 import yaml
 
 from infra_pl.cli import run_cli
+from infra_pl.config_files import load_configs
 from tests.conftest import TINY_DEMO, TINY_MODEL
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_standard_callbacks.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIG = [CONFIGS / "demo.yaml", CONFIGS / "variants" / "standard_callbacks.yaml"]  # -c BASE -c OVERLAY
 
 
 def tiny_config(tmp_path: Path, cache: Path) -> Path:
-    config = yaml.safe_load(CONFIG.read_text())
+    config = load_configs(CONFIG)
     config["model"].update({"model_config": TINY_MODEL, "time_budget_s": None, "max_new_tokens": 16})
     config["data"].update({"demo": TINY_DEMO, "cache_dir": str(cache), "eval_batch_size": 10})
     config["trainer"]["max_steps"] = 12  # 60 examples / 16 per batch: 3 epochs, a validation after each
