@@ -574,14 +574,18 @@ def _remove_stale_groups(base: str) -> None:
         match = re.fullmatch(re.escape(_CGROUP_PREFIX) + r"(\d+)", name)
         if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
             continue
-        group = os.path.join(base, name)
-        try:
-            for sub in os.listdir(group):
-                if os.path.isdir(os.path.join(group, sub)):
-                    os.rmdir(os.path.join(group, sub))
-            os.rmdir(group)
-        except OSError:
-            pass
+        _remove_group(os.path.join(base, name))
+
+
+def _remove_group(group: str) -> None:
+    """Remove a per-process cgroup directory and the (empty) leaf groups in it; leave it if that fails."""
+    try:
+        for sub in os.listdir(group):
+            if os.path.isdir(os.path.join(group, sub)):
+                os.rmdir(os.path.join(group, sub))
+        os.rmdir(group)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -787,13 +791,7 @@ class _Cgroups:
                         pass
             self.free.clear()
             for group in dict.fromkeys(self.groups.values()):
-                try:
-                    for sub in os.listdir(group):
-                        if os.path.isdir(os.path.join(group, sub)):
-                            os.rmdir(os.path.join(group, sub))
-                    os.rmdir(group)
-                except OSError:
-                    pass
+                _remove_group(group)
 
 
 _CGROUPS = _Cgroups()

@@ -288,8 +288,7 @@ def behaviour_summary(
         )
     not_observed = [b for b in mapping if b not in shown]
     mapping = shown
-    columns = [score_column(m) for m in names]
-    scores = instance_df[columns].to_numpy(dtype=float).reshape(len(instance_df), len(names))
+    scores = _score_matrix(instance_df, names)
     tokens = token_counts(instance_df, LENGTH_COLUMN, _INSTANCE)
     strata = length_strata(tokens, n_strata, instance_df["domain"] if "domain" in instance_df.columns else None)
     rows = []
@@ -368,6 +367,21 @@ def _level_text(levels: Sequence[Any]) -> str:
     return ",".join(one(v) for v in levels)
 
 
+def _score_matrix(instance_df: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """The scores of the ``names`` measurements, one column each: [examples, measurements]."""
+    return instance_df[[score_column(m) for m in names]].to_numpy(dtype=float).reshape(len(instance_df), len(names))
+
+
+def _compare_rows(
+    scores: np.ndarray, tokens: np.ndarray | None, rows_used: np.ndarray, is_a: np.ndarray, n_strata: int,
+    n_boot: int, seed: int, ci: float,
+) -> dict[str, Any]:
+    """:func:`compare` of group A against the rest of ``rows_used``, length strata from those rows' tokens."""
+    sub_tokens = None if tokens is None else tokens[rows_used]
+    return compare(scores[rows_used], is_a[rows_used], sub_tokens, length_strata(sub_tokens, n_strata),
+                   n_boot=n_boot, seed=seed, ci=ci)
+
+
 def _comparison_frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=columns)
     for column in columns:
@@ -401,7 +415,7 @@ def in_vs_cross_domain_table(
     """
     names = _checked_instance(instance_df, ["domain"], measurements)
     tokens = token_counts(instance_df, LENGTH_COLUMN, _INSTANCE)
-    scores = instance_df[[score_column(m) for m in names]].to_numpy(dtype=float).reshape(len(instance_df), len(names))
+    scores = _score_matrix(instance_df, names)
     domain = np.array([None if pd.isna(v) else str(v) for v in instance_df["domain"]], dtype=object)
     domains = _sorted_values({d for d in domain if d is not None})
     columns = ["measurement", "in_domain", "other_domain", "n_in", "n_other", "mean_in", "mean_other", "difference",
@@ -418,9 +432,7 @@ def in_vs_cross_domain_table(
             pair = (min(name, other), max(name, other))
             if pair not in cache:  # one bootstrap per pair of domains serves both directions
                 rows_used = (domain == pair[0]) | (domain == pair[1])
-                sub_tokens = None if tokens is None else tokens[rows_used]
-                cache[pair] = compare(scores[rows_used], domain[rows_used] == pair[0], sub_tokens,
-                                      length_strata(sub_tokens, n_strata), n_boot=n_boot, seed=seed, ci=ci)
+                cache[pair] = _compare_rows(scores, tokens, rows_used, domain == pair[0], n_strata, n_boot, seed, ci)
             versus = cache[pair] if name == pair[0] else _flipped(cache[pair])
             row = {"measurement": name, "in_domain": name, "other_domain": other}
             row.update(_comparison_columns(versus, j, "in", "other", full=True))
@@ -453,7 +465,7 @@ def difficulty_contrast_table(
     """
     names = _checked_instance(instance_df, ["domain", "difficulty"], measurements)
     tokens = token_counts(instance_df, LENGTH_COLUMN, _INSTANCE)
-    scores = instance_df[[score_column(m) for m in names]].to_numpy(dtype=float).reshape(len(instance_df), len(names))
+    scores = _score_matrix(instance_df, names)
     difficulty = instance_df["difficulty"]
     has_level = difficulty.notna().to_numpy(dtype=bool)
     level_values = difficulty.astype(object).to_numpy(dtype=object)
@@ -475,9 +487,7 @@ def difficulty_contrast_table(
         is_high[in_domain] = [v in high for v in level_values[in_domain]]
         is_low[in_domain] = [v in low for v in level_values[in_domain]]
         rows_used = is_high | is_low
-        sub_tokens = None if tokens is None else tokens[rows_used]
-        versus = compare(scores[rows_used], is_high[rows_used], sub_tokens, length_strata(sub_tokens, n_strata),
-                         n_boot=n_boot, seed=seed, ci=ci)
+        versus = _compare_rows(scores, tokens, rows_used, is_high, n_strata, n_boot, seed, ci)
         source = None
         if sources is not None:
             found = sorted({str(v) for v in sources[rows_used] if v is not None and not pd.isna(v)})

@@ -68,6 +68,14 @@ def _empty(fig: Figure, message: str) -> Figure:
     return fig
 
 
+def _checked_measurements(instance_df: pd.DataFrame, measurements: Sequence[str] | None) -> list[str]:
+    """The measurements to plot, after checking the domain and their score columns (present, finite)."""
+    names = resolve_measurements(instance_df, measurements)
+    require_columns(instance_df, ["domain", *(score_column(m) for m in names)], "instance scores")
+    require_finite(instance_df, [score_column(m) for m in names], "instance scores")
+    return names
+
+
 def score_histograms(
     instance_df: pd.DataFrame,
     measurements: Sequence[str] | None = None,
@@ -79,9 +87,7 @@ def score_histograms(
     Figure 2's question is whether code data reaches the high-score range of math measurements
     (and vice versa), so the domains share bins and a line marks 0 (left: hurts, right: helps).
     """
-    names = resolve_measurements(instance_df, measurements)
-    require_columns(instance_df, ["domain", *(score_column(m) for m in names)], "instance scores")
-    require_finite(instance_df, [score_column(m) for m in names], "instance scores")
+    names = _checked_measurements(instance_df, measurements)
     fig = Figure(figsize=(4.6 * len(names), 3.4), layout="constrained")
     if instance_df.empty:
         return _empty(fig, "no instance scores")
@@ -456,9 +462,7 @@ def score_distributions(
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if linthresh is not None and not linthresh > 0:
         raise ValueError(f"linthresh must be positive, got {linthresh!r}")
-    names = resolve_measurements(instance_df, measurements)
-    require_columns(instance_df, ["domain", *(score_column(m) for m in names)], "instance scores")
-    require_finite(instance_df, [score_column(m) for m in names], "instance scores")
+    names = _checked_measurements(instance_df, measurements)
     fig = Figure(figsize=(5.0 * len(names), 3.6), layout="constrained")
     if instance_df.empty:
         return _empty(fig, "no instance scores")
