@@ -7,30 +7,16 @@ from __future__ import annotations
 
 import torch
 
+from tests.batches import padded_batches
+
 VOCAB = 50
 
 
 def make_batches(
     lengths: list[list[int]], prompt_len: int = 3, max_len: int = 10, seed: int = 0
 ) -> list[dict[str, torch.Tensor]]:
-    """Right-padded batches: ``lengths`` gives each batch's sequence lengths.
-
-    The first ``prompt_len`` tokens of every sequence and all padding carry label -100, so the
-    tests exercise both kinds of masking. Padding ids are random too: masking must not rely on them.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for batch_lengths in lengths:
-        size = len(batch_lengths)
-        ids = torch.randint(0, VOCAB, (size, max_len), generator=gen)
-        mask = torch.zeros(size, max_len, dtype=torch.long)
-        for row, length in enumerate(batch_lengths):
-            mask[row, :length] = 1
-        labels = ids.clone()
-        labels[:, :prompt_len] = -100
-        labels[mask == 0] = -100
-        batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
-    return batches
+    """Right-padded batches of ids below ``VOCAB`` (see :func:`tests.batches.padded_batches`)."""
+    return padded_batches(lengths, VOCAB, prompt_len, max_len, seed)
 
 
 def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -11,6 +11,8 @@ import functools
 
 import torch
 
+from tests.batches import padded_batches
+
 VOCAB = 40
 
 
@@ -18,19 +20,7 @@ def make_batches(
     lengths: list[list[int]], prompt_len: int = 3, max_len: int = 10, seed: int = 0
 ) -> list[dict[str, torch.Tensor]]:
     """Right-padded batches with random (non-pad) ids in the padding, so masking cannot rely on them."""
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for batch_lengths in lengths:
-        size = len(batch_lengths)
-        ids = torch.randint(0, VOCAB, (size, max_len), generator=gen)
-        mask = torch.zeros(size, max_len, dtype=torch.long)
-        for row, length in enumerate(batch_lengths):
-            mask[row, :length] = 1
-        labels = ids.clone()
-        labels[:, :prompt_len] = -100
-        labels[mask == 0] = -100
-        batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels, "index": torch.arange(size)})
-    return batches
+    return padded_batches(lengths, VOCAB, prompt_len, max_len, seed, index=True)
 
 
 def tiny_llama(seed: int = 0, hidden: int = 16, intermediate: int = 32, vocab: int = VOCAB) -> torch.nn.Module:

@@ -8,6 +8,17 @@ from infra_pl.data.tokenize import IGNORE_INDEX, collate_padded
 
 VOCAB = 40
 PAD = 0
+# The model_config of the tiny LDS settings that run the whole experiment (retrains included).
+TINY_MODEL = {
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": True,
+}
 
 
 def tiny_llama(hidden: int = 8, intermediate: int = 16, seed: int = 0) -> torch.nn.Module:

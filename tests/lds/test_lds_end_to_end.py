@@ -9,17 +9,8 @@ import pytest
 
 from infra_pl.lds import LDSOptions, LDSSetting, TrainRecipe, run_lds
 from infra_pl.lds.report import results_markdown
+from tests.lds.lds_helpers import TINY_MODEL
 
-TINY_MODEL = {
-    "model_type": "llama",
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": True,
-}
 SETTING = LDSSetting(
     n_train=30,
     n_eval=3,

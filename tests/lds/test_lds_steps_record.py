@@ -7,17 +7,8 @@ import json
 from infra_pl.lds import LDSSetting, TrainRecipe
 from infra_pl.lds.experiment import LDSExperiment
 from infra_pl.lds.subsets import RetrainJob, RetrainRecord, RetrainStore, run_retrains, subset_digest
+from tests.lds.lds_helpers import TINY_MODEL
 
-TINY_MODEL = {
-    "model_type": "llama",
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": True,
-}
 SETTING = LDSSetting(
     n_train=20,
     n_eval=3,
