@@ -42,12 +42,10 @@ class AttributionReport(AttributionStep):
         self.tensorboard_heatmaps = tensorboard_heatmaps
 
     def run_attribution(self, trainer: Any, pl_module: L.LightningModule, datamodule: Any) -> None:
-        state = trainer.attribution_state
-        if "instance_scores" not in state:
-            raise RuntimeError("AttributionReport needs InfluenceScores to run first (add it to trainer.callbacks)")
+        scores = trainer.attribution_state.require("scores", "AttributionReport", "InfluenceScores")
         if not trainer.is_global_zero:
             return
-        if "domain" not in state["instance_scores"].columns:
+        if "domain" not in scores.instance_scores.columns:
             raise ProtocolError(
                 "AttributionReport groups training examples by 'domain', which the instance scores lack: return it "
                 "from the datamodule's attribution_metadata('train'), or leave AttributionReport out of the callbacks"
@@ -58,17 +56,18 @@ class AttributionReport(AttributionStep):
         from infra_pl.report.analyses import extra_tables
 
         out = Path(self.output_dir) if self.output_dir else trainer.attribution_dir() / "report"
-        instance_df, token_df, sentence_df = state["instance_scores"], state.get("token_scores"), state.get("sentence_scores")
+        instance_df, token_df, sentence_df = scores.instance_scores, scores.token_scores, scores.sentence_scores
         tables = standard_tables(instance_df, sentence_df, n_boot=self.n_boot)
-        pairwise = pd.read_parquet(state["pairwise_scores_path"]) if state.get("pairwise_scores_path") else None
-        tables.update(extra_tables(instance_df, token_df, state.get("behaviour_removal"), pairwise, n_boot=self.n_boot))
+        pairwise = pd.read_parquet(scores.pairwise_scores_path) if scores.pairwise_scores_path else None
+        tables.update(extra_tables(instance_df, token_df, scores.behaviour_removal, pairwise, n_boot=self.n_boot))
         html_path, md_path = write_report(
-            out, instance_df, token_df, sentence_df, state.get("measurement_info"), tables, top_k=self.top_k, n_boot=self.n_boot
+            out, instance_df, token_df, sentence_df, scores.measurement_info, tables, top_k=self.top_k, n_boot=self.n_boot
         )
-        state.update({"report_path": html_path, "report_markdown_path": md_path, "tables": tables})
         print(f"[infra-pl] report written to {html_path}", file=sys.stderr)
         self._tensorboard(trainer, instance_df, token_df, tables)
-        dispatch(trainer, pl_module, ReportReady(out, Path(html_path), Path(md_path), tables, state.get("scores_ready")))
+        event = ReportReady(out, Path(html_path), Path(md_path), tables, scores)
+        trainer.attribution_state.report = event
+        dispatch(trainer, pl_module, event)
 
     def _tensorboard(self, trainer: Any, instance_df: Any, token_df: Any, tables: dict[str, Any]) -> None:
         writer = tensorboard_writer(trainer)

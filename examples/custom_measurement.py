@@ -92,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     margin = ReverseOverCopy(n_prompts=args.n_prompts, seed=args.seed)
     callbacks = toy.attribution_callbacks(args, measurements=[margin, *candidate_log_probs(margin)])
     state = toy.attribute(module, datamodule, args, callbacks)
-    scores = state["instance_scores"]
+    scores = state.scores.instance_scores
     gap = (scores["score_reverse_over_copy"] - (scores["score_reversed"] - scores["score_copied"])).abs().max()
-    print(f"f = {state['measurement_info']['reverse_over_copy']['f_value']:.4f} (mean log-prob margin)")
+    print(f"f = {state.scores.measurement_info['reverse_over_copy']['f_value']:.4f} (mean log-prob margin)")
     print("mean margin score by training task:\n" + scores.groupby("domain")["score_reverse_over_copy"].mean().to_string())
     print(f"max |S_margin − (S_reversed − S_copied)| = {gap:.2e} (linearity)")
     return state

@@ -215,7 +215,7 @@ def attribution_callbacks(args: argparse.Namespace, measurements: list[Any] | No
 
 
 def attribute(module: L.LightningModule, datamodule: L.LightningDataModule, args: argparse.Namespace,
-              callbacks: list[Any], logger: Any = False) -> dict[str, Any]:
+              callbacks: list[Any], logger: Any = False) -> Any:
     from infra_pl.trainer import InfraTrainer
 
     trainer = InfraTrainer(accelerator="cpu", devices=1, logger=logger, enable_progress_bar=args.progress_bar,
@@ -223,15 +223,15 @@ def attribute(module: L.LightningModule, datamodule: L.LightningDataModule, args
     return trainer.attribute(module, datamodule=datamodule)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> Any:
     args = parse_args(argv)
     module, datamodule = build(args)
     fit(module, datamodule, args)
     state = attribute(module, datamodule, args, attribution_callbacks(args))
-    scores = state["instance_scores"]
+    scores = state.scores.instance_scores
     by_task = scores.groupby("domain")["score_reverse"].mean()
     print(f"mean influence on log p(reversed | reverse prompt) by training task:\n{by_task.to_string()}")
-    print(f"instance scores: {state['instance_scores_path']}")
+    print(f"instance scores: {state.scores.instance_scores_path}")
     return state
 
 

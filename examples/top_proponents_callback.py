@@ -117,9 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     export = TopProponentsJSONL(k=50)
     logger = TensorBoardLogger(save_dir=args.out, name="tensorboard")
     state = toy.attribute(module, datamodule, args, toy.attribution_callbacks(args, extra=[export]), logger=logger)
-    state["top_proponents_path"] = export.path
-    state["tensorboard_dir"] = logger.log_dir
-    return state
+    return {"scores": state.scores, "top_proponents_path": export.path, "tensorboard_dir": logger.log_dir}
 
 
 if __name__ == "__main__":

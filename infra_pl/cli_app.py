@@ -230,16 +230,18 @@ class InfraCLI(LightningCLI):
             raise SystemExit(0)
 
     def after_attribute(self) -> None:
-        state = getattr(self.trainer, "attribution_state", {})
+        state = self.trainer.attribution_state
         print("\n[infra-pl] attribute finished")
         if getattr(self.trainer, "loaded_checkpoint", None):
             print(f"  checkpoint       : {self.trainer.loaded_checkpoint}")
-        if state.get("factors_dir"):
-            print(f"  EK-FAC factors   : {state['factors_dir']}")
-        for label, key in (("instance scores", "instance_scores_path"), ("token scores", "token_scores_path"),
-                           ("sentence scores", "sentence_scores_path"), ("report", "report_path")):
-            if state.get(key):
-                print(f"  {label:<16} : {state[key]}")
+        scores, report = state.scores, state.report
+        for label, path in (("EK-FAC factors", state.factors and state.factors.factors_dir),
+                            ("instance scores", scores and scores.instance_scores_path),
+                            ("token scores", scores and scores.token_scores_path),
+                            ("sentence scores", scores and scores.sentence_scores_path),
+                            ("report", report and report.html_path)):
+            if path:
+                print(f"  {label:<16} : {path}")
 
 
 def memory_plan_text(trainer: L.Trainer, module: L.LightningModule, datamodule: Any) -> str:
@@ -275,7 +277,7 @@ def memory_plan_text(trainer: L.Trainer, module: L.LightningModule, datamodule: 
     measurements = max(1, (len(scores.measurements) if scores is not None else 1) * max(1, len(domains)))
     est = factors.memory_estimate(model, datamodule, measurements=measurements)
     # The network is still on the CPU here; the device the run will use is the strategy's.
-    budget = factors.budget_bytes(trainer.strategy.root_device)
+    budget = factors.options.budget_bytes(trainer.strategy.root_device)
     if budget is None:
         return plan_table(est, None) + (
             "\n\n(no partition plan: the run is not on a GPU and EKFACFactors has no device_budget; set "

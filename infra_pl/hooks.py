@@ -17,84 +17,17 @@ must not call collectives.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from lightning.pytorch.callbacks import Callback
 
-
-@dataclass(frozen=True)
-class FactorsReady:
-    """EK-FAC factors are fitted (or reused) and saved.
-
-    ``factors`` is the in-memory :class:`infra_pl.ekfac.Factors`; ``factors_dir`` holds its
-    safetensors files and ``manifest.json``.
-    """
-
-    factors_dir: Path
-    factors: Any
-    modules: list[str]
-    fisher: str
-    reused: bool
-
-    hook = "on_factors_ready"
-
-
-@dataclass(frozen=True)
-class ScoresReady:
-    """Influence scores are computed and written.
-
-    ``instance_scores``: one row per training example: ``id``, ``index``, the datamodule's
-    metadata columns, and ``score_<measurement>`` per measurement (positive = up-weighting the
-    example raises f). ``token_scores`` / ``sentence_scores`` are long tables (None when not
-    computed). ``measurement_info`` maps each measurement name to its description (items used,
-    fallback, f value). Paths are None for products that were not written.
-    """
-
-    scores_dir: Path
-    measurements: list[str]
-    instance_scores: pd.DataFrame
-    measurement_info: dict[str, Any] = field(default_factory=dict)
-    instance_scores_path: Path | None = None
-    token_scores: pd.DataFrame | None = None
-    token_scores_path: Path | None = None
-    sentence_scores: pd.DataFrame | None = None
-    sentence_scores_path: Path | None = None
-    pairwise_scores_path: Path | None = None
-    behaviour_removal: pd.DataFrame | None = None  # S(z) − S(z without all sentences of a behaviour), Table 2
-    behaviour_removal_path: Path | None = None
-
-    hook = "on_scores_ready"
-
-    @staticmethod
-    def score_column(measurement: str) -> str:
-        return f"score_{measurement}"
-
-    def top(self, measurement: str, k: int, proponents: bool = True) -> pd.DataFrame:
-        """The k training examples with the largest (proponents) or smallest (opponents) score."""
-        if measurement not in self.measurements:
-            raise KeyError(f"unknown measurement {measurement!r}; have {self.measurements}")
-        column = self.score_column(measurement)
-        pick = self.instance_scores.nlargest if proponents else self.instance_scores.nsmallest
-        return pick(k, column)
-
-
-@dataclass(frozen=True)
-class ReportReady:
-    """The report is written: ``report_dir`` with ``html_path``/``markdown_path`` and the tables."""
-
-    report_dir: Path
-    html_path: Path
-    markdown_path: Path
-    tables: dict[str, Any]
-    scores: ScoresReady | None = None
-
-    hook = "on_report_ready"
-
-
-AttributionEvent = FactorsReady | ScoresReady | ReportReady
+from infra_pl.products import (  # noqa: F401 - the events are part of this module's public surface
+    AttributionEvent,
+    AttributionState,
+    FactorsReady,
+    ReportReady,
+    ScoresReady,
+)
 
 
 class AttributionHooks(Callback):

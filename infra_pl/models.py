@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from infra_pl import dtypes
+
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
 
 # The demo model: a ~0.5M-parameter Llama. Measured on the demo: at a fixed CPU budget it takes
 # ~40% more steps than a 0.95M one (hidden 128) and answers about twice as many items correctly.
@@ -48,9 +50,8 @@ class LoraOptions:
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype '{name}'; choose from {sorted(DTYPES)}")
-    return DTYPES[name]
+    """The model's dtype from its config name (float32, bfloat16 or float16)."""
+    return dtypes.parse_dtype(name, "model dtype", MODEL_DTYPES)
 
 
 def build_causal_lm(

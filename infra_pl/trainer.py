@@ -22,6 +22,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from infra_pl.allocator import release_free_heap
+from infra_pl.hooks import AttributionState
 from infra_pl.protocol import model_is_built, require_data
 
 
@@ -168,27 +169,6 @@ def _no_prediction(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-class _GradientProbe(Callback):
-    """Runs :func:`infra_pl.gradcheck.check_gradients` on the batch of the ``check/gradients`` pass.
-
-    Inside a pass the checkpoint is loaded and the network sits on the run's device, in the
-    dtype and attention implementation the attribution passes use.
-    """
-
-    def __init__(self, modules: Any = None) -> None:
-        self.modules = modules
-        self.result: Any = None
-
-    def on_predict_batch_end(self, trainer: Any, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
-        if getattr(trainer, "attribution_phase", None) != GRADIENT_CHECK_PHASE or self.result is not None:
-            return
-        from infra_pl.gradcheck import check_gradients
-        from infra_pl.protocol import attribution_model, loss_fn_for
-
-        self.result = check_gradients(attribution_model(pl_module), batch, loss_fn_for(pl_module), self.modules)
-
-
 GRADIENT_CHECK_PHASE = "check/gradients"
 
 
@@ -196,7 +176,8 @@ class InfraTrainer(L.Trainer):
     """Trainer with ``attribute(model, datamodule, ckpt_path)``.
 
     ``attribution_phase`` names the pass in progress (``None`` outside attribution passes);
-    ``attribution_state`` carries products between steps (e.g. ``"factors"``).
+    ``attribution_state`` (:class:`infra_pl.hooks.AttributionState`) carries the products
+    between steps: the events their hooks received.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -205,7 +186,7 @@ class InfraTrainer(L.Trainer):
         if not any(isinstance(c, CheckpointReport) for c in self.callbacks):
             self.callbacks.append(CheckpointReport())
         self.attribution_phase: str | None = None
-        self.attribution_state: dict[str, Any] = {}
+        self.attribution_state = AttributionState()
         self._pending_ckpt_path: str | None = None
         self._stop_requested = False
 
@@ -228,6 +209,11 @@ class InfraTrainer(L.Trainer):
             raise AttributionStopped(message)
 
     # ---------------------------------------------------------------- passes
+    @property
+    def pending_checkpoint(self) -> str | None:
+        """The checkpoint ``attribute`` was given and the next pass will load (None once loaded)."""
+        return self._pending_ckpt_path
+
     def attribution_dir(self) -> Path:
         """Stable output folder of attribution (not per logger version, so runs can resume)."""
         return Path(self.default_root_dir) / "attribution"
@@ -290,7 +276,7 @@ class InfraTrainer(L.Trainer):
     # ------------------------------------------------------------ subcommand
     def attribute(
         self, model: L.LightningModule, datamodule: Any = None, ckpt_path: str | None = None, gradient_check: bool = True
-    ) -> dict[str, Any]:
+    ) -> AttributionState:
         """Fit (or reuse) EK-FAC factors and compute influence scores with the attribution callbacks.
 
         The attribution options are the init_args of those callbacks in ``trainer.callbacks``.
@@ -335,7 +321,7 @@ class InfraTrainer(L.Trainer):
             datamodule.prepare_data()
         if callable(getattr(datamodule, "setup", None)):
             datamodule.setup("predict")
-        self.attribution_state = {}
+        self.attribution_state = AttributionState()
         self._stop_requested = False
         # SIGTERM (a scheduler's preemption, `docker stop`) ends the run at the next batch boundary
         # with status 143; Lightning's own handler, installed during each pass, calls this one too.
@@ -365,7 +351,7 @@ class InfraTrainer(L.Trainer):
         """The ``modules`` option of the configured factor fit (the layers attribution tracks)."""
         for callback in self.callbacks:
             if isinstance(callback, AttributionStep) and type(callback).__name__ == "EKFACFactors":
-                return getattr(callback, "modules", None)
+                return callback.options.modules
         return None
 
     def gradient_check(self, model: L.LightningModule, datamodule: Any, sequences: int | None = None) -> Any:
@@ -378,17 +364,26 @@ class InfraTrainer(L.Trainer):
 
         k = sequences or SEQUENCES
         indices = spread_indices(len(datamodule.attribution_ids("train")), k)
-        probe = _GradientProbe(self._tracked_modules_option())
-        self.callbacks.append(probe)
+        from infra_pl.gradcheck import check_gradients
+        from infra_pl.lightning_runner import LightningRunner
+        from infra_pl.protocol import attribution_model, loss_fn_for
+        from infra_pl.runner import Pass
+
+        modules = self._tracked_modules_option()
+        found: dict[str, Any] = {}
+
+        def probe(batch: Any) -> None:  # in the pass: checkpoint loaded, network on the run's device and dtype
+            if "result" not in found:
+                found["result"] = check_gradients(attribution_model(model), batch, loss_fn_for(model), modules)
+
         limit = self.limit_predict_batches
         self.limit_predict_batches = 1  # one batch of k sequences (a token budget may split them)
         try:
-            self.run_attribution_pass(GRADIENT_CHECK_PHASE, model, datamodule, split="train", batch_size=len(indices),
-                                      indices=indices)
+            loader = datamodule.attribution_dataloader("train", len(indices), indices)
+            LightningRunner(self, model, datamodule).run(Pass(GRADIENT_CHECK_PHASE, probe), loader)
         finally:
             self.limit_predict_batches = limit
-            self.callbacks.remove(probe)
-        result = probe.result
+        result = found.get("result")
         if result is None:
             raise RuntimeError("gradient check: the check pass saw no batch")
         if self.world_size > 1:

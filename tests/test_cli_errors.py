@@ -43,7 +43,8 @@ def test_a_bad_callback_value_names_the_class_the_option_and_the_allowed_values(
     code, err = run(["attribute", *args], capsys)
     assert code == 1
     lines = error_lines(err)
-    assert lines[0] == "infra-pl: error: EKFACFactors: fisher must be 'true' or 'empirical', got 'ture'"
+    assert lines[0] == ("infra-pl: error: EKFACFactors: fisher must be 'true' (labels sampled from the model) or "
+                        "'empirical', got 'ture'")
     assert len(lines) == 2 and "Traceback" not in err and "Union subtypes" not in err
 
 

@@ -158,7 +158,7 @@ def test_stratos_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
 
     cli = main(["attribute", "-c", str(config), "--ckpt_path", ckpt])
     state = cli.trainer.attribution_state
-    instance = pd.read_parquet(state["instance_scores_path"])
+    instance = pd.read_parquet(state.scores.instance_scores_path)
     assert len(instance) == 48 and set(instance["domain"]) == {"math", "code"}
     # Behaviours: tagged from the traces (the rows carry none), every behaviour of the paper present.
     for behaviour in BEHAVIOURS:
@@ -171,13 +171,13 @@ def test_stratos_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
     info = json.loads((run / "attribution" / "scores" / "measurement_info.json").read_text())
     assert {name: entry["target"] for name, entry in info.items()} == {"math": "generated", "code": "generated"}
     # Sentence scores carry the tagger's behaviour labels; truncated traces contribute only kept sentences.
-    sentences = pd.read_parquet(state["sentence_scores_path"])
+    sentences = pd.read_parquet(state.scores.sentence_scores_path)
     labelled = sentences[sentences["behaviours"].map(len) > 0]
     assert len(labelled) and {"clipped", "n_tokens"} <= set(sentences.columns)
     assert (sentences["n_tokens"] > 0).all()
 
     # Table 2: each behaviour's sentences removed at once (one re-scored counterfactual), beside the additive sum.
-    removal = pd.read_parquet(state["behaviour_removal_path"])
+    removal = pd.read_parquet(state.scores.behaviour_removal_path)
     assert set(removal["removed"]) >= {"verification"} and (removal["n_sentences"] > 0).all()
     gap = (removal["score_full"] - removal["score_without"] - removal["score_removal_joint"]).abs()
     assert (gap <= 1e-9 * removal["score_full"].abs().max()).all()
@@ -194,7 +194,7 @@ def test_metamath_oss_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config, run, ckpt = _fit_and_validate("llama3_8b_metamath_oss", tmp_path)
     cli = main(["attribute", "-c", str(config), "--ckpt_path", ckpt])
-    instance = pd.read_parquet(cli.trainer.attribution_state["instance_scores_path"])
+    instance = pd.read_parquet(cli.trainer.attribution_state.scores.instance_scores_path)
     assert len(instance) == 80
     info = json.loads((run / "attribution" / "scores" / "measurement_info.json").read_text())
     assert {name: entry["target"] for name, entry in info.items()} == {"math": "reference", "code": "reference"}

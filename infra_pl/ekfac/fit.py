@@ -1,35 +1,26 @@
-"""``fit_factors``: the three EK-FAC phases over one dataloader, end to end.
+"""``fit_factors``: the EK-FAC factor fit over one dataloader, in this process (the pure API).
 
-A Lightning callback wraps the same pieces (``CovarianceAccumulator`` → all-reduce →
-``eigendecompose`` → ``LambdaAccumulator`` → all-reduce → ``Factors.from_states``); this function
-is the single-process reference for them.
+The same driver as the ``EKFACFactors`` callback (:class:`infra_pl.ekfac.driver.FactorFit`) with
+the in-process runner, so it has the callback's resume (``output_dir``), partitions and reuse
+checks too.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from infra_pl.ekfac.covariance import fit_covariance
-from infra_pl.ekfac.eigen import eigendecompose
+from infra_pl.ekfac.driver import FactorFit
 from infra_pl.ekfac.factors import Factors
-from infra_pl.ekfac.lambdas import fit_lambda
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import resolve_modules
-from infra_pl.ekfac.passes import check_fisher, model_device
-from infra_pl.ekfac.precision import dtype_name, resolve_compute_dtype
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed label sampling without disturbing the caller's global RNG streams."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+from infra_pl.ekfac.options import FactorOptions
+from infra_pl.ekfac.passes import model_device
+from infra_pl.ekfac.streams import check_streams
+from infra_pl.runner import InProcessRunner
 
 
 def fit_factors(
@@ -41,63 +32,43 @@ def fit_factors(
     damping: float | None = None,
     progress: bool = True,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     train_ids: Iterable[object] | None = None,
     partitions: int | Sequence[Sequence[str]] | None = None,
     streams: int = 1,
     compute_dtype: str | torch.dtype | None = None,
+    output_dir: str | Path | None = None,
+    refit: bool = False,
 ) -> Factors:
     """Fit EK-FAC factors of the Fisher of the mean per-sequence training loss.
 
-    ``modules``: a mapping, regex, list of names, or None for :func:`find_tracked_modules`'s
-    default. ``fisher="true"`` samples targets from the model (the default, as in the paper);
+    ``modules``: a mapping, regex, list of names, or None for the default (every block's MLP
+    projections). ``fisher="true"`` samples targets from the model (the default, as in the paper);
     ``"empirical"`` uses the data labels. ``damping``: a fixed λ, or None for 0.1·mean(Λ) per
     module. ``dtype``: accumulation/storage dtype (float32, or float64 for reference runs);
-    eigendecompositions are always float64. Both data passes are seeded with ``seed``, so with a
-    deterministic loader they sample the same labels. ``train_ids`` (example ids of the loader's
-    data) are fingerprinted into the factors for later :meth:`Factors.check_compatible` calls.
-    ``streams``: on CPU, how many batches run at once, each on its own share of the threads
-    (:mod:`infra_pl.ekfac.streams`); the result equals the single-stream fit up to summation order.
-    ``compute_dtype``: operand dtype of the passes' big products, ``"bfloat16"`` for hardware with
-    bfloat16 matrix units; sums and factors stay in ``dtype`` (:mod:`infra_pl.ekfac.precision`).
+    eigendecompositions are always float64. Both data passes are seeded with ``seed`` (the caller's
+    RNG state is left alone), so with a deterministic loader they sample the same labels.
+    ``train_ids`` (example ids of the loader's data) are fingerprinted into the factors for later
+    :meth:`Factors.check_compatible` calls. ``streams``/``compute_dtype``: see
+    :class:`~infra_pl.ekfac.options.FactorOptions`. ``output_dir``: write every finished phase
+    there, resume an interrupted fit from it, and reuse finished factors whose fingerprints match
+    (``refit=True`` ignores what is there).
     """
-    check_fisher(fisher)
-    operands = resolve_compute_dtype(compute_dtype, dtype)  # a bad value fails before any pass
-    tracked = resolve_modules(model, modules)
-    if partitions is not None:
-        return _fit_partitioned(
-            model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions, streams,
-            compute_dtype,
-        )
-    device = model_device(model)
-    with seeded(seed, device):
-        covariance = fit_covariance(model, loader, tracked, loss_fn, fisher, dtype, progress, streams, compute_dtype)
-    eigen = eigendecompose(covariance, progress=progress)
-    with seeded(seed, device):
-        lambdas = fit_lambda(model, loader, tracked, eigen, loss_fn, fisher, dtype, progress, streams, compute_dtype)
-    return Factors.from_states(
-        covariance, eigen, lambdas, fisher=fisher, damping=damping, model=model, tracked=tracked, train_ids=train_ids,
-        compute_dtype=dtype_name(operands),
+    options = FactorOptions(
+        modules=None if isinstance(modules, Mapping) else (modules if isinstance(modules, (str, type(None))) else list(modules)),
+        fisher=fisher, damping=damping, seed=seed, dtype=_dtype_name(dtype), streams=streams,
+        compute_dtype="float32" if compute_dtype is None else _dtype_name(compute_dtype),
+        partitions=[list(g) for g in partitions] if partitions is not None and not isinstance(partitions, int) else partitions,
+        refit=refit, output_dir=None if output_dir is None else str(output_dir),
     )
+    device = model_device(model)
+    check_streams(streams, device)
+    tracked = resolve_modules(model, modules)
+    fit = FactorFit(options, InProcessRunner(device, progress=progress), model, loss_fn, lambda: loader,
+                    None if train_ids is None else list(train_ids),
+                    output_dir=None if output_dir is None else Path(output_dir), tracked=tracked)
+    return fit.run().factors
 
 
-def _fit_partitioned(
-    model, loader, loss_fn, tracked, fisher, damping, progress, seed, dtype, train_ids, partitions, streams,
-    compute_dtype,
-) -> Factors:
-    """One full fit per module group, merged; fingerprints are the whole model's."""
-    from infra_pl.ekfac.modules import layer_shape
-    from infra_pl.ekfac.partition import check_partitions, split_modules
-
-    if isinstance(partitions, int):
-        groups = split_modules({n: layer_shape(m) for n, m in tracked.items()}, partitions)
-    else:
-        groups = check_partitions(partitions, list(tracked))
-    parts = [
-        fit_factors(
-            model, loader, loss_fn, {n: tracked[n] for n in group}, fisher, damping, progress, seed, dtype,
-            streams=streams, compute_dtype=compute_dtype,
-        )
-        for group in groups
-    ]
-    return Factors.merge(parts).fingerprint(model, tracked, train_ids)
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    return dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")

@@ -28,7 +28,9 @@ from functools import lru_cache
 
 import torch
 
-COMPUTE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from infra_pl.dtypes import dtype_name, parse_dtype  # noqa: F401 - dtype_name is re-exported
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def resolve_compute_dtype(value: str | torch.dtype | None, storage: torch.dtype = torch.float32) -> torch.dtype:
@@ -40,22 +42,12 @@ def resolve_compute_dtype(value: str | torch.dtype | None, storage: torch.dtype 
     """
     if value is None:
         return storage
-    if isinstance(value, str):
-        if value not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {value!r}")
-        value = COMPUTE_DTYPES[value]
-    if value not in COMPUTE_DTYPES.values():
-        raise ValueError(f"compute_dtype must be float32 or bfloat16, got {value}")
+    value = parse_dtype(value, "compute_dtype", COMPUTE_DTYPES)
     if value == torch.float32 and storage == torch.float64:
         return storage  # float64 reference runs keep float64 products
     if torch.finfo(value).bits > torch.finfo(storage).bits:
         raise ValueError(f"compute_dtype {value} is wider than the storage dtype {storage}")
     return value
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``: the spelling of manifests, configs and messages."""
-    return str(dtype).removeprefix("torch.")
 
 
 def is_reduced(dtype: torch.dtype) -> bool:

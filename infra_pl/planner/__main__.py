@@ -15,22 +15,17 @@ from typing import Sequence
 
 import torch
 
+from infra_pl.dtypes import parse_dtype
 from infra_pl.planner.estimate import Settings, estimate_from_config
 from infra_pl.planner.partition import PartitionError, parse_bytes, plan_partitions
 from infra_pl.planner.report import plan_json, plan_table
 
-DTYPES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp64": torch.float64, "float64": torch.float64,
-}
-
 
 def _dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise argparse.ArgumentTypeError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}")
-    return DTYPES[name]
+    try:
+        return parse_dtype(name, "dtype")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _lora(text: str) -> dict:

@@ -48,9 +48,9 @@ def test_fit_validate_attribute_products_and_in_domain_influence(tmp_path, monke
     out = capsys.readouterr().out
     assert "report" in out and "instance scores" in out
 
-    instance = pd.read_parquet(state["instance_scores_path"])
+    instance = pd.read_parquet(state.scores.instance_scores_path)
     assert len(instance) == TINY_DEMO["n_train"] and set(instance["domain"]) == {"math", "code"}
-    meta = read_metadata(state["instance_scores_path"])
+    meta = read_metadata(state.scores.instance_scores_path)
     assert set(meta["measurements"]) == {"math", "code"}
     assert all(m["n_used"] > 0 for m in meta["measurements"].values())
     # The tiny model answers few items, so the test uses the labelled reference fallback where needed.
@@ -61,7 +61,7 @@ def test_fit_validate_attribute_products_and_in_domain_influence(tmp_path, monke
     assert means.at["code", "score_code"] > means.at["math", "score_code"], means
 
     # Token scores run as one stream, instance scores as two: their sums agreeing checks the streams too.
-    tokens = pd.read_parquet(state["token_scores_path"])
+    tokens = pd.read_parquet(state.scores.token_scores_path)
     sums = tokens.groupby(["index", "measurement"])["score"].sum()
     by_index = instance.set_index("index")
     for (index, name), total in sums.items():
@@ -70,16 +70,16 @@ def test_fit_validate_attribute_products_and_in_domain_influence(tmp_path, monke
 
     # Pairwise scores: one per (query, training example); averaging a domain's queries gives the
     # instance score of that measurement (f is the mean over its items, and scores are linear in ∇f).
-    pairwise = pd.read_parquet(state["pairwise_scores_path"])
+    pairwise = pd.read_parquet(state.scores.pairwise_scores_path)
     assert len(pairwise) == TINY_DEMO["n_train"] * pairwise["query_id"].nunique()
     for name in ("math", "code"):
         mean = pairwise[pairwise["query_domain"] == name].groupby("train_id")["score"].mean()
         expected = instance.set_index("id")[f"score_{name}"].loc[mean.index]
         assert ((mean - expected).abs() <= 1e-3 * expected.abs().max()).all()
 
-    sentences = pd.read_parquet(state["sentence_scores_path"])
+    sentences = pd.read_parquet(state.scores.sentence_scores_path)
     assert {"score_removal", "score_token_sum", "behaviours", "text"} <= set(sentences.columns) and len(sentences)
-    report = Path(state["report_path"])
+    report = Path(state.report.html_path)
     html = report.read_text()
     assert report.exists() and "data:image/png;base64" in html and "reference" in html.lower()
     assert (report.parent / "tables" / "cross_domain.csv").exists()

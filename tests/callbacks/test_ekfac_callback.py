@@ -33,7 +33,7 @@ def test_callback_factors_equal_pure_torch_fit(tmp_path, tiny_cache):
     module, datamodule = build(str(tiny_cache), None)
     trainer, _ = make_trainer(tmp_path)
     trainer.attribute(module, datamodule=datamodule)
-    from_callback = trainer.attribution_state["factors"]
+    from_callback = trainer.attribution_state.factors.factors
     reference = fit_factors(
         module.model, datamodule.attribution_dataloader("train", 8), fisher="empirical", progress=False,
         train_ids=[e["id"] for e in datamodule.train_examples],
@@ -149,24 +149,32 @@ def test_auto_partitions_follow_the_memory_planner():
 
     import transformers
 
-    from infra_pl.callbacks import EKFACFactors
     from infra_pl.ekfac import find_tracked_modules
+    from infra_pl.ekfac.driver import FactorFit
+    from infra_pl.ekfac.options import FactorOptions
     from infra_pl.planner import Settings, estimate
+    from infra_pl.runner import InProcessRunner
 
     config = {k: v for k, v in TINY_MODEL.items() if k != "model_type"}
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=300, **config))
     tracked = find_tracked_modules(model)
-    datamodule = SimpleNamespace(eval_batch_size=4, max_length=64)
+    from callbacks.ekfac_factors import batch_shape
+
+    shape = batch_shape(FactorOptions(), SimpleNamespace(eval_batch_size=4, max_length=64))
+
+    def groups_for(**options):
+        fit = FactorFit(FactorOptions(**options), InProcessRunner("cpu"), model, None, list, None, tracked=tracked,
+                        batch_shape=shape)
+        return fit.module_groups()
+
     settings = Settings(batch_size=4, seq_len=64, fisher="true", padding=True)
     peaks = estimate(model, settings, modules=list(tracked)).peaks()
     everything = max(peaks.values())
-    roomy = EKFACFactors(partitions="auto", device_budget=str(2 * everything))
-    assert roomy._planned_groups(tracked, model, datamodule) == [list(tracked)]
-    tight = EKFACFactors(partitions="auto", device_budget=str(everything - 1))
-    groups = tight._planned_groups(tracked, model, datamodule)
+    assert groups_for(partitions="auto", device_budget=str(2 * everything)) == [list(tracked)]
+    groups = groups_for(partitions="auto", device_budget=str(everything - 1))
     assert len(groups) >= 2 and [n for g in groups for n in g] == list(tracked)
     with pytest.raises(ValueError, match="device_budget"):
-        EKFACFactors(partitions="auto")._planned_groups(tracked, model, datamodule)
+        groups_for(partitions="auto")
 
 
 def test_token_budget_batches_give_the_same_factors(tmp_path, tiny_cache):
@@ -175,7 +183,7 @@ def test_token_budget_batches_give_the_same_factors(tmp_path, tiny_cache):
     datamodule.attribution_max_tokens = 640  # up to 8 short sequences, 2 of the longest (max_length 320)
     trainer, _ = make_trainer(tmp_path)
     trainer.attribute(module, datamodule=datamodule)
-    batched = trainer.attribution_state["factors"]
+    batched = trainer.attribution_state.factors.factors
     sizes = [len(b["index"]) for b in datamodule.attribution_dataloader("train", 8)]
     assert min(sizes) < 8 and max(sizes) == 8  # the budget really regrouped the batches
     datamodule.attribution_max_tokens = None
@@ -190,10 +198,10 @@ def test_token_budget_batches_give_the_same_factors(tmp_path, tiny_cache):
 def test_streams_give_the_same_factors(tmp_path, tiny_cache):
     """Two CPU streams split every batch in two parts: the sums, and so the factors, are unchanged."""
     module, datamodule = build(str(tiny_cache), None)
-    trainer, callback = make_trainer(tmp_path, streams=2)
+    trainer, _ = make_trainer(tmp_path, streams=2)
     trainer.attribute(module, datamodule=datamodule)
-    streamed = trainer.attribution_state["factors"]
-    assert callback._accumulator is None  # the pass finished and released its workers
+    streamed = trainer.attribution_state.factors.factors
+    assert not any(type(c).__name__ == "_PassHooks" for c in trainer.callbacks)  # every pass unhooked itself
     reference = fit_factors(module.model, datamodule.attribution_dataloader("train", 8), fisher="empirical", progress=False)
     for name, ref in reference.modules.items():
         got = streamed.modules[name]
@@ -214,7 +222,7 @@ def test_bfloat16_products_give_the_pure_torch_bfloat16_fit(tmp_path, tiny_cache
     module, datamodule = build(str(tiny_cache), None)
     trainer, _ = make_trainer(tmp_path, compute_dtype="bfloat16")
     trainer.attribute(module, datamodule=datamodule)
-    got_all = trainer.attribution_state["factors"]
+    got_all = trainer.attribution_state.factors.factors
     loader = datamodule.attribution_dataloader("train", 8)
     reference = fit_factors(module.model, loader, fisher="empirical", progress=False, compute_dtype="bfloat16")
     float32 = fit_factors(module.model, loader, fisher="empirical", progress=False)
@@ -234,7 +242,7 @@ def test_bfloat16_products_give_the_pure_torch_bfloat16_fit(tmp_path, tiny_cache
     trainer.attribute(module, datamodule=datamodule)
     trainer, _ = make_trainer(tmp_path, compute_dtype="bfloat16")
     trainer.attribute(module, datamodule=datamodule)
-    assert trainer.attribution_state["factors"].compute_dtype == "float32"
+    assert trainer.attribution_state.factors.factors.compute_dtype == "float32"
 
 
 def test_bad_compute_dtype_is_refused_at_construction():

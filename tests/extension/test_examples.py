@@ -12,11 +12,11 @@ def test_plain_module_example_gets_factors_scores_tokens_and_report(tmp_path, ca
     import plain_module_attribution as example
 
     state = example.main(["--out", str(tmp_path), *TINY_EXAMPLE_ARGS, "--progress-bar"])
-    scores = pd.read_parquet(state["instance_scores_path"])
+    scores = pd.read_parquet(state.scores.instance_scores_path)
     assert len(scores) == 32 and list(scores.columns) == ["id", "index", "domain", "score_reverse"]
     assert scores["score_reverse"].map(lambda v: v == v).all(), "no NaN scores"
     # Token scores (through the module's own attribution_logits) sum to the instance scores.
-    tokens = pd.read_parquet(state["token_scores_path"])
+    tokens = pd.read_parquet(state.scores.token_scores_path)
     sums = tokens.groupby("index")["score"].sum()
     by_index = scores.set_index("index")["score_reverse"]
     assert ((sums - by_index.loc[sums.index]).abs() <= 1e-4 * by_index.abs().max()).all()
@@ -30,8 +30,8 @@ def test_custom_measurement_margin_is_the_difference_of_two_log_probs(tmp_path):
     import custom_measurement as example
 
     state = example.main(["--out", str(tmp_path), *TINY_EXAMPLE_ARGS, "--no-report"])
-    info = state["measurement_info"]
-    scores = state["instance_scores"]
+    info = state.scores.measurement_info
+    scores = state.scores.instance_scores
     # f of the weighted (margin) measurement equals the difference of the two unweighted ones ...
     assert info["reverse_over_copy"]["f_value"] == pytest.approx(info["reversed"]["f_value"] - info["copied"]["f_value"], abs=1e-4)
     # ... and so do its scores, by linearity in ∇f (the weights path and the mean path agree).
@@ -65,7 +65,7 @@ def test_top_proponents_callback_writes_jsonl_and_a_tensorboard_figure(tmp_path)
 
     state = example.main(["--out", str(tmp_path), *TINY_EXAMPLE_ARGS, "--no-report"])
     rows = [json.loads(line) for line in state["top_proponents_path"].read_text().splitlines()]
-    scores = pd.read_parquet(state["instance_scores_path"])
+    scores = pd.read_parquet(state["scores"].instance_scores_path)
     expected = scores.nlargest(50, "score_reverse")  # k=50 > 32 examples: every example, ranked
     assert [r["id"] for r in rows] == list(expected["id"]) and len(rows) == 32
     assert [r["rank"] for r in rows] == list(range(1, 33))

@@ -1,5 +1,6 @@
 """The attribution protocol: what a module/datamodule lacks is named; SFTModule's adapters equal the core's."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from infra_pl.callbacks import AttributionReport, EKFACFactors, InfluenceScores
-from infra_pl.hooks import AttributionHooks, FactorsReady, ScoresReady, dispatch
+from infra_pl.hooks import AttributionHooks, AttributionState, FactorsReady, ScoresReady, dispatch
 from infra_pl.protocol import ProtocolError, logits_fn_for, loss_fn_for, weighted_loss_fn
 from infra_pl.trainer import InfraTrainer
 from tests.extension.conftest import TINY_EXAMPLE_ARGS
@@ -77,8 +78,8 @@ def test_loss_only_module_gets_instance_scores_and_token_scores_need_logits(tmp_
     # Without token/sentence scores the two required methods suffice (and predict_step never runs).
     scores = InfluenceScores(measurements=[measurement], token_top_k=0, sentence_top_k=0)
     state = trainer_with(tmp_path, factors, scores).attribute(user, datamodule=datamodule)
-    assert len(state["instance_scores"]) == 32 and "token_scores" not in state
-    scored = state["instance_scores"]["score_t"]
+    assert len(state.scores.instance_scores) == 32 and state.scores.token_scores is None
+    scored = state.scores.instance_scores["score_t"]
     assert torch.isfinite(torch.tensor(scored.to_numpy())).all() and scored.abs().max() > 0
 
 
@@ -104,7 +105,8 @@ def test_sentence_scores_need_chat_data(toy):
 
 
 def test_report_without_domain_column_names_it():
-    trainer = SimpleNamespace(is_global_zero=True, attribution_state={"instance_scores": pd.DataFrame({"id": ["a"], "score_f": [1.0]})})
+    scores = ScoresReady(scores_dir=Path("."), measurements=["f"], instance_scores=pd.DataFrame({"id": ["a"], "score_f": [1.0]}))
+    trainer = SimpleNamespace(is_global_zero=True, attribution_state=AttributionState(scores=scores))
     with pytest.raises(ProtocolError, match="'domain'.*attribution_metadata"):
         AttributionReport().run_attribution(trainer, None, None)
 

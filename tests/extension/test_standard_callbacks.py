@@ -75,13 +75,13 @@ def test_fit_validate_attribute_with_standard_callbacks_and_two_loggers(tmp_path
 
     attribute = run_cli(["attribute", "-c", config, "--ckpt_path", str(ckpt)])
     state = attribute.trainer.attribution_state
-    scores = pd.read_parquet(state["instance_scores_path"])
+    scores = pd.read_parquet(state.scores.instance_scores_path)
     measured = [c for c in scores.columns if c.startswith("score_")]
     assert measured == ["score_code", "score_math", "score_margin_math"]
     assert len(scores) == TINY_DEMO["n_train"]
     info = json.loads((root / "attribution/scores/measurement_info.json").read_text())
     assert all("f_value" in item for item in info.values())
-    assert Path(state["report_path"]).exists()
+    assert Path(state.report.html_path).exists()
 
     # The user's hook callback, listed in YAML, saw all three products and exported the top 5 per measurement.
     export = next(c for c in attribute.trainer.callbacks if type(c).__name__ == "TopProponentsJSONL")

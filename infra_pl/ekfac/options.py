@@ -1,0 +1,107 @@
+"""``FactorOptions``: every option of an EK-FAC factor fit, declared once with its help text.
+
+The pure API (:func:`infra_pl.ekfac.fit_factors`), the ``EKFACFactors`` callback (its
+``__init__`` and ``--help`` are generated from these fields), the phase key that decides whether a
+stored phase is reused, and the memory planner's settings all read this one dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from infra_pl.dtypes import parse_dtype
+from infra_pl.options import key_values, option
+
+
+@dataclass
+class FactorOptions:
+    """Options of the EK-FAC factor fit (covariance pass, eigendecomposition, lambda pass)."""
+
+    modules: str | list[str] | None = option(
+        None, "regex or list of module names to track; default: the MLP projections of every block (LoRA adapter "
+        "layers inside MLPs when the model is a PEFT model).")
+    fisher: str = option(
+        "true", "``true`` (labels sampled from the model, as in the paper) or ``empirical`` (data labels).", key=True)
+    damping: float | None = option(None, "fixed damping λ; default (null): 0.1 × mean(Λ) per module.")
+    batch_size: int | None = option(
+        None, "batch size of the factor passes (default: the datamodule's eval batch size).")
+    output_dir: str | None = option(
+        None, "where factors go (default: ``<default_root_dir>/attribution/factors``).")
+    dtype: str = option(
+        "float32", "accumulation dtype of the factors (float32, or float64 for reference runs).", key=True)
+    seed: int = option(
+        0, "seed of the label sampling for the true Fisher (both passes sample the same labels).", key=True)
+    strict: bool = option(
+        True, "refuse factors on disk that were fitted on another model or dataset (false: use them anyway, with a "
+        "warning).")
+    refit: bool = option(False, "ignore factors and phase results on disk and fit again.")
+    log_spectra: bool = option(True, "log eigenvalue spectra and Λ histograms to TensorBoard.")
+    partitions: int | str | list[list[str]] | None = option(
+        None, "fit one group of modules at a time, so device memory holds one group's factors and pass buffers: a "
+        "number of balanced contiguous groups, or the groups as lists of module names. Each group costs its own two "
+        "data passes; factors go to ``partition-<k>/`` folders read lazily by module. ``auto``: the fewest groups the "
+        "memory planner (``infra-pl-plan``) fits into ``device_budget`` for this model, batch size and max_length.")
+    offload: bool = option(
+        False, "keep factors in CPU memory between uses: A and S leave the device after the eigendecomposition (the "
+        "lambda pass and scoring read only eigenbases and Λ), and each finished group's factors leave it too.")
+    device_budget: str | None = option(
+        None, "device memory the ``auto`` plan may fill, e.g. ``70GiB`` (default: 90% of the CUDA device's memory; "
+        "required on CPU).")
+    streams: int = option(
+        1, "CPU only: split every batch into this many parts that run at once, each on threads ÷ streams cores "
+        "(``infra_pl.ekfac.streams``); the same sequences are in flight as with one stream, so memory does not grow. "
+        "Pays off on small models with free cores (see benchmarks/RESULTS.md); refused on a GPU.")
+    compute_dtype: str = option(
+        "float32", "operand dtype of the passes' big products (covariance grams, Λ rotations): ``float32`` or "
+        "``bfloat16`` (faster only on hardware with bfloat16 matrix units). Sums, eigendecompositions and the "
+        "stored factors stay in ``dtype``; the model is never cast (``infra_pl.ekfac.precision``).", key=True)
+
+    def __post_init__(self) -> None:
+        from infra_pl.ekfac.passes import check_fisher
+        from infra_pl.ekfac.precision import resolve_compute_dtype
+        from infra_pl.ekfac.streams import check_streams
+
+        check_fisher(self.fisher)
+        check_streams(self.streams)
+        self.torch_dtype = parse_dtype(self.dtype, "dtype", ("float32", "float64"))
+        self.torch_compute_dtype = resolve_compute_dtype(self.compute_dtype, self.torch_dtype)
+        if isinstance(self.partitions, bool) or (isinstance(self.partitions, int) and self.partitions < 1):
+            raise ValueError(f"partitions must be at least 1, got {self.partitions}")
+        if isinstance(self.partitions, str) and self.partitions != "auto":
+            raise ValueError(f"partitions must be a number, a list of module-name lists or 'auto', got {self.partitions!r}")
+
+    def phase_key(self, model: torch.nn.Module, tracked: dict[str, torch.nn.Module], train_ids: list[str]) -> dict[str, Any]:
+        """What a stored phase must match to be reused: tracked shapes, the key options, fingerprints."""
+        from infra_pl.ekfac.fingerprint import data_fingerprint, model_fingerprint
+        from infra_pl.ekfac.modules import layer_shape
+
+        values = key_values(self)
+        values["dtype"] = str(self.torch_dtype)
+        values["compute_dtype"] = str(self.torch_compute_dtype)  # bfloat16 products give other (close) sums
+        return {
+            "modules": {name: layer_shape(m).to_dict() for name, m in tracked.items()},
+            **{k: values[k] for k in ("fisher", "dtype", "compute_dtype", "seed")},
+            "model_fingerprint": model_fingerprint(model, tracked),
+            "data_fingerprint": data_fingerprint(train_ids),
+        }
+
+    def budget_bytes(self, device: torch.device) -> int | None:
+        """``device_budget`` if set, else 90% of a CUDA device's memory, else None (nothing to plan for)."""
+        from infra_pl.planner import parse_bytes
+
+        if self.device_budget is not None:
+            return parse_bytes(self.device_budget)
+        if device.type == "cuda":
+            return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+        return None
+
+    def planner_settings(self, batch_size: int, seq_len: int, measurements: int = 2) -> Any:
+        """The memory planner's :class:`~infra_pl.planner.Settings` for these options and batch shape."""
+        from infra_pl.planner import Settings
+
+        return Settings(batch_size=batch_size, seq_len=seq_len, measurements=measurements, factor_dtype=self.torch_dtype,
+                        fisher=self.fisher, padding=True, keep_covariance=not self.offload,
+                        compute_dtype=self.torch_compute_dtype)

@@ -1,0 +1,404 @@
+"""The scoring run, end to end, for any runner: directions, instance, pairwise, token, sentence scores.
+
+Steps (the math is in this package; this module owns order, resume and partitions):
+
+1. Per module group (all tracked modules without partitions) and measurement: a measurement pass
+   gives ∇f and f; the main rank preconditions v = H⁻¹∇f with the group's factors and broadcasts it.
+2. Instance pass over the training set: S(z) = vᵀ∇log p(z), written to Parquet parts as it goes (an
+   interrupted pass resumes where it stopped); with partitions, the sum of every group's share.
+3. Optional pairwise pass: one direction per measured item.
+4. Token pass for the top-K examples per training domain and measurement (Eq. 9); Σ_t s_t = S(z).
+5. Sentence scores (Eq. 7) and joint behaviour removal (Table 2) for the top examples, main rank.
+
+Passes run through a :class:`~infra_pl.runner.Runner` (in process for :func:`compute_scores`,
+Lightning for the ``InfluenceScores`` callback); nothing here knows Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from infra_pl.allocator import mmap_large_buffers
+from infra_pl.console import log
+from infra_pl.data.training_tags import Tags
+from infra_pl.ekfac.factors import Factors
+from infra_pl.ekfac.loss import LossFn, causal_lm_loss
+from infra_pl.ekfac.streams import Streams, split_batch
+from infra_pl.influence.instance import instance_scores, query_directions
+from infra_pl.influence.measurement import Directions, measurement_directions, measurement_gradient
+from infra_pl.influence.options import ScoreOptions
+from infra_pl.influence.tables import (
+    check_token_sums,
+    directions_key,
+    indices_key,
+    instance_table,
+    sum_score_frames,
+    sum_token_frames,
+    with_behaviours,
+)
+from infra_pl.influence.tokens import LogitsFn, causal_lm_logits, token_scores
+from infra_pl.measurements import MeasurementSpec
+from infra_pl.products import ScoresReady
+from infra_pl.protocol import batch_indices, weighted_loss_fn
+from infra_pl.runner import InProcessRunner, Pass, Runner
+from infra_pl.scores_store import PartWriter, done_indices, read_parts, write_table
+
+MEASURE, INSTANCE, TOKENS = "influence/measure", "influence/instance", "influence/tokens"
+
+
+@dataclass
+class GroupDirections:
+    """One group of tracked modules with its measurement directions (all modules without partitions)."""
+
+    group: list[str]
+    tracked: dict[str, nn.Module]
+    directions: Directions
+    key: str
+    suffix: str  # sub-folder of the part files ("" without partitions, so old runs resume)
+    label: str  # " [partition k/K]" in log lines
+
+
+class ScoreRun:
+    """One scoring run of ``model`` against ``factors`` for the measurements ``specs``.
+
+    ``data`` implements :class:`infra_pl.protocol.AttributionData` (``attribution_example``,
+    ``tokenizer`` and ``max_length`` too for sentence scores); ``partitions`` are the factor
+    fit's module groups; ``output_dir`` holds the Parquet parts (resume) and the final tables.
+    """
+
+    def __init__(self, options: ScoreOptions, runner: Runner, model: nn.Module, data: Any, factors: Factors,
+                 specs: list[MeasurementSpec], output_dir: Path, tags: Tags, loss_fn: LossFn = causal_lm_loss,
+                 logits_fn: LogitsFn | None = causal_lm_logits, partitions: list[list[str]] | None = None) -> None:
+        self.options = options
+        self.runner = runner
+        self.model = model
+        self.data = data
+        self.factors = factors
+        self.specs = specs
+        self.out = output_dir
+        self.tags = tags
+        self.loss_fn = loss_fn
+        self.logits_fn = logits_fn
+        self.partitions = [list(g) for g in partitions] if partitions else [list(factors.modules)]
+        named = dict(model.named_modules())
+        self.tracked = {name: named[name] for name in factors.modules}
+
+    # ------------------------------------------------------------ entry point
+    def run(self) -> ScoresReady:
+        options, runner, out = self.options, self.runner, self.out
+        train_ids = list(self.data.attribution_ids("train"))
+        info = {spec.name: dict(spec.info) for spec in self.specs}
+        parts = [self._group_directions(group, info) for group in self.partitions]
+        names = list(parts[0].directions.names)
+        directions = Directions(names, {n: v for part in parts for n, v in part.directions.per_module.items()})
+        key = directions_key(directions, self.factors)
+
+        scored = sum_score_frames([
+            self._score_training_set(part.tracked, part.directions, out / "instance_parts" / part.suffix, part.key,
+                                     "instance" + part.label)
+            for part in parts
+        ])
+        instance_df = with_behaviours(instance_table(self.data, train_ids, scored, names), self.tags.tagged, self.tags.tagger)
+        instance_df.attrs["tagger_agreement"] = self.tags.agreement
+        meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key,
+                "module_partitions": len(parts)}
+        paths: dict[str, Path | None] = {}
+        if runner.is_main:
+            paths["instance"] = write_table(out / "instance_scores.parquet", instance_df, meta)
+            (out / "measurement_info.json").write_text(json.dumps(info, indent=2))
+        if options.pairwise:
+            paths["pairwise"] = self._pairwise(parts, meta)
+
+        token_df = None
+        if options.wants_tokens:
+            token_df = sum_token_frames([self._token_pass(part, self._token_examples(instance_df, names, len(train_ids)),
+                                                          train_ids) for part in parts])
+            check_token_sums(token_df, instance_df, names)
+            if runner.is_main:
+                paths["tokens"] = write_table(out / "token_scores.parquet", token_df, meta)
+
+        sentence_df = removal_df = None
+        if runner.is_main and options.sentence_top_k > 0:
+            sentence_df = self._summed_detail("sentence", parts, instance_df, names, ("score_removal", "score_token_sum"))
+            paths["sentences"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
+        if runner.is_main and options.removal_top_k > 0:
+            removal_df = self._summed_detail("removal", parts, instance_df, names, (
+                "score_full", "score_without", "score_removal_joint", "score_removal_additive"))
+            if len(removal_df):
+                paths["removal"] = write_table(out / "behaviour_removal.parquet", removal_df, meta)
+        return ScoresReady(
+            scores_dir=out, measurements=names, instance_scores=instance_df, measurement_info=info,
+            instance_scores_path=paths.get("instance"), token_scores=token_df, token_scores_path=paths.get("tokens"),
+            sentence_scores=sentence_df, sentence_scores_path=paths.get("sentences"),
+            pairwise_scores_path=paths.get("pairwise"), behaviour_removal=removal_df,
+            behaviour_removal_path=paths.get("removal"), directions=directions,
+        )
+
+    # ------------------------------------------------------------ directions
+    def _group_directions(self, group: list[str], info: dict[str, dict[str, Any]]) -> GroupDirections:
+        """v = H⁻¹∇f of every measurement on one group of modules.
+
+        Every rank runs the measurement pass over its shard of the measurement data (sums reduced
+        once); the main rank alone preconditions and broadcasts v, so only one rank touches the factors.
+        """
+        sub = {n: self.tracked[n] for n in group}
+        gradients = {}
+        for spec in self.specs:
+            gradients[spec.name], info[spec.name]["f_value"] = self._measurement_gradient(sub, spec)
+        directions = None
+        if self.runner.is_main:
+            group_factors = self.factors.subset(group).to(self.runner.device, covariances=False)
+            directions = measurement_directions(group_factors, gradients)
+            del group_factors
+        directions = self.runner.broadcast(directions, src=0)
+        k = self.partitions.index(list(group))
+        partitioned = len(self.partitions) > 1
+        return GroupDirections(
+            group=list(group), tracked=sub, directions=directions.to("cpu"), key=directions_key(directions, self.factors),
+            suffix=f"partition-{k:03d}" if partitioned else "",
+            label=f" [partition {k + 1}/{len(self.partitions)}]" if partitioned else "",
+        )
+
+    def _measurement_gradient(self, tracked: dict[str, nn.Module], spec: MeasurementSpec) -> tuple[dict[str, torch.Tensor], float]:
+        """∇f and f of one measurement from a dedicated pass over its batches.
+
+        Unweighted batches: f = mean log p over the sequences (the paper's form). Batches with
+        ``measurement_weight``: f = Σ w_i log p_i (the weights carry any normalisation).
+        """
+        loss_fn = weighted_loss_fn(self.loss_fn)
+        acc: dict[str, Any] = {"sum": None, "count": 0, "f_sum": 0.0, "weighted": None}
+
+        def step(batch: Any) -> None:  # adds Σ_i w_i ∇log p_i (w_i = 1 unweighted) and Σ_i w_i log p_i
+            weighted = "measurement_weight" in batch
+            if acc["weighted"] is None:
+                acc["weighted"] = weighted
+            elif acc["weighted"] != weighted:
+                raise ValueError("a measurement's batches must all carry 'measurement_weight' or none of them")
+            size = int(batch["input_ids"].shape[0])
+            grad = measurement_gradient(self.model, [batch], tracked, loss_fn=loss_fn)
+            summed = {k: v * size for k, v in grad.items()}
+            acc["sum"] = summed if acc["sum"] is None else {k: acc["sum"][k] + v for k, v in summed.items()}
+            acc["count"] += size
+            with torch.no_grad():
+                acc["f_sum"] += float(-loss_fn(self.model, batch, False).sum())
+
+        self.runner.run(Pass(MEASURE, step, label=f"measurement {spec.name}"), spec.loader)
+        if acc["sum"] is None:
+            raise ValueError(f"measurement {spec.name!r} has no sequences on this rank (an empty loader?)")
+        if self.runner.world_size > 1:
+            self.runner.all_reduce_sum_(acc["sum"].values())
+            totals = torch.tensor([acc["count"], acc["f_sum"]], dtype=torch.float64, device=self.runner.device)
+            self.runner.all_reduce_sum_([totals])
+            acc["count"], acc["f_sum"] = int(totals[0]), float(totals[1])
+        if acc["weighted"]:
+            return acc["sum"], acc["f_sum"]
+        return {k: v / acc["count"] for k, v in acc["sum"].items()}, acc["f_sum"] / acc["count"]
+
+    # --------------------------------------------------------------- instance
+    def _score_training_set(self, tracked: dict[str, nn.Module], directions: Directions, parts: Path, key: str,
+                            what: str) -> pd.DataFrame:
+        """Scores of every training example for ``directions`` (columns ``score_<name>``), resumable.
+
+        With several streams the parts of consecutive batches flow through the stream workers
+        without waiting for each batch to finish; finished batches are written in loader order from
+        the loop's thread, so the parts on disk are the same as with one stream.
+        """
+        ids = list(self.data.attribution_ids("train"))
+        done = done_indices(parts, key)
+        todo = [i for i in range(len(ids)) if i not in done]
+        if done:
+            log(f"{what} scores: resuming, {len(done)} of {len(ids)} already scored")
+        if todo:
+            on_device = directions.to(self.runner.device)
+            names, streams = list(directions.names), self.options.streams
+            writer = PartWriter(parts, key, rank=self.runner.rank)
+            pool = Streams(streams, lambda: None) if streams > 1 else None
+            in_flight: deque = deque()
+
+            def score(part: Any) -> torch.Tensor:
+                return instance_scores(self.model, part, on_device, tracked, loss_fn=self.loss_fn).detach().cpu()
+
+            def write(indices: list[int], scores: torch.Tensor) -> None:
+                writer.add({"index": i, "id": ids[i], **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(names)}}
+                           for r, i in enumerate(indices))
+
+            def write_finished(wait: bool) -> None:
+                while in_flight and (wait or all(f.done() for f in in_flight[0][1])):
+                    indices, futures = in_flight.popleft()
+                    write(indices, torch.cat([f.result() for f in futures]))
+
+            def step(batch: Any) -> None:
+                indices = batch_indices(batch, "instance scores")
+                if pool is None:
+                    write(indices, score(batch))
+                    return
+                futures = [pool.submit(lambda _state, part: score(part), part) for part in split_batch(batch, streams)]
+                in_flight.append((indices, futures))
+                write_finished(wait=False)
+
+            def end() -> None:
+                if pool is not None:
+                    write_finished(wait=True)
+                    pool.close()
+                writer.flush()
+
+            def abort() -> None:  # an interrupted pass: drop the queued parts (written parts stay)
+                if pool is not None:
+                    pool.close(wait=False)
+                    in_flight.clear()
+
+            self.runner.run(Pass(INSTANCE, step, end=end, abort=abort, label=f"{what} scores"),
+                            self.data.attribution_dataloader("train", self.options.batch_size, todo))
+            self.runner.barrier()
+        table = read_parts(parts, key)
+        if table is None:
+            raise ValueError(f"{what} scores: the training loader yielded no batches (is attribution_dataloader('train') empty?)")
+        return table.to_pandas().drop_duplicates("index").set_index("index").sort_index()
+
+    # --------------------------------------------------------------- pairwise
+    def _pairwise(self, parts: list[GroupDirections], meta: dict[str, Any]) -> Path | None:
+        """Per-query scores (n_query x n_train) for the measured items, in long format.
+
+        Queries are the datamodule items the measurements are defined on (``spec.split`` and
+        ``spec.indices``; for the default, the D_correct items of every domain).
+        """
+        itemised = [s for s in self.specs if s.indices is not None and s.split is not None]
+        splits = {s.split for s in itemised}
+        if not itemised or len(splits) > 1:
+            log("pairwise scores: skipped, they need measurements over items of one datamodule split "
+                f"(got {sorted(splits) or 'none'})")
+            return None
+        split = splits.pop()
+        query_ids = list(self.data.attribution_ids(split))
+        has_meta = callable(getattr(self.data, "attribution_metadata", None))
+        query_meta = list(self.data.attribution_metadata(split)) if has_meta else None
+        train_ids = list(self.data.attribution_ids("train"))
+        # The measurements' own sequences (their targets may be the model's generations, not the
+        # datamodule's references), so per-query scores average to the instance scores.
+        loader = [batch for s in itemised for batch in s.loader]
+        order = [i for batch in loader for i in batch_indices(batch, "pairwise scores")]  # query_k = k-th item
+        if len(set(order)) != len(order):
+            log("pairwise scores: skipped, an item belongs to more than one measurement")
+            return None
+        frames = []
+        for part in parts:  # the additive share of every module group (one group without partitions)
+            group_factors = self.factors.subset(part.group).to(self.runner.device, covariances=False)
+            directions = query_directions(self.model, loader, group_factors, part.tracked, loss_fn=self.loss_fn,
+                                          streams=self.options.streams, dtype=self.options.torch_pairwise_dtype)
+            del group_factors
+            key = directions_key(directions, self.factors)
+            frames.append(self._score_training_set(part.tracked, directions, self.out / "pairwise_parts" / part.suffix,
+                                                   key, "pairwise" + part.label))
+        scored = sum_score_frames(frames)
+        rows = []
+        for k, query_index in enumerate(order):
+            domain = query_meta[query_index].get("domain") if query_meta is not None else None
+            for train_index, value in scored[f"score_query_{k}"].items():
+                rows.append({"query_id": query_ids[query_index], "query_domain": domain,
+                             "train_id": train_ids[int(train_index)], "score": float(value)})
+        if not self.runner.is_main:
+            return None
+        path = write_table(self.out / "pairwise_scores.parquet", pd.DataFrame(rows), meta)
+        log(f"pairwise scores: {len(order)} queries x {len(scored)} training examples -> {path}")
+        return path
+
+    # ----------------------------------------------------------------- tokens
+    def _token_examples(self, instance_df: pd.DataFrame, names: list[str], n_train: int) -> list[int]:
+        """Every example with ``token_all``, else the top-K per training domain and measurement."""
+        if self.options.token_all:
+            return list(range(n_train))
+        groups = [g for _, g in instance_df.groupby("domain")] if "domain" in instance_df else [instance_df]
+        k = self.options.token_top_k
+        return sorted({int(i) for n in names for g in groups for i in g.nlargest(k, f"score_{n}")["index"]})
+
+    def _token_pass(self, part: GroupDirections, top: list[int], train_ids: list[str]) -> pd.DataFrame:
+        """Token scores of the ``top`` examples for one group; every rank writes its own Parquet shard."""
+        if self.logits_fn is None:
+            raise ValueError("token scores need a logits function (the module's attribution_logits)")
+        parts_dir = self.out / "token_parts" / part.suffix
+        key = part.key + ":" + indices_key(top)
+        done = done_indices(parts_dir, key)
+        todo = [i for i in top if i not in done]
+        if done:
+            log(f"token scores{part.label}: resuming, {len(done)} of {len(top)} examples already scored")
+        if todo:
+            directions = part.directions.to(self.runner.device)
+            names = list(part.directions.names)
+            tokenizer = getattr(self.data, "tokenizer", None)
+            writer = PartWriter(parts_dir, key, rank=self.runner.rank)
+
+            def step(batch: Any) -> None:
+                indices = batch_indices(batch, "token scores")
+                scores = token_scores(self.model, batch, directions, part.tracked, logits_fn=self.logits_fn).detach().cpu()
+                targets = batch["labels"][:, 1:].cpu()
+                rows = []
+                for row, index in enumerate(indices):
+                    positions = (targets[row] != -100).nonzero().flatten().tolist()
+                    pieces = [tokenizer.decode([int(targets[row, p])]) if tokenizer is not None else str(int(targets[row, p]))
+                              for p in positions]
+                    for m, name in enumerate(names):
+                        rows.extend({"id": train_ids[index], "index": index, "measurement": name, "position": p,
+                                     "token": piece, "score": float(scores[m, row, p])} for p, piece in zip(positions, pieces))
+                writer.add(rows)
+
+            # The forward-mode token pass fragments glibc's heap; its large buffers get their own
+            # mappings instead (infra_pl.allocator.mmap_large_buffers; measured there).
+            self.runner.run(Pass(TOKENS, step, end=writer.flush, label="token scores" + part.label,
+                                 memory=mmap_large_buffers),
+                            self.data.attribution_dataloader("train", self.options.batch_size, todo))
+        self.runner.barrier()
+        table = read_parts(parts_dir, key)
+        return pd.DataFrame() if table is None else table.to_pandas()
+
+    # ---------------------------------------------------------- sentence detail
+    def _summed_detail(self, kind: str, parts: list[GroupDirections], instance_df: pd.DataFrame, names: list[str],
+                       columns: tuple[str, ...]) -> pd.DataFrame:
+        """Sentence scores or joint removals per module group, their score columns summed over groups."""
+        from infra_pl.influence.sentence_tables import behaviour_removal_table, sentence_table
+
+        device, tagged = self.runner.device, self.tags.tagged
+        frames = []
+        for part in parts:
+            if kind == "sentence":
+                frames.append(sentence_table(self.model, self.data, part.tracked, part.directions, instance_df, names,
+                                             tagged, self.options.sentence_top_k, self.loss_fn, self.logits_fn,
+                                             self.tags.tagger, device))
+            else:
+                frames.append(behaviour_removal_table(self.model, self.data, part.tracked, part.directions, instance_df,
+                                                      names, tagged, self.options.removal_top_k, self.loss_fn, device))
+        total = frames[0].copy()
+        for column in columns:
+            if column in total:
+                total[column] = sum(frame[column].to_numpy() for frame in frames)
+        return total
+
+
+def compute_scores(model: nn.Module, data: Any, factors: Factors, specs: list[MeasurementSpec], output_dir: str | Path,
+                   options: ScoreOptions | None = None, loss_fn: LossFn = causal_lm_loss,
+                   logits_fn: LogitsFn | None = causal_lm_logits, tags: Tags | None = None,
+                   partitions: list[list[str]] | None = None, progress: bool = True) -> ScoresReady:
+    """Instance (and token, sentence, pairwise) scores in this process: the pure API of the callback.
+
+    The same driver as ``InfluenceScores``, so it writes the same files under ``output_dir`` and
+    resumes an interrupted run from the parts there. ``data`` implements
+    :class:`infra_pl.protocol.AttributionData`; ``specs`` are the measurements
+    (:class:`infra_pl.measurements.MeasurementSpec`, e.g. one per evaluation domain).
+    """
+    from infra_pl.ekfac.passes import model_device
+
+    options = options or ScoreOptions(sentence_top_k=0, removal_top_k=0, token_top_k=0)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = InProcessRunner(model_device(model), progress=progress)
+    run = ScoreRun(options, runner, model, data, factors, specs, out, tags or Tags(None, None), loss_fn, logits_fn,
+                   partitions)
+    return run.run()
+

@@ -1,0 +1,93 @@
+"""``ScoreOptions``: every option of the scoring run, declared once with its help text.
+
+Read by the score driver (:class:`infra_pl.influence.driver.ScoreRun`) and by the
+``InfluenceScores`` callback, whose ``__init__`` and ``--help`` are generated from these fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from infra_pl.measurements import CorrectAnswerLogLikelihood, Measurement
+from infra_pl.options import option
+
+DCORRECT_DEFAULTS = {"n_correct": 100, "min_correct": 10, "fallback": None, "correctness_file": None, "seed": 0,
+                     "target": "auto"}
+
+
+@dataclass
+class ScoreOptions:
+    """Options of the measurement directions and the instance, token, sentence and pairwise scores."""
+
+    measurements: list[Measurement] | None = option(
+        None, "the measurement objects (``infra_pl.measurements``, ``class_path``/``init_args`` in YAML); default: "
+        "one CorrectAnswerLogLikelihood configured by the six D_correct options below (the paper's Eq. 6). Those "
+        "options are refused when measurements are given: set them on the measurement instead.")
+    n_correct: int | None = option(None, "size of D_correct per evaluation domain (default 100; random correct items, "
+                                   "all if fewer).")
+    min_correct: int | None = option(None, "below this many correct items a domain stops the run, unless "
+                                     "``fallback`` (default 10).")
+    fallback: str | None = option(None, "``reference`` measures on the reference answers of all evaluation items when "
+                                  "a domain has too few correct ones; every output then carries that label.")
+    correctness_file: str | None = option(None, "per-example correctness from ``validate`` (default: the newest "
+                                          "``correctness.jsonl`` under the run folder; if none exists, validation "
+                                          "runs first).")
+    seed: int | None = option(None, "seed of the D_correct draw (default 0).")
+    target: str | None = option(None, "the correct answer y_i that the default measurement teacher-forces: "
+                                "``generated`` (the model's own correct generation), ``reference`` (the dataset's "
+                                "solution; refused where it is a stand-in) or ``auto`` (default: generated for "
+                                "long-CoT training data and items without a full reference solution).")
+    batch_size: int | None = option(None, "batch size of the scoring passes (default: the datamodule's eval batch "
+                                    "size).")
+    token_top_k: int = option(100, "token scores for the top-K examples of each training domain per measurement (by "
+                              "instance score), so math and code traces can be compared even when one domain "
+                              "dominates the top; 0 turns token scores off (then the module needs no "
+                              "``attribution_logits``).")
+    token_all: bool = option(False, "token scores for every training example instead of the top-K.")
+    sentence_top_k: int = option(10, "sentence scores (Eq. 7) for the top examples per measurement (0: off).")
+    pairwise: bool = option(False, "also write per-query scores (every measured item x every training example) to "
+                            "``pairwise_scores.parquet``, for analyses beyond the mean measurement.")
+    output_dir: str | None = option(None, "where scores go (default: ``<default_root_dir>/attribution/scores``).")
+    streams: int = option(1, "CPU only: split every instance-score and pairwise-query batch into this many parts "
+                          "that run at once, each on threads ÷ streams cores (``infra_pl.ekfac.streams``); the same "
+                          "scores. Token scores run as one stream. Refused on a GPU.")
+    pairwise_dtype: str = option("float32", "dtype of the per-query directions of ``pairwise`` and of the products "
+                                 "of their training pass: ``float32`` or ``bfloat16`` (half the memory of Q "
+                                 "directions; scores are summed in float32). The measurement directions stay "
+                                 "float32, so token scores still sum to the instance scores.")
+    tagger: Any = option("auto", "who labels the cognitive behaviours of every training trace: ``rules``, an "
+                         "``infra_pl.data.llm_judge.LLMJudgeTagger`` (the paper's judge; ``class_path`` in YAML), "
+                         "``none`` (no behaviour analyses) or ``auto`` (rules when the datamodule gives chat "
+                         "examples through ``attribution_example``, else none, said in the log and report). Tagged "
+                         "once per trace, on the whole trace, and cached under the scores folder.")
+    tag_workers: int = option(1, "processes for rule tagging (~0.1 s per long trace).")
+    removal_top_k: int = option(20, "paper Table 2: per measurement and behaviour, the top-K examples that show the "
+                                "behaviour are scored with all of its sentences removed at once (0: off).")
+
+    def __post_init__(self) -> None:
+        from infra_pl.ekfac.precision import resolve_compute_dtype
+        from infra_pl.ekfac.streams import check_streams
+
+        check_streams(self.streams)
+        self.torch_pairwise_dtype = resolve_compute_dtype(self.pairwise_dtype)
+        if self.fallback not in (None, "reference"):
+            raise ValueError(f"fallback must be null or 'reference', got {self.fallback!r}")
+        given = {name: getattr(self, name) for name in DCORRECT_DEFAULTS if getattr(self, name) is not None}
+        if self.measurements and given:
+            raise ValueError(f"{sorted(given)} configure the default measurement, which is not used when measurements "
+                             "are given: set them on the measurement objects instead")
+
+    def measurement_objects(self) -> list[Measurement]:
+        """The configured measurements, or the paper's default built from the D_correct options."""
+        if self.measurements:
+            return list(self.measurements)
+        values = {name: default if getattr(self, name) is None else getattr(self, name)
+                  for name, default in DCORRECT_DEFAULTS.items()}
+        return [CorrectAnswerLogLikelihood(n=values["n_correct"], min_correct=values["min_correct"],
+                                           fallback=values["fallback"], correctness_file=values["correctness_file"],
+                                           seed=values["seed"], target=values["target"])]
+
+    @property
+    def wants_tokens(self) -> bool:
+        return self.token_all or self.token_top_k > 0
