@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import torch
 
 from infra_pl.allocator import release_free_heap
-from infra_pl.ekfac.progress import progress_bar
+from infra_pl.progress import progress_bar
 
 
 def _nothing() -> None:

@@ -15,7 +15,7 @@ from typing import Iterable
 import torch
 
 from infra_pl.ekfac.covariance import CovarianceState
-from infra_pl.ekfac.progress import progress_bar
+from infra_pl.progress import progress_bar
 
 
 class NonFiniteFactorError(ValueError):

@@ -31,7 +31,7 @@ import torch
 
 from infra_pl.allocator import release_free_heap
 from infra_pl.ekfac.loss import label_seeds
-from infra_pl.ekfac.progress import progress_bar
+from infra_pl.progress import progress_bar
 
 S = TypeVar("S")
 T = TypeVar("T")

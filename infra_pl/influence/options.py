@@ -61,7 +61,7 @@ class ScoreOptions:
                          "``none`` (no behaviour analyses) or ``auto`` (rules when the datamodule gives chat "
                          "examples through ``attribution_example``, else none, said in the log and report). Tagged "
                          "once per trace, on the whole trace, and cached under the scores folder.")
-    tag_workers: int = option(1, "processes for rule tagging (~0.1 s per long trace).")
+    tag_workers: int = option(1, "processes for rule tagging (it is CPU-bound: long traces take a while each).")
     removal_top_k: int = option(20, "paper Table 2: per measurement and behaviour, the top-K examples that show the "
                                 "behaviour are scored with all of its sentences removed at once (0: off).")
 
