@@ -2,9 +2,11 @@
 
 The graph is read from the source with ``ast``, not by importing: an edge ``a -> b`` for every
 ``import`` / ``from ... import`` in ``a`` that names ``b`` (``from pkg import sub`` names the
-submodule ``pkg.sub``; ``from pkg import name`` names ``pkg``). Module-level imports are what runs
-when ``a`` is imported, including those in ``try``/``if`` blocks and class bodies; imports under
-``if TYPE_CHECKING:`` never run and are left out. An import inside a function runs later, which is
+submodule ``pkg.sub``; ``from pkg import name`` names ``pkg``), and one to every package above
+``b`` that ``a`` is not inside: importing ``pkg.sub.b`` from outside runs ``pkg/sub/__init__.py``
+first, which may import ``a`` back (a cycle that bites only when ``a`` is imported first).
+Module-level imports are what runs when ``a`` is imported, including those in ``try``/``if``
+blocks and class bodies; imports under ``if TYPE_CHECKING:`` never run and are left out. An import inside a function runs later, which is
 how a cycle gets dodged rather than broken, so those are checked too: one that closes a cycle must
 be listed in ``LOCAL_CYCLES_ALLOWED`` with its reason.
 """
@@ -18,12 +20,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"infra_pl": ROOT / "infra_pl", "infra_pl.callbacks": ROOT / "callbacks"}
 
-# Function-local imports that close a cycle, kept on purpose (edge: importer -> imported).
+# Function-local imports that close a cycle, kept on purpose (edge: importer -> imported module or
+# package; a package covers its submodules).
 LOCAL_CYCLES_ALLOWED = {
     # `infra-pl curate`'s command line builds a datamodule, whose training mix uses infra_pl.curate.
     ("infra_pl.curate", "infra_pl.data.datamodule"): "the curate CLI entry point lives next to the curation code",
     # A lazy re-export for old imports; cli_app imports Lightning (seconds), errors must stay light.
     ("infra_pl.errors", "infra_pl.cli_app"): "errors.InfraArgumentParser, resolved on first use",
+    # The planner uses infra_pl.ekfac.modules and infra_pl.influence.tokens, and importing those runs
+    # the ekfac / influence package __init__s, which import ekfac.fit -> ekfac.driver. Breaking this
+    # needs a lighter ekfac/__init__ or those helpers in a leaf module.
+    ("infra_pl.ekfac.driver", "infra_pl.planner"): "partition planning in FactorFit._planned_groups",
+    ("infra_pl.ekfac.options", "infra_pl.planner"): "FactorOptions.budget_bytes / planner_settings",
 }
 
 
@@ -46,7 +54,9 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def _targets(module: str, node: ast.Import | ast.ImportFrom, modules: dict[str, Path]) -> set[str]:
-    """The project modules an import statement in ``module`` names (the nearest known one for each)."""
+    """The project modules an import statement in ``module`` runs: the nearest known one for each name,
+    and the packages above it that ``module`` is not inside (importing ``pkg.sub.x`` from outside
+    ``pkg.sub`` runs ``pkg/sub/__init__.py`` first)."""
     if isinstance(node, ast.Import):
         names = [alias.name for alias in node.names]
     else:
@@ -61,8 +71,13 @@ def _targets(module: str, node: ast.Import | ast.ImportFrom, modules: dict[str, 
     for name in names:
         while name and name not in modules:
             name = name.rpartition(".")[0]
-        if name and name != module:
-            found.add(name)
+        if not name or name == module:
+            continue
+        found.add(name)
+        package = name.rpartition(".")[0]
+        while package and package != module and not module.startswith(package + "."):
+            found.add(package)
+            package = package.rpartition(".")[0]
     return found
 
 
@@ -152,14 +167,21 @@ def test_the_graph_sees_cycles_local_imports_and_type_checking(tmp_path):
         "class C:\n    import pkg.a\n    def f(self):\n        from pkg.sub import d\n"
     )
     (pkg / "sub" / "d.py").write_text("from ..sub import C\n")
+    # f imports a leaf of package g, whose __init__ imports h, which imports f: a cycle only through g
+    (pkg / "g").mkdir()
+    (pkg / "f.py").write_text("import pkg.g.leaf\n")
+    (pkg / "g" / "__init__.py").write_text("from pkg.g.h import H\n")
+    (pkg / "g" / "h.py").write_text("from pkg import f\nH = 1\n")
+    (pkg / "g" / "leaf.py").write_text("")
     modules = find_modules({"pkg": pkg})
-    assert set(modules) == {"pkg", "pkg.a", "pkg.b", "pkg.sub", "pkg.sub.c", "pkg.sub.d"}
+    assert set(modules) == {"pkg", "pkg.a", "pkg.b", "pkg.sub", "pkg.sub.c", "pkg.sub.d", "pkg.f", "pkg.g", "pkg.g.h", "pkg.g.leaf"}
     top, local = import_edges(modules)
     assert top["pkg.a"] == {"pkg.b"} and top["pkg.b"] == {"pkg.a"}
     assert top["pkg.sub.c"] == {"pkg.a"}  # class body: module level; TYPE_CHECKING: none
     assert local["pkg.sub.c"] == {"pkg.sub.d"}
-    assert top["pkg.sub.d"] == {"pkg.sub"} and top["pkg.sub"] == {"pkg.sub.c"}
-    assert cycles(top) == [["pkg.a", "pkg.b", "pkg.a"]]
+    assert top["pkg.sub.d"] == {"pkg.sub"} and top["pkg.sub"] == {"pkg.sub.c"}  # inside pkg.sub: no package edge
+    assert top["pkg.f"] == {"pkg.g.leaf", "pkg.g"} and top["pkg.g"] == {"pkg.g.h"}
+    assert cycles(top) == [["pkg.a", "pkg.b", "pkg.a"], ["pkg.f", "pkg.g", "pkg.g.h", "pkg.f"]]
     assert local_cycle_closers(top, local) == {("pkg.sub.c", "pkg.sub.d"): ["pkg.sub.c", "pkg.sub.d", "pkg.sub", "pkg.sub.c"]}
 
 
@@ -181,7 +203,10 @@ def test_no_module_level_import_cycles():
 def test_no_function_local_import_closes_a_cycle():
     top, local = import_edges(find_modules(PACKAGES))
     closers = local_cycle_closers(top, local)
-    unexplained = {edge: ring for edge, ring in closers.items() if edge not in LOCAL_CYCLES_ALLOWED}
+    def allowed(importer: str, imported: str) -> bool:
+        return any(a == importer and (imported == b or imported.startswith(b + ".")) for a, b in LOCAL_CYCLES_ALLOWED)
+
+    unexplained = {edge: ring for edge, ring in closers.items() if not allowed(*edge)}
     assert not unexplained, (
         "function-local imports that dodge an import cycle (break the cycle, or list the edge in "
         "LOCAL_CYCLES_ALLOWED with the reason):\n" + _show(list(unexplained.values()))
