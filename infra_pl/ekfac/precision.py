@@ -40,7 +40,7 @@ def resolve_compute_dtype(value: str | torch.dtype | None, storage: torch.dtype 
     dtype (float32 products into a float64 reference fit, say) would only lose precision in a
     different place, so it is refused with that reason.
     """
-    if value is None:
+    if value is None or value == storage:  # None, or an already resolved dtype (float64 in a float64 fit)
         return storage
     value = parse_dtype(value, "compute_dtype", COMPUTE_DTYPES)
     if value == torch.float32 and storage == torch.float64:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra_pl.measurements import CorrectAnswerLogLikelihood, Measurement
+from infra_pl.dtypes import parse_dtype
 from infra_pl.options import option
 
 DCORRECT_DEFAULTS = {"n_correct": 100, "min_correct": 10, "fallback": None, "correctness_file": None, "seed": 0,
@@ -66,11 +67,10 @@ class ScoreOptions:
                                 "behaviour are scored with all of its sentences removed at once (0: off).")
 
     def __post_init__(self) -> None:
-        from infra_pl.ekfac.precision import resolve_compute_dtype
         from infra_pl.ekfac.streams import check_streams
 
         check_streams(self.streams)
-        self.torch_pairwise_dtype = resolve_compute_dtype(self.pairwise_dtype)
+        self.torch_pairwise_dtype = parse_dtype(self.pairwise_dtype, "pairwise_dtype", ("float32", "bfloat16"))
         if self.fallback not in (None, "reference"):
             raise ValueError(f"fallback must be null or 'reference', got {self.fallback!r}")
         given = {name: getattr(self, name) for name in DCORRECT_DEFAULTS if getattr(self, name) is not None}

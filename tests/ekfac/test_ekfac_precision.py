@@ -39,7 +39,7 @@ def test_resolve_compute_dtype():
     assert resolve_compute_dtype("float32", torch.float64) == torch.float64  # reference fits stay float64
     with pytest.raises(ValueError, match="compute_dtype must be one of"):
         resolve_compute_dtype("fp8")
-    with pytest.raises(ValueError, match="float32 or bfloat16"):
+    with pytest.raises(ValueError, match=r"compute_dtype must be one of \[.float32., .bfloat16.\], got .float16."):
         resolve_compute_dtype(torch.float16)
     assert is_reduced(torch.bfloat16) and not is_reduced(torch.float32)
     assert isinstance(native_bf16("cpu"), bool) and native_bf16("meta") is False
@@ -112,9 +112,9 @@ def test_bfloat16_pairwise_scores_track_float32(fits, batches):
 def test_influence_scores_pairwise_dtype_is_checked_at_construction():
     from infra_pl.callbacks import InfluenceScores
 
-    assert InfluenceScores(pairwise_dtype="bfloat16").pairwise_dtype == torch.bfloat16
-    assert InfluenceScores().pairwise_dtype == torch.float32
-    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+    assert InfluenceScores(pairwise_dtype="bfloat16").options.torch_pairwise_dtype == torch.bfloat16
+    assert InfluenceScores().options.torch_pairwise_dtype == torch.float32
+    with pytest.raises(ValueError, match="pairwise_dtype must be one of"):
         InfluenceScores(pairwise_dtype="fp16")
 
 
