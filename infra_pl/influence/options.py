@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from infra_pl.measurements import CorrectAnswerLogLikelihood, Measurement
 from infra_pl.dtypes import parse_dtype
+from infra_pl.measurements import CorrectAnswerLogLikelihood, Measurement
 from infra_pl.options import option
 
 DCORRECT_DEFAULTS = {"n_correct": 100, "min_correct": 10, "fallback": None, "correctness_file": None, "seed": 0,
