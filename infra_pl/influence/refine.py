@@ -1,0 +1,242 @@
+"""Refined measurement directions: v = (F + λ)⁻¹∇f by preconditioned conjugate gradient (PCG).
+
+EK-FAC approximates the damped Fisher F + λ of the tracked modules by a Kronecker-factored
+eigenbasis; that approximation, not the arithmetic, is what limits how close the scores come to
+exact influence. A measurement direction is computed once per measurement (M is small), so it can
+afford a few iterations of CG on the *real* damped Fisher, started from and preconditioned by
+EK-FAC. CG's fixed point is the exact damped inverse applied to ∇f (the same damping λ per module
+as EK-FAC, so refining changes the approximation, not the problem).
+
+The Fisher here is the one EK-FAC estimates: F = (1/N) Σ_n G_n G_nᵀ over per-sequence gradients
+G_n = ∇L(z_n) of the tracked modules (data labels for the empirical Fisher; for the true Fisher,
+labels sampled from the model with one fixed seed per sequence, so every product uses the same
+matrix). ``blocks="module"`` keeps F block-diagonal per module (what EK-FAC approximates);
+``"all"`` includes the cross-module blocks. A Fisher-vector product needs no stored per-example
+gradients: one hooked backward per batch gives each module's activations a_t and output gradients
+g_t, G_n = Σ_t g_t a_tᵀ per sequence, s_n = ⟨G_n, u⟩ and F u = (1/N) Σ_n s_n G_n.
+
+Plain torch; passes go through a :class:`~infra_pl.runner.Runner`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from infra_pl.ekfac.capture import Capture
+from infra_pl.ekfac.gradients import sequence_gradients
+from infra_pl.ekfac.loss import LossFn, label_seeds
+from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode
+from infra_pl.influence.measurement import Directions
+from infra_pl.runner import Pass, Runner
+
+REFINE = "influence/refine"
+Vectors = dict[str, torch.Tensor]  # {module: [M, out, in(+1)]}
+
+
+class RefinementError(ValueError):
+    """CG cannot go on: a non-finite residual, or curvature that is not positive (named in the message)."""
+
+
+@dataclass
+class RefineResult:
+    """Refined directions and how CG got there (for the log, TensorBoard and the score metadata)."""
+
+    directions: Directions
+    residuals: dict[str, list[float]]  # per measurement: ‖b − A x‖/‖b‖ at the start and after each iteration
+    iterations: int
+    stop_reason: str
+    passes: int  # Fisher-vector-product passes over the refinement examples
+    examples: int  # sequences behind F
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def info(self) -> dict[str, Any]:
+        """What goes into ``measurement_info.json`` per measurement."""
+        return {"iterations": self.iterations, "stop_reason": self.stop_reason, "passes": self.passes,
+                "examples": self.examples}
+
+
+def sequence_seeds(seed: int, indices: Iterable[int]) -> list[int]:
+    """One label-sampling seed per sequence from its example index: the same labels in every product."""
+    return [(seed * 1_000_003 + int(i) * 7_919 + 1) % 2**62 for i in indices]
+
+
+class FisherProduct:
+    """u ↦ Σ_n s_n G_n over batches (s_n = ⟨G_n, u⟩ per module or summed over modules), plus the count."""
+
+    def __init__(self, model: nn.Module, tracked: Mapping[str, nn.Module], loss_fn: LossFn, fisher: str,
+                 blocks: str = "module", seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
+        if fisher not in ("true", "empirical"):
+            raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
+        if blocks not in ("module", "all"):
+            raise ValueError(f"blocks must be 'module' (block-diagonal) or 'all' (with cross-module blocks), got {blocks!r}")
+        self.model, self.tracked, self.loss_fn = model, dict(tracked), loss_fn
+        self.fisher, self.blocks, self.seed, self.dtype = fisher, blocks, seed, dtype
+
+    def batch(self, batch: Mapping[str, Any], vectors: Vectors) -> tuple[Vectors, int]:
+        """Σ_n s_n G_n of one batch for every vector (rows of ``vectors``), and the batch's sequence count."""
+        grads: dict[str, torch.Tensor] = {}
+
+        def keep(name: str, activations: torch.Tensor, output_grads: torch.Tensor) -> None:
+            grads[name] = sequence_gradients(activations.to(self.dtype), output_grads.to(self.dtype))  # [B, out, in]
+
+        seeds = None
+        if self.fisher == "true":
+            indices = batch["index"].tolist() if "index" in batch else range(batch_size(batch))
+            seeds = sequence_seeds(self.seed, indices)
+        capture = Capture(self.tracked, on_pair=keep, dtype=self.dtype)
+        with eval_mode(self.model), capture, label_seeds(seeds):
+            capture_pass(self.model, batch, self.loss_fn, capture, sample_labels=self.fisher == "true")
+        dots = {name: torch.einsum("boi,moi->bm", g, vectors[name].to(g)) for name, g in grads.items()}  # [B, M]
+        if self.blocks == "all":
+            total = sum(dots.values())
+            dots = {name: total for name in dots}
+        return {name: torch.einsum("bm,boi->moi", dots[name], g) for name, g in grads.items()}, batch_size(batch)
+
+
+def fisher_product(runner: Runner, loader: Callable[[], Iterable[Any]], product: FisherProduct, vectors: Vectors,
+                   damping: Mapping[str, float]) -> tuple[Vectors, int]:
+    """(F + λ) u for every row of ``vectors`` and the number of sequences behind F: one pass over
+    ``loader()``, summed over ranks."""
+    sums = {name: torch.zeros_like(v) for name, v in vectors.items()}
+    count = torch.zeros((), dtype=torch.float64, device=runner.device)
+
+    def step(batch: Any) -> None:
+        nonlocal count
+        part, n = product.batch(batch, vectors)
+        for name, value in part.items():
+            sums[name] += value.to(sums[name])
+        count += n
+
+    runner.run(Pass(REFINE, step, label="refine: Fisher-vector product"), loader())
+    runner.all_reduce_sum_([*sums.values(), count])
+    n = float(count)
+    if n == 0:
+        raise RefinementError("the refinement examples are empty: no Fisher-vector product can be formed")
+    return {name: sums[name] / n + damping[name] * vectors[name] for name in vectors}, int(n)
+
+
+def _dot(a: Vectors, b: Vectors) -> torch.Tensor:
+    """Per-row inner product over every module: [M] (float64)."""
+    return sum((a[n].double() * b[n].double()).flatten(1).sum(dim=1) for n in a)
+
+
+def _axpy(alpha: torch.Tensor, x: Vectors, y: Vectors) -> Vectors:
+    """y + α x per row."""
+    return {n: y[n] + alpha.to(y[n]).view(-1, 1, 1) * x[n] for n in y}
+
+
+def conjugate_gradient(
+    apply_a: Callable[[Vectors], Vectors],
+    precondition: Callable[[Vectors], Vectors],
+    b: Vectors,
+    names: list[str],
+    iterations: int,
+    tolerance: float,
+    state: dict[str, Any] | None = None,
+    on_iteration: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Vectors, dict[str, Any]]:
+    """Preconditioned CG for A x = b, one independent system per row (measurement), started at M⁻¹b.
+
+    Rows that reach ``‖r‖/‖b‖ ≤ tolerance`` stop moving; the loop ends when every row has, or after
+    ``iterations`` updates. ``state`` (from ``on_iteration``) resumes an interrupted run: it holds
+    x, r, z, p, r·z, the iteration and the residual history. Returns x and the final state, with
+    ``stop_reason`` "tolerance" or "iterations".
+    """
+    b_norm = _dot(b, b).sqrt().clamp_min(1e-300)
+    if state is None:
+        x = precondition(b)  # EK-FAC's answer is the starting point
+        r = {n: b[n] - ax for n, ax in apply_a(x).items()}
+        z = precondition(r)
+        p = {n: v.clone() for n, v in z.items()}
+        rz = _dot(r, z)
+        relative = (_dot(r, r).sqrt() / b_norm).tolist()
+        state = {"x": x, "r": r, "z": z, "p": p, "rz": rz, "iteration": 0,
+                 "residuals": {name: [relative[m]] for m, name in enumerate(names)}, "passes": 1}
+        _check_finite(state, names)
+        if on_iteration is not None:
+            on_iteration(state)
+    while state["iteration"] < iterations:
+        done = torch.tensor([state["residuals"][n][-1] <= tolerance for n in names])
+        if bool(done.all()):
+            break
+        x, r, p, rz = state["x"], state["r"], state["p"], state["rz"]
+        ap = apply_a(p)
+        curvature = _dot(p, ap)
+        if bool((curvature[~done] <= 0).any()):
+            bad = [n for m, n in enumerate(names) if not done[m] and curvature[m] <= 0]
+            raise RefinementError(f"CG met non-positive curvature pᵀ(F+λ)p for {bad} at iteration "
+                                  f"{state['iteration'] + 1}; raise the damping")
+        alpha = torch.where(done, torch.zeros_like(rz), rz / curvature.clamp_min(1e-300))
+        x = _axpy(alpha, p, x)
+        r = _axpy(-alpha, ap, r)
+        z = precondition(r)
+        rz_new = _dot(r, z)
+        beta = torch.where(done, torch.zeros_like(rz), rz_new / rz.clamp_min(1e-300))
+        p = {n: torch.where(done.to(p[n].device).view(-1, 1, 1), p[n], z[n] + beta.to(p[n]).view(-1, 1, 1) * p[n]) for n in p}
+        relative = (_dot(r, r).sqrt() / b_norm).tolist()
+        state.update(x=x, r=r, z=z, p=p, rz=rz_new, iteration=state["iteration"] + 1, passes=state["passes"] + 1)
+        for m, name in enumerate(names):
+            state["residuals"][name].append(state["residuals"][name][-1] if done[m] else relative[m])
+        _check_finite(state, names)
+        if on_iteration is not None:
+            on_iteration(state)
+    converged = all(state["residuals"][n][-1] <= tolerance for n in names)
+    state["stop_reason"] = "tolerance" if converged else "iterations"
+    return state["x"], state
+
+
+def _check_finite(state: dict[str, Any], names: list[str]) -> None:
+    for name in names:
+        value = state["residuals"][name][-1]
+        if not math.isfinite(value):
+            raise RefinementError(f"CG residual of measurement {name!r} is {value} at iteration {state['iteration']}: "
+                                  "non-finite gradients or factors (check the model in float32, or raise the damping)")
+
+
+def refine_directions(
+    runner: Runner,
+    loader: Callable[[], Iterable[Any]],
+    factors: Any,
+    product: FisherProduct,
+    gradients: Mapping[str, Mapping[str, torch.Tensor]],
+    iterations: int,
+    tolerance: float,
+    state: dict[str, Any] | None = None,
+    on_iteration: Callable[[dict[str, Any]], None] | None = None,
+) -> RefineResult:
+    """v_m = (F + λ)⁻¹∇f_m for every measurement m by PCG on the tracked modules of ``product``.
+
+    ``factors`` (EK-FAC, with the damping λ of every module) precondition and give the start;
+    ``loader()`` yields the refinement examples (every rank its shard). ``iterations=0`` returns
+    EK-FAC's directions after one product, with the residual that says how far they are from the
+    exact damped inverse.
+    """
+    names = list(gradients)
+    modules = list(product.tracked)
+    device = runner.device
+    b = {m: torch.stack([gradients[n][m] for n in names]).to(device=device, dtype=product.dtype) for m in modules}
+    damping = {m: float(factors.modules[m].damping) for m in modules}
+
+    def precondition(vectors: Vectors) -> Vectors:
+        return {m: v.to(device=device, dtype=product.dtype) for m, v in factors.precondition(vectors).items()}
+
+    seen = {"examples": int((state or {}).get("examples", 0))}
+
+    def apply_a(u: Vectors) -> Vectors:
+        result, seen["examples"] = fisher_product(runner, loader, product, u, damping)
+        return result
+
+    def record(current: dict[str, Any]) -> None:
+        current["examples"] = seen["examples"]
+        if on_iteration is not None:
+            on_iteration(current)
+
+    x, final = conjugate_gradient(apply_a, precondition, b, names, iterations, tolerance, state=state,
+                                  on_iteration=record)
+    return RefineResult(Directions(names, x), final["residuals"], final["iteration"], final["stop_reason"],
+                        final["passes"], int(final.get("examples", 0)))
