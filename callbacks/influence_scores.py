@@ -18,7 +18,7 @@ import lightning as L
 
 from infra_pl.data.training_tags import Tags, resolve_auto_tagger, tag_training_set
 from infra_pl.ekfac.streams import check_streams
-from infra_pl.hooks import dispatch
+from infra_pl.hooks import dispatch, tensorboard_writer
 from infra_pl.influence.driver import ScoreRun
 from infra_pl.influence.options import ScoreOptions
 from infra_pl.lightning_runner import LightningRunner
@@ -96,5 +96,16 @@ class InfluenceScores(AttributionStep):
             logits_fn=logits_fn, partitions=factors_event.partitions,
         )
         event = run.run()
+        self._log_refinement(trainer, event.measurement_info)
         trainer.attribution_state.scores = event
         dispatch(trainer, pl_module, event)
+
+    @staticmethod
+    def _log_refinement(trainer: Any, info: dict[str, Any]) -> None:
+        """CG residuals per iteration to TensorBoard (``refine/<measurement>/relative_residual``)."""
+        writer = tensorboard_writer(trainer) if trainer.is_global_zero else None
+        if writer is None:
+            return
+        for name, entry in info.items():
+            for step, value in enumerate((entry.get("refinement") or {}).get("residuals", [])):
+                writer.add_scalar(f"refine/{name}/relative_residual", value, step)

@@ -138,3 +138,27 @@ def test_score_options_refuse_dcorrect_options_beside_explicit_measurements():
         ScoreOptions(measurements=[TargetLogProb(name="x", prompts=["2+2="], targets="4")], n_correct=5)
     default = ScoreOptions(n_correct=5).measurement_objects()[0]
     assert default.n == 5
+
+
+def test_refined_directions_feed_the_scores_and_resume(tmp_path, capsys):
+    model, batches = tiny_llama(), make_batches(LENGTHS)
+    factors = fit_factors(model, batches, progress=False, fisher="empirical", damping=1e-2)
+    spec = MeasurementSpec("q", make_batches([[9, 8]], seed=7))
+    data = Data(batches)
+    options = dict(token_top_k=0, sentence_top_k=0, removal_top_k=0, refine_examples=None, refine_tolerance=1e-12)
+    short = compute_scores(model, data, factors, [spec], tmp_path / "scores",
+                           ScoreOptions(refine_iterations=2, **options), progress=False)
+    info = short.measurement_info["q"]["refinement"]
+    assert info["iterations"] == 2 and info["stop_reason"] == "iterations" and info["examples"] == 12
+    assert info["residuals"][2] < info["residuals"][0]  # CG moved away from EK-FAC toward the exact inverse
+    # Scores are those of the refined directions.
+    expected = instance_scores_over(model, batches, short.directions)[:, 0]
+    got = torch.tensor(short.instance_scores.sort_values("index")["score_q"].to_numpy())
+    assert torch.allclose(got, expected.double(), rtol=1e-5, atol=1e-7 * float(expected.abs().max()))
+    # Asking for more iterations resumes from the stored state instead of starting again.
+    capsys.readouterr()
+    longer = compute_scores(model, data, factors, [spec], tmp_path / "scores",
+                            ScoreOptions(refine_iterations=4, **options), progress=False)
+    assert "resuming refinement at iteration 2" in capsys.readouterr().err
+    assert longer.measurement_info["q"]["refinement"]["residuals"][:3] == info["residuals"]
+    assert longer.measurement_info["q"]["refinement"]["iterations"] == 4

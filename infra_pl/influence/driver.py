@@ -35,6 +35,17 @@ from infra_pl.ekfac.streams import Streams, split_batch
 from infra_pl.influence.instance import instance_scores, query_directions
 from infra_pl.influence.measurement import Directions, measurement_directions, measurement_gradient
 from infra_pl.influence.options import ScoreOptions
+from infra_pl.influence.refine import (
+    FisherProduct,
+    IdentityPreconditioner,
+    RefineResult,
+    load_refinement_state,
+    refine_directions,
+    refinement_key,
+    save_refinement_state,
+    stack_gradients,
+    stratified_sample,
+)
 from infra_pl.influence.tables import (
     check_token_sums,
     directions_key,
@@ -153,19 +164,69 @@ class ScoreRun:
         gradients = {}
         for spec in self.specs:
             gradients[spec.name], info[spec.name]["f_value"] = self._measurement_gradient(sub, spec)
-        directions = None
-        if self.runner.is_main:
-            group_factors = self.factors.subset(group).to(self.runner.device, covariances=False)
-            directions = measurement_directions(group_factors, gradients)
-            del group_factors
-        directions = self.runner.broadcast(directions, src=0)
         k = self.partitions.index(list(group))
         partitioned = len(self.partitions) > 1
-        return GroupDirections(
-            group=list(group), tracked=sub, directions=directions.to("cpu"), key=directions_key(directions, self.factors),
-            suffix=f"partition-{k:03d}" if partitioned else "",
-            label=f" [partition {k + 1}/{len(self.partitions)}]" if partitioned else "",
+        suffix = f"partition-{k:03d}" if partitioned else ""
+        label = f" [partition {k + 1}/{len(self.partitions)}]" if partitioned else ""
+        if self.options.refine_iterations > 0:
+            result = self._refine(group, sub, stack_gradients(gradients), suffix, "directions" + label)
+            directions = result.directions
+            for name in directions.names:
+                info[name]["refinement"] = {**result.info(), "residuals": result.residuals[name],
+                                            "fisher": self._refine_fisher, "blocks": self.options.refine_blocks}
+        else:
+            directions = None
+            if self.runner.is_main:
+                group_factors = self.factors.subset(group).to(self.runner.device, covariances=False)
+                directions = measurement_directions(group_factors, gradients)
+                del group_factors
+            directions = self.runner.broadcast(directions, src=0)
+        return GroupDirections(group=list(group), tracked=sub, directions=directions.to("cpu"),
+                               key=directions_key(directions, self.factors), suffix=suffix, label=label)
+
+    # ------------------------------------------------------------- refinement
+    @property
+    def _refine_fisher(self) -> str:
+        return self.options.refine_fisher or self.factors.fisher
+
+    def _refinement_indices(self) -> list[int] | None:
+        """The seeded, domain-stratified sample of training examples behind the refinement's Fisher."""
+        n_train = len(self.data.attribution_ids("train"))
+        wanted = self.options.refine_examples
+        if wanted is None or wanted >= n_train:
+            return None
+        has_meta = callable(getattr(self.data, "attribution_metadata", None))
+        domains = [row.get("domain") for row in self.data.attribution_metadata("train")] if has_meta else [None] * n_train
+        return stratified_sample(domains, wanted, self.options.refine_seed)
+
+    def _refine(self, group: list[str], tracked: dict[str, nn.Module], gradients: Directions, suffix: str,
+                what: str, stem: str = "directions") -> RefineResult:
+        """PCG from EK-FAC toward (F + λ)⁻¹∇f on every rank (each its shard of the sample), resumable."""
+        options, runner = self.options, self.runner
+        group_factors = self.factors.subset(group).to(runner.device, covariances=False)
+        product = FisherProduct(self.model, tracked, self.loss_fn, self._refine_fisher, blocks=options.refine_blocks,
+                                seed=options.refine_seed, dtype=group_factors.modules[group[0]].lambdas.dtype)
+        indices = self._refinement_indices()
+        state_file = self.out / "refine" / (suffix or "all") / f"{stem}.pt"
+        key = refinement_key(gradients, self.factors, self._refine_fisher, options.refine_blocks, indices,
+                             options.refine_seed)
+        state = load_refinement_state(state_file, key, runner.device)
+        if state is not None:
+            log(f"{what}: resuming refinement at iteration {state['iteration']}")
+
+        def save(current: dict[str, Any]) -> None:
+            relative = ", ".join(f"{n} {r[-1]:.2e}" for n, r in current["residuals"].items())
+            log(f"{what}: CG iteration {current['iteration']}: relative residual {relative}")
+            if runner.is_main:
+                save_refinement_state(state_file, key, current)
+
+        result = refine_directions(
+            runner, lambda: self.data.attribution_dataloader("train", options.batch_size, indices), group_factors,
+            product, gradients, options.refine_iterations, options.refine_tolerance, state=state, on_iteration=save,
         )
+        log(f"{what}: refinement stopped ({result.stop_reason}) after {result.iterations} iteration(s), "
+            f"{result.passes} pass(es) over {result.examples} training sequences")
+        return result
 
     def _measurement_gradient(self, tracked: dict[str, nn.Module], spec: MeasurementSpec) -> tuple[dict[str, torch.Tensor], float]:
         """∇f and f of one measurement from a dedicated pass over its batches.
@@ -291,8 +352,15 @@ class ScoreRun:
         frames = []
         for part in parts:  # the additive share of every module group (one group without partitions)
             group_factors = self.factors.subset(part.group).to(self.runner.device, covariances=False)
-            directions = query_directions(self.model, loader, group_factors, part.tracked, loss_fn=self.loss_fn,
-                                          streams=self.options.streams, dtype=self.options.torch_pairwise_dtype)
+            if self.options.refine_pairwise and self.options.refine_iterations > 0:
+                query_gradients = query_directions(self.model, loader, IdentityPreconditioner(), part.tracked,
+                                                   loss_fn=self.loss_fn, streams=self.options.streams)  # ∇log p(q)
+                refined = self._refine(part.group, part.tracked, query_gradients, part.suffix, "pairwise" + part.label,
+                                       stem="pairwise")
+                directions = refined.directions.to(dtype=self.options.torch_pairwise_dtype)
+            else:
+                directions = query_directions(self.model, loader, group_factors, part.tracked, loss_fn=self.loss_fn,
+                                              streams=self.options.streams, dtype=self.options.torch_pairwise_dtype)
             del group_factors
             key = directions_key(directions, self.factors)
             frames.append(self._score_training_set(part.tracked, directions, self.out / "pairwise_parts" / part.suffix,

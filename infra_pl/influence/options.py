@@ -65,6 +65,21 @@ class ScoreOptions:
     tag_workers: int = option(1, "processes for rule tagging (it is CPU-bound: long traces take a while each).")
     removal_top_k: int = option(20, "paper Table 2: per measurement and behaviour, the top-K examples that show the "
                                 "behaviour are scored with all of its sentences removed at once (0: off).")
+    refine_iterations: int = option(0, "refine every measurement direction v = H⁻¹∇f toward the exact damped "
+                                    "inverse by this many iterations of conjugate gradient on the damped Fisher, "
+                                    "with EK-FAC as preconditioner and start (0: EK-FAC only). Each iteration is one "
+                                    "forward + backward pass over the refinement examples; the fixed point uses "
+                                    "EK-FAC's damping, and every score uses the refined directions.")
+    refine_tolerance: float = option(1e-3, "stop refining a measurement once ‖∇f − (F+λ)v‖ / ‖∇f‖ is below this.")
+    refine_examples: int | None = option(512, "training sequences behind the refinement's Fisher: a seeded sample "
+                                         "stratified by domain (null: the whole training set).")
+    refine_fisher: str | None = option(None, "``true`` (labels sampled from the model, one fixed seed per "
+                                       "sequence) or ``empirical``; default: the factors' Fisher.")
+    refine_blocks: str = option("module", "``module``: the Fisher block-diagonal per tracked module (what EK-FAC "
+                                "approximates); ``all``: with the cross-module blocks.")
+    refine_pairwise: bool = option(False, "refine the per-query directions of ``pairwise`` too (cost grows with the "
+                                   "number of queries: every iteration multiplies all of them).")
+    refine_seed: int = option(0, "seed of the refinement sample and of its sampled labels.")
 
     def __post_init__(self) -> None:
         from infra_pl.ekfac.streams import check_streams
@@ -73,6 +88,14 @@ class ScoreOptions:
         self.torch_pairwise_dtype = parse_dtype(self.pairwise_dtype, "pairwise_dtype", ("float32", "bfloat16"))
         if self.fallback not in (None, "reference"):
             raise ValueError(f"fallback must be null or 'reference', got {self.fallback!r}")
+        if self.refine_iterations < 0:
+            raise ValueError(f"refine_iterations must be 0 or more, got {self.refine_iterations}")
+        if self.refine_fisher not in (None, "true", "empirical"):
+            raise ValueError(f"refine_fisher must be null, 'true' or 'empirical', got {self.refine_fisher!r}")
+        if self.refine_blocks not in ("module", "all"):
+            raise ValueError(f"refine_blocks must be 'module' or 'all', got {self.refine_blocks!r}")
+        if self.refine_examples is not None and self.refine_examples < 1:
+            raise ValueError(f"refine_examples must be positive or null, got {self.refine_examples}")
         given = {name: getattr(self, name) for name in DCORRECT_DEFAULTS if getattr(self, name) is not None}
         if self.measurements and given:
             raise ValueError(f"{sorted(given)} configure the default measurement, which is not used when measurements "

@@ -38,6 +38,14 @@ REFINE = "influence/refine"
 Vectors = dict[str, torch.Tensor]  # {module: [M, out, in(+1)]}
 
 
+class IdentityPreconditioner:
+    """H⁻¹ = I: v = ∇f, so S(z) = ∇fᵀ∇log p(z) (the gradient dot product; also how raw query
+    gradients come out of :func:`infra_pl.influence.query_directions` for refinement)."""
+
+    def precondition(self, grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: grad.clone() for name, grad in grads.items()}
+
+
 class RefinementError(ValueError):
     """CG cannot go on: a non-finite residual, or curvature that is not positive (named in the message)."""
 
@@ -198,34 +206,40 @@ def _check_finite(state: dict[str, Any], names: list[str]) -> None:
                                   "non-finite gradients or factors (check the model in float32, or raise the damping)")
 
 
+def stack_gradients(gradients: Mapping[str, Mapping[str, torch.Tensor]]) -> Directions:
+    """{measurement: {module: [out, in]}} -> :class:`Directions` with [M, out, in] per module."""
+    names = list(gradients)
+    modules = list(gradients[names[0]])
+    return Directions(names, {m: torch.stack([gradients[n][m] for n in names]) for m in modules})
+
+
 def refine_directions(
     runner: Runner,
     loader: Callable[[], Iterable[Any]],
     factors: Any,
     product: FisherProduct,
-    gradients: Mapping[str, Mapping[str, torch.Tensor]],
+    gradients: Directions,
     iterations: int,
     tolerance: float,
     state: dict[str, Any] | None = None,
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
 ) -> RefineResult:
-    """v_m = (F + λ)⁻¹∇f_m for every measurement m by PCG on the tracked modules of ``product``.
+    """v_m = (F + λ)⁻¹∇f_m for every row m of ``gradients`` (∇f, stacked) by PCG on ``product``'s modules.
 
     ``factors`` (EK-FAC, with the damping λ of every module) precondition and give the start;
     ``loader()`` yields the refinement examples (every rank its shard). ``iterations=0`` returns
     EK-FAC's directions after one product, with the residual that says how far they are from the
-    exact damped inverse.
+    exact damped inverse. ``state``/``on_iteration``: resume from and save after every iteration.
     """
-    names = list(gradients)
+    names = list(gradients.names)
     modules = list(product.tracked)
     device = runner.device
-    b = {m: torch.stack([gradients[n][m] for n in names]).to(device=device, dtype=product.dtype) for m in modules}
+    b = {m: gradients.per_module[m].to(device=device, dtype=product.dtype) for m in modules}
     damping = {m: float(factors.modules[m].damping) for m in modules}
+    seen = {"examples": int((state or {}).get("examples", 0))}
 
     def precondition(vectors: Vectors) -> Vectors:
         return {m: v.to(device=device, dtype=product.dtype) for m, v in factors.precondition(vectors).items()}
-
-    seen = {"examples": int((state or {}).get("examples", 0))}
 
     def apply_a(u: Vectors) -> Vectors:
         result, seen["examples"] = fisher_product(runner, loader, product, u, damping)
@@ -239,4 +253,79 @@ def refine_directions(
     x, final = conjugate_gradient(apply_a, precondition, b, names, iterations, tolerance, state=state,
                                   on_iteration=record)
     return RefineResult(Directions(names, x), final["residuals"], final["iteration"], final["stop_reason"],
-                        final["passes"], int(final.get("examples", 0)))
+                        final["passes"], int(final.get("examples", seen["examples"])))
+
+
+# ------------------------------------------------------------ sample, resume
+
+
+def stratified_sample(domains: list[Any], n: int, seed: int) -> list[int]:
+    """``n`` example indices drawn without replacement, each domain in proportion to its size (seeded, sorted).
+
+    Largest-remainder rounding keeps the total exactly ``n``; every domain with examples gets at
+    least one when ``n`` allows, so a small domain is never left out of the Fisher.
+    """
+    import random
+
+    groups: dict[Any, list[int]] = {}
+    for index, domain in enumerate(domains):
+        groups.setdefault(domain, []).append(index)
+    total = len(domains)
+    if n >= total:
+        return list(range(total))
+    quotas = {d: n * len(members) / total for d, members in groups.items()}
+    counts = {d: min(len(groups[d]), max(1, int(q))) for d, q in quotas.items()}
+    order = sorted(groups, key=lambda d: quotas[d] - int(quotas[d]), reverse=True)
+    while sum(counts.values()) < n:
+        for d in order:
+            if sum(counts.values()) < n and counts[d] < len(groups[d]):
+                counts[d] += 1
+    while sum(counts.values()) > n:
+        d = max(counts, key=lambda k: counts[k])
+        counts[d] -= 1
+    rng = random.Random(seed)
+    return sorted(i for d in sorted(groups, key=str) for i in rng.sample(groups[d], counts[d]))
+
+
+def refinement_key(gradients: Directions, factors: Any, fisher: str, blocks: str, indices: list[int] | None,
+                   seed: int) -> str:
+    """What a stored CG state must match to be resumed: ∇f, the factors, the Fisher and its sample."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(gradients.names), fisher, blocks, seed, indices, str(factors.model_fingerprint),
+                              str(factors.data_fingerprint)]).encode())
+    for name in sorted(gradients.per_module):
+        tensor = gradients.per_module[name].detach().double().cpu()
+        digest.update(f"{name}:{tensor.sum().item():.12e}:{tensor.abs().sum().item():.12e}".encode())
+    for name in sorted(factors.modules):
+        digest.update(f"{name}:{float(factors.modules[name].damping):.12e}".encode())
+    return digest.hexdigest()[:24]
+
+
+def save_refinement_state(path: Any, key: str, state: dict[str, Any]) -> None:
+    """The CG state after an iteration, written atomically (a stop mid-write leaves the previous one)."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep = {k: state[k] for k in ("x", "r", "z", "p", "rz", "iteration", "residuals", "passes", "examples") if k in state}
+    cpu = {k: ({n: t.detach().cpu() for n, t in v.items()} if isinstance(v, dict) and k in ("x", "r", "z", "p")
+               else v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in keep.items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, **cpu}, tmp)
+    tmp.replace(path)
+
+
+def load_refinement_state(path: Any, key: str, device: torch.device) -> dict[str, Any] | None:
+    """A stored CG state for this key (tensors on ``device``), or None."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    stored = torch.load(path, map_location=device, weights_only=True)
+    if stored.pop("key", None) != key:
+        return None
+    return stored

@@ -18,19 +18,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from infra_pl.ekfac.factors import HEURISTIC_DAMPING_SCALE, MIN_DAMPING, Factors
-
-
-class IdentityPreconditioner:
-    """H⁻¹ = I: v = ∇f, so S(z) = ∇fᵀ∇log p(z) (the "gradient dot product" baseline)."""
-
-    def precondition(self, grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {name: grad.clone() for name, grad in grads.items()}
+from infra_pl.influence.refine import IdentityPreconditioner  # noqa: F401 - one of the compared preconditioners
 
 
 def kfac_lambdas(activation_eigenvalues: torch.Tensor, gradient_eigenvalues: torch.Tensor) -> torch.Tensor:

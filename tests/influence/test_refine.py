@@ -13,7 +13,14 @@ import torch
 from infra_pl.ekfac import find_tracked_modules, fit_factors
 from infra_pl.ekfac.gradients import per_example_gradients
 from infra_pl.ekfac.loss import causal_lm_loss
-from infra_pl.influence.refine import FisherProduct, RefinementError, conjugate_gradient, fisher_product, refine_directions
+from infra_pl.influence.refine import (
+    FisherProduct,
+    RefinementError,
+    conjugate_gradient,
+    fisher_product,
+    refine_directions,
+    stack_gradients,
+)
 from infra_pl.runner import InProcessRunner
 from tests.influence.influence_helpers import make_batches, tiny_llama
 
@@ -79,7 +86,7 @@ def test_fisher_vector_product_equals_the_dense_fisher(setup, blocks):
 def test_cg_to_convergence_equals_the_explicit_damped_inverse(setup, blocks):
     model, batches, tracked, factors, per_seq, b = setup
     product = FisherProduct(model, tracked, causal_lm_loss, "empirical", blocks=blocks, dtype=F64)
-    result = refine_directions(InProcessRunner(progress=False), lambda: batches, factors, product, b, iterations=300,
+    result = refine_directions(InProcessRunner(progress=False), lambda: batches, factors, product, stack_gradients(b), iterations=300,
                                tolerance=1e-11)
     assert result.stop_reason == "tolerance", result.residuals
     exact = explicit_solution(per_seq, factors, b, blocks)
@@ -95,7 +102,7 @@ def test_cg_to_convergence_equals_the_explicit_damped_inverse(setup, blocks):
 def test_zero_iterations_is_ekfac_and_reports_its_residual(setup):
     model, batches, tracked, factors, per_seq, b = setup
     product = FisherProduct(model, tracked, causal_lm_loss, "empirical", dtype=F64)
-    result = refine_directions(InProcessRunner(progress=False), lambda: batches, factors, product, b, iterations=0,
+    result = refine_directions(InProcessRunner(progress=False), lambda: batches, factors, product, stack_gradients(b), iterations=0,
                                tolerance=1e-9)
     ekfac = factors.precondition(b["f1"])
     for n in tracked:
