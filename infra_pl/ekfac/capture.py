@@ -52,6 +52,7 @@ class Capture:
         on_gradient: GradientFn | None = None,
         on_pair: PairFn | None = None,
         dtype: torch.dtype = torch.float32,
+        activation_tokens: str = "all",
     ) -> None:
         self.modules = dict(modules)
         self.shapes: dict[str, LayerShape] = {name: layer_shape(m) for name, m in self.modules.items()}
@@ -59,6 +60,10 @@ class Capture:
         self.on_gradient = on_gradient
         self.on_pair = on_pair
         self.dtype = dtype
+        if activation_tokens not in ("all", "targets"):
+            raise ValueError(f"activation_tokens must be 'all' or 'targets', got {activation_tokens!r}")
+        self.activation_tokens = activation_tokens
+        self._target_mask: torch.Tensor | None = None
         self._handles: list[RemovableHandle] = []
         self._mask: torch.Tensor | None = None
         self._mask_count = 0
@@ -85,9 +90,20 @@ class Capture:
         self._owner = None
         self._reset()
 
-    def start_batch(self, attention_mask: torch.Tensor | None) -> None:
-        """Forget the previous batch and set the padding mask ([B, T]) for the next forward pass."""
+    def start_batch(self, attention_mask: torch.Tensor | None, labels: torch.Tensor | None = None) -> None:
+        """Forget the previous batch and set the padding mask ([B, T]) for the next forward pass.
+
+        With ``activation_tokens="targets"``, ``labels`` ([B, T], -100 = no target) decide which
+        positions' activations ``on_activation`` sees: those that predict a target token (position t
+        predicts labels[t + 1]). Per-sequence pairs and gradients always keep every real token.
+        """
         self._reset()
+        if self.activation_tokens == "targets":
+            if labels is None:
+                raise ValueError("activation_tokens='targets' needs the batch's labels")
+            predicts = torch.zeros_like(labels, dtype=torch.bool)
+            predicts[:, :-1] = labels[:, 1:] != -100
+            self._target_mask = predicts
         if attention_mask is not None:
             count = int(attention_mask.sum().item())  # one host sync per batch, not per layer
             self._mask_count = count
@@ -115,6 +131,7 @@ class Capture:
         self._done.clear()
         self._mask = None
         self._mask_count = 0
+        self._target_mask = None
 
     # -- hooks ---------------------------------------------------------------------------------
     def _token_mask(self, leading_shape: torch.Size) -> torch.Tensor | None:
@@ -158,8 +175,13 @@ class Capture:
         rows = activation.numel() // activation.shape[-1]
         activation = _bucket_tokens(activation)
         if self.on_activation is not None:
-            flat = activation.reshape(-1, activation.shape[-1])
-            self.on_activation(name, flat, self._count(mask, rows))
+            if self._target_mask is not None and tuple(self._target_mask.shape) == tuple(raw.shape[:-1]):
+                chosen = self._target_mask.to(activation.device)
+                flat = activation[:, : chosen.shape[1]][chosen]  # the positions that predict a target
+                self.on_activation(name, flat, int(chosen.sum()))
+            else:
+                flat = activation.reshape(-1, activation.shape[-1])
+                self.on_activation(name, flat, self._count(mask, rows))
         return activation
 
     def _backward_hook(self, name: str, grad: torch.Tensor) -> None:

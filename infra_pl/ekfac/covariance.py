@@ -164,6 +164,7 @@ class CovarianceAccumulator:
         fisher: str = "true",
         dtype: torch.dtype = torch.float32,
         compute_dtype: str | torch.dtype | None = None,
+        activation_tokens: str = "all",
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -171,7 +172,8 @@ class CovarianceAccumulator:
         self._state = CovarianceState.zeros(modules, dtype=dtype, device=model_device(model))
         operands = resolve_compute_dtype(compute_dtype, dtype)  # the grams' operands; sums stay in dtype
         self.capture = Capture(
-            modules, on_activation=self._add_activation, on_gradient=self._add_gradient, dtype=operands
+            modules, on_activation=self._add_activation, on_gradient=self._add_gradient, dtype=operands,
+            activation_tokens=activation_tokens,
         )
 
     @property

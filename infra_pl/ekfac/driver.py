@@ -103,6 +103,11 @@ class FactorFit:
             raise FactorsMismatchError(
                 f"factors in {out} use the {factors.fisher} Fisher but {self.options.fisher} was requested; set refit: true"
             )
+        if factors.activation_tokens != self.options.activation_tokens:
+            raise FactorsMismatchError(
+                f"factors in {out} average A over {factors.activation_tokens!r} tokens but activation_tokens "
+                f"{self.options.activation_tokens!r} was requested; set refit: true"
+            )
         fitted, wanted = getattr(torch, factors.compute_dtype), self.options.torch_compute_dtype
         if torch.finfo(fitted).bits < torch.finfo(wanted).bits:
             raise FactorsMismatchError(
@@ -120,7 +125,7 @@ class FactorFit:
         if self.options.refit or not (folder / "manifest.json").exists():
             return None
         part = Factors.load(folder, device="cpu")
-        if part.fisher != self.options.fisher or part.check_compatible(self.model, sub, train_ids=self.train_ids, strict=False):
+        if part.fisher != self.options.fisher or part.activation_tokens != self.options.activation_tokens or part.check_compatible(self.model, sub, train_ids=self.train_ids, strict=False):
             return None
         log(f"EK-FAC: reusing finished partition {folder}")
         return part.with_damping(self.options.damping).to(self.runner.device)
@@ -190,6 +195,7 @@ class FactorFit:
         return Factors.from_states(
             covariance, eigen, lambdas, fisher=options.fisher, damping=options.damping, model=self.model,
             tracked=tracked, train_ids=self.train_ids, compute_dtype=dtype_name(options.torch_compute_dtype),
+            activation_tokens=options.activation_tokens,
         )
 
     def _phase(self, out: Path | None, key: dict[str, Any], label: str, load: Callable, save: Callable,
@@ -213,7 +219,7 @@ class FactorFit:
         if eigen is None:
             def make() -> Any:
                 return CovarianceAccumulator(model, tracked, self.loss_fn, options.fisher, options.torch_dtype,
-                                             options.torch_compute_dtype)
+                                             options.torch_compute_dtype, options.activation_tokens)
         else:
             on_device = {n: _basis_to(b, device) for n, b in eigen.items()}
 

@@ -75,8 +75,9 @@ def eigendecompose(
             shared_a = [(a_cov, a_vals, a_vecs)]  # only the latest: sharing layers are neighbours
         s_vals, s_vecs = symmetric_eigh(s_cov, name, "gradient covariance S")
         result[name] = EigenBasis(
-            activation_eigenvectors=a_vecs.to(store).contiguous(),
-            activation_eigenvalues=a_vals.to(store),
+            # copies: modules sharing A must not share storage (safetensors refuses shared tensors)
+            activation_eigenvectors=a_vecs.to(store, copy=True).contiguous(),
+            activation_eigenvalues=a_vals.to(store, copy=True),
             gradient_eigenvectors=s_vecs.to(store).contiguous(),
             gradient_eigenvalues=s_vals.to(store),
         )

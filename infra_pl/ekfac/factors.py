@@ -86,6 +86,8 @@ class Factors:
     data_fingerprint: str | None = None
     # operand dtype of the passes' products (infra_pl.ekfac.precision): provenance, so reuse can tell
     compute_dtype: str = "float32"
+    # which positions' activations A covers: every real token ("all") or those that predict a target
+    activation_tokens: str = "all"
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -101,6 +103,7 @@ class Factors:
         tracked: Mapping[str, nn.Module] | None = None,
         train_ids: Iterable[object] | None = None,
         compute_dtype: str = "float32",
+        activation_tokens: str = "all",
     ) -> "Factors":
         """Normalise the phase states, resolve damping, and fingerprint the model/data if given."""
         per_module: dict[str, ModuleFactors] = {}
@@ -122,7 +125,7 @@ class Factors:
             )
         dtype = next(iter(per_module.values())).lambdas.dtype
         factors = cls(modules=per_module, fisher=fisher, damping_rule=damping_rule(damping), dtype=dtype,
-                      compute_dtype=compute_dtype)
+                      compute_dtype=compute_dtype, activation_tokens=activation_tokens)
         return factors.fingerprint(model, tracked, train_ids)
 
     def fingerprint(
@@ -202,7 +205,8 @@ class Factors:
         first = parts[0]
         modules: dict[str, ModuleFactors] = {}
         for part in parts:
-            if (part.fisher, part.dtype, part.compute_dtype) != (first.fisher, first.dtype, first.compute_dtype):
+            if (part.fisher, part.dtype, part.compute_dtype, part.activation_tokens) != (
+                    first.fisher, first.dtype, first.compute_dtype, first.activation_tokens):
                 raise ValueError("cannot merge factors fitted with different Fisher types or dtypes")
             overlap = set(modules) & set(part.modules)
             if overlap:

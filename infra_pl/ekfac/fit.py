@@ -39,6 +39,7 @@ def fit_factors(
     compute_dtype: str | torch.dtype | None = None,
     output_dir: str | Path | None = None,
     refit: bool = False,
+    activation_tokens: str = "all",
 ) -> Factors:
     """Fit EK-FAC factors of the Fisher of the mean per-sequence training loss.
 
@@ -59,7 +60,7 @@ def fit_factors(
         fisher=fisher, damping=damping, seed=seed, dtype=_dtype_name(dtype), streams=streams,
         compute_dtype="float32" if compute_dtype is None else _dtype_name(compute_dtype),
         partitions=[list(g) for g in partitions] if partitions is not None and not isinstance(partitions, int) else partitions,
-        refit=refit, output_dir=None if output_dir is None else str(output_dir),
+        refit=refit, output_dir=None if output_dir is None else str(output_dir), activation_tokens=activation_tokens,
     )
     device = model_device(model)
     check_streams(streams, device)

@@ -59,12 +59,19 @@ class FactorOptions:
         "``bfloat16`` (faster only on hardware with bfloat16 matrix units). Sums, eigendecompositions and the "
         "stored factors stay in ``dtype``; the model is never cast (``infra_pl.ekfac.precision``).", key=True)
 
+    activation_tokens: str = option(
+        "all", "which positions the activation covariance A averages over: ``all`` real tokens (kronfluence's "
+        "convention) or only ``targets``, the positions that predict a loss target (bergson's and dattri's); the "
+        "gradients, and so Λ and every score, always use every token.", key=True)
+
     def __post_init__(self) -> None:
         from infra_pl.ekfac.passes import check_fisher
         from infra_pl.ekfac.precision import resolve_compute_dtype
         from infra_pl.ekfac.streams import check_streams
 
         check_fisher(self.fisher)
+        if self.activation_tokens not in ("all", "targets"):
+            raise ValueError(f"activation_tokens must be 'all' or 'targets', got {self.activation_tokens!r}")
         check_streams(self.streams)
         self.torch_dtype = parse_dtype(self.dtype, "dtype", ("float32", "float64"))
         self.torch_compute_dtype = resolve_compute_dtype(self.compute_dtype, self.torch_dtype)
@@ -84,6 +91,8 @@ class FactorOptions:
         return {
             "modules": {name: layer_shape(m).to_dict() for name, m in tracked.items()},
             **{k: values[k] for k in ("fisher", "dtype", "compute_dtype", "seed")},
+            # only when set, so phases stored before the option resume
+            **({"activation_tokens": self.activation_tokens} if self.activation_tokens != "all" else {}),
             "model_fingerprint": model_fingerprint(model, tracked),
             "data_fingerprint": data_fingerprint(train_ids),
         }

@@ -87,7 +87,7 @@ def capture_pass(
     Must be called inside ``with capture:``.
     """
     batch = batch_to_device(batch, model_device(model))
-    capture.start_batch(batch.get("attention_mask"))
+    capture.start_batch(batch.get("attention_mask"), batch.get("labels"))
     with torch.enable_grad():
         losses = loss_fn(model, batch, sample_labels)
         if losses.dim() != 1:

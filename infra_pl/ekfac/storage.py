@@ -75,6 +75,8 @@ def save_factors(factors: Factors, directory: str | Path) -> Path:
         "data_fingerprint": factors.data_fingerprint,
         "modules": modules_meta,
     }
+    if factors.activation_tokens != "all":  # written only when set, so default manifests stay as they were
+        manifest["activation_tokens"] = factors.activation_tokens
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -167,6 +169,7 @@ def read_factors(
         "untracked_fingerprint": manifest.get("untracked_fingerprint"),
         "data_fingerprint": manifest.get("data_fingerprint"),
         "compute_dtype": manifest.get("compute_dtype", "float32"),  # manifests before the option: float32
+        "activation_tokens": manifest.get("activation_tokens", "all"),
     }
     return loaded, fields
 
@@ -237,5 +240,6 @@ def _read_partitioned(
         "untracked_fingerprint": index.get("untracked_fingerprint"),
         "data_fingerprint": index.get("data_fingerprint"),
         "compute_dtype": first["compute_dtype"],
+        "activation_tokens": first.get("activation_tokens", "all"),
     }
     return {n: loaded[n] for g in groups for n in g if n in loaded}, fields

@@ -31,6 +31,8 @@ from infra_pl.lds.kronfluence_ref import kronfluence_available, kronfluence_pair
 METHOD_DESCRIPTIONS = {
     "ekfac": "EK-FAC, true Fisher, λ = 0.1·mean(Λ) (ours, the default)",
     "ekfac-empirical": "EK-FAC, empirical Fisher (data labels)",
+    "ekfac-targets": "EK-FAC, true Fisher, A averaged over the positions that predict a target only (bergson's and "
+    "dattri's convention; the default averages over every real token, as kronfluence)",
     "ekfac-damping-x<s>": "EK-FAC, true Fisher, damping λ multiplied by s",
     "kfac": "K-FAC, true Fisher: Λ := eig(S) ⊗ eig(A), λ = 0.1·mean",
     "identity": "identity Hessian: gradient dot product ∇fᵀ∇log p(z)",
@@ -38,6 +40,9 @@ METHOD_DESCRIPTIONS = {
     "domain": "reference predictor, not an attribution method: score 1 for every training example of the "
     "measured item's domain, 0 otherwise (Σ over a subset = its in-domain count)",
     "kronfluence-ekfac": "kronfluence 1.0.1 EK-FAC, true Fisher, its default damping (if installed)",
+    "ekfac-cg<k>[-full][-empirical]": "EK-FAC refined by k iterations of preconditioned CG on the damped Fisher "
+    "(block-diagonal per module, or -full with the cross-module blocks; true Fisher unless -empirical), over the "
+    "whole training set",
 }
 DEFAULT_METHODS = (
     "ekfac",
@@ -51,14 +56,16 @@ DEFAULT_METHODS = (
     "domain",
 )
 _DAMPING = re.compile(r"^ekfac-damping-x([0-9.eE+-]+)$")
+_CG = re.compile(r"^ekfac-cg([0-9]+)(-full)?(-empirical)?$")
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """Validate method names early (with the allowed names in the message)."""
     known = {k for k in METHOD_DESCRIPTIONS if "<" not in k}
-    bad = [m for m in methods if m not in known and not _DAMPING.match(m)]
+    bad = [m for m in methods if m not in known and not _DAMPING.match(m) and not _CG.match(m)]
     if bad:
-        raise ValueError(f"unknown method(s) {bad}; choose from {sorted(known)} or ekfac-damping-x<scale>")
+        raise ValueError(f"unknown method(s) {bad}; choose from {sorted(known)}, ekfac-damping-x<scale> or "
+                         "ekfac-cg<k>[-full][-empirical]")
     for m in methods:
         match = _DAMPING.match(m)
         if match:
@@ -74,6 +81,10 @@ def describe(method: str) -> str:
     match = _DAMPING.match(method)
     if match:
         return f"EK-FAC, true Fisher, damping × {match.group(1)}"
+    match = _CG.match(method)
+    if match:
+        return (f"EK-FAC + {match.group(1)} CG iteration(s), {'full' if match.group(2) else 'block-diagonal'} "
+                f"{'empirical' if match.group(3) else 'true'} Fisher")
     return METHOD_DESCRIPTIONS[method]
 
 
@@ -96,13 +107,15 @@ class ScoringContext:
     def module_names(self) -> list[str]:
         return list(self.modules)
 
-    def factors(self, fisher: str) -> Factors:
-        if fisher not in self._factors:
+    def factors(self, fisher: str, activation_tokens: str = "all") -> Factors:
+        key = fisher if activation_tokens == "all" else f"{fisher}/{activation_tokens}"
+        if key not in self._factors:
             loader = self.data.batches(_by_length(self.data.train_features), self.batch_size)
-            self._factors[fisher] = fit_factors(
-                self.model, loader, modules=self.modules, fisher=fisher, seed=self.fisher_seed, progress=self.progress
+            self._factors[key] = fit_factors(
+                self.model, loader, modules=self.modules, fisher=fisher, seed=self.fisher_seed, progress=self.progress,
+                activation_tokens=activation_tokens,
             )
-        return self._factors[fisher]
+        return self._factors[key]
 
     def query_features(self) -> list[dict[str, Any]]:
         return self.data.eval_features_at(self.query_indices)
@@ -113,12 +126,18 @@ def _by_length(features: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(features, key=lambda f: len(f["input_ids"]))
 
 
-def gradient_pairwise(ctx: ScoringContext, preconditioner: Any, dtype: torch.dtype = torch.float32) -> np.ndarray:
-    """[Q, N] scores ∇log p(q)ᵀ P ∇log p(z) for a preconditioner P (anything with ``precondition``)."""
+def gradient_pairwise(ctx: ScoringContext, preconditioner: Any, dtype: torch.dtype = torch.float32,
+                      refine: Callable[[Any], Any] | None = None) -> np.ndarray:
+    """[Q, N] scores ∇log p(q)ᵀ P ∇log p(z) for a preconditioner P (anything with ``precondition``).
+
+    ``refine`` maps the preconditioned query directions to new ones (CG refinement) before scoring.
+    """
     queries = _by_length(ctx.query_features())
     directions = query_directions(
         ctx.model, ctx.data.batches(queries, ctx.batch_size), preconditioner, modules=ctx.modules, dtype=dtype
     )
+    if refine is not None:
+        directions = refine(directions)
     # query_directions names its rows query_<k> in loader order; select them in measurement order
     row_of = {f["index"]: k for k, f in enumerate(queries)}
     directions = directions.select([f"query_{row_of[i]}" for i in ctx.query_indices])
@@ -130,15 +149,35 @@ def gradient_pairwise(ctx: ScoringContext, preconditioner: Any, dtype: torch.dty
     return scores
 
 
+def refined_pairwise(ctx: "ScoringContext", fisher: str, iterations: int, blocks: str) -> np.ndarray:
+    """[Q, N] scores with every query's direction refined by CG from EK-FAC (all queries at once)."""
+    from infra_pl.ekfac.loss import causal_lm_loss
+    from infra_pl.influence.refine import FisherProduct, refine_directions
+    from infra_pl.runner import InProcessRunner
+
+    def refine(gradients: Any) -> Any:
+        product = FisherProduct(ctx.model, ctx.modules, causal_lm_loss, fisher, blocks=blocks, seed=ctx.fisher_seed)
+        loader = lambda: ctx.data.batches(_by_length(ctx.data.train_features), ctx.batch_size)  # noqa: E731
+        return refine_directions(InProcessRunner(progress=False), loader, ctx.factors(fisher), product, gradients,
+                                 iterations, 0.0).directions
+
+    return gradient_pairwise(ctx, IdentityPreconditioner(), refine=refine)
+
+
 def method_pairwise(method: str, ctx: ScoringContext) -> np.ndarray:
     """The [Q, N] score matrix of one method (see :data:`METHOD_DESCRIPTIONS`)."""
     check_methods([method])
     match = _DAMPING.match(method)
     if match:
         return gradient_pairwise(ctx, scaled_damping(ctx.factors("true"), float(match.group(1))))
+    match = _CG.match(method)
+    if match:
+        fisher = "empirical" if match.group(3) else "true"
+        return refined_pairwise(ctx, fisher, int(match.group(1)), "all" if match.group(2) else "module")
     builders: dict[str, Callable[[], np.ndarray]] = {
         "ekfac": lambda: gradient_pairwise(ctx, ctx.factors("true")),
         "ekfac-empirical": lambda: gradient_pairwise(ctx, ctx.factors("empirical")),
+        "ekfac-targets": lambda: gradient_pairwise(ctx, ctx.factors("true", "targets")),
         "kfac": lambda: gradient_pairwise(ctx, kfac_factors(ctx.factors("true"))),
         "identity": lambda: gradient_pairwise(ctx, IdentityPreconditioner()),
         "bm25": lambda: BM25Scores([example_text(e) for e in ctx.data.train_examples]).pairwise(
