@@ -53,9 +53,9 @@ class EKFACFactors(AttributionStep):
         model = attribution_model(pl_module)
         fit = FactorFit(
             self.options, LightningRunner(trainer, pl_module, datamodule), model, loss_fn_for(pl_module),
-            lambda: datamodule.attribution_dataloader("train", self.options.batch_size),
+            lambda indices: datamodule.attribution_dataloader("train", self.options.batch_size, indices),
             list(datamodule.attribution_ids("train")), output_dir=self.factors_dir(trainer),
-            batch_shape=batch_shape(self.options, datamodule),
+            batch_shape=batch_shape(self.options, datamodule), strata=strata(datamodule),
         )
         result = fit.run()
         if not result.reused and trainer.is_global_zero and self.options.log_spectra:
@@ -94,6 +94,13 @@ class EKFACFactors(AttributionStep):
 
         settings = self.options.planner_settings(*batch_shape(self.options, datamodule), measurements=measurements)
         return estimate(model, settings, modules=list(resolve_modules(model, self.options.modules)))
+
+
+def strata(datamodule: Any) -> list[tuple[Any, Any]] | None:
+    """(domain, difficulty) per training example, for stratified factor samples (None without metadata)."""
+    if not callable(getattr(datamodule, "attribution_metadata", None)):
+        return None
+    return [(row.get("domain"), row.get("difficulty")) for row in datamodule.attribution_metadata("train")]
 
 
 def batch_shape(options: FactorOptions, datamodule: Any) -> tuple[int, int]:

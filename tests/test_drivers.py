@@ -162,3 +162,27 @@ def test_refined_directions_feed_the_scores_and_resume(tmp_path, capsys):
     assert "resuming refinement at iteration 2" in capsys.readouterr().err
     assert longer.measurement_info["q"]["refinement"]["residuals"][:3] == info["residuals"]
     assert longer.measurement_info["q"]["refinement"]["iterations"] == 4
+
+
+def test_factors_from_a_stratified_sample_use_only_the_sampled_examples(tmp_path):
+    model, batches = tiny_llama(), numbered(make_batches(LENGTHS))
+    ids = [f"z{i}" for i in range(12)]
+    strata = ["math"] * 6 + ["code"] * 6
+    sampled = fit_factors(model, batches, progress=False, fisher="empirical", train_ids=ids, strata=strata,
+                          covariance_max_examples=0.5, lambda_max_examples=4, output_dir=tmp_path / "f")
+    from infra_pl.sampling import stratified_sample
+
+    chosen = stratified_sample(strata, 6, 0)
+    assert sum(1 for i in chosen if i < 6) == 3  # half of each domain
+    from infra_pl.ekfac.fit import rows_of
+
+    reference = fit_factors(model, list(rows_of(batches, chosen)), progress=False, fisher="empirical")
+    name = next(iter(reference.modules))
+    assert torch.allclose(sampled.modules[name].activation_covariance, reference.modules[name].activation_covariance)
+    assert sampled.modules[name].n_sequences == 4  # Λ from its own sample of 4
+    assert sampled.sample == {"covariance_max_examples": 0.5, "lambda_max_examples": 4, "seed": 0}
+    from infra_pl.ekfac import Factors
+
+    assert Factors.load(tmp_path / "f").sample == sampled.sample
+    with pytest.raises(Exception, match="were fitted on the sample"):
+        fit_factors(model, batches, progress=False, fisher="empirical", train_ids=ids, output_dir=tmp_path / "f")

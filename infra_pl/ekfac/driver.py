@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from infra_pl.ekfac.precision import dtype_name
 from infra_pl.ekfac.storage import partition_dir, read_partition_index, write_partition_index
 from infra_pl.ekfac.streams import AccumulatorStreams, merged_state
 from infra_pl.runner import Pass, Runner
+from infra_pl.sampling import sample_size, stratified_sample
 
 COVARIANCE, LAMBDA = "ekfac/covariance", "ekfac/lambda"
 
@@ -46,17 +47,19 @@ class FactorsResult:
 
 
 class FactorFit:
-    """One factor fit (or reuse) of ``model`` over the batches ``train_loader()`` yields.
+    """One factor fit (or reuse) of ``model`` over the batches ``train_loader(indices)`` yields.
 
-    ``train_loader`` is called once per pass (a Lightning pass needs a fresh loader). ``tracked``
+    ``train_loader`` is called once per pass (a Lightning pass needs a fresh loader) with the
+    example indices of that pass (None: every example; a sample when ``covariance_max_examples`` or
+    ``lambda_max_examples`` is set, stratified by ``strata``, one label per example). ``tracked``
     overrides ``options.modules`` with a ready mapping. ``batch_shape`` (sequences, tokens) is the
     largest batch the memory planner must fit (``partitions: auto``).
     """
 
     def __init__(self, options: FactorOptions, runner: Runner, model: nn.Module, loss_fn: LossFn,
-                 train_loader: Callable[[], Iterable[Any]], train_ids: list[str] | None,
+                 train_loader: Callable[[list[int] | None], Iterable[Any]], train_ids: list[str] | None,
                  output_dir: Path | None = None, tracked: Mapping[str, nn.Module] | None = None,
-                 batch_shape: tuple[int, int] | None = None) -> None:
+                 batch_shape: tuple[int, int] | None = None, strata: Sequence[Any] | None = None) -> None:
         self.options = options
         self.runner = runner
         self.model = model
@@ -66,6 +69,7 @@ class FactorFit:
         self.out = output_dir
         self.tracked = dict(tracked) if tracked is not None else resolve_modules(model, options.modules)
         self.batch_shape = batch_shape
+        self.strata = list(strata) if strata is not None else None
 
     # ------------------------------------------------------------ entry point
     def run(self) -> FactorsResult:
@@ -107,6 +111,11 @@ class FactorFit:
             raise FactorsMismatchError(
                 f"factors in {out} average A over {factors.activation_tokens!r} tokens but activation_tokens "
                 f"{self.options.activation_tokens!r} was requested; set refit: true"
+            )
+        if factors.sample != self.options.sample_spec():
+            raise FactorsMismatchError(
+                f"factors in {out} were fitted on the sample {factors.sample} but {self.options.sample_spec()} was "
+                "requested; set refit: true"
             )
         fitted, wanted = getattr(torch, factors.compute_dtype), self.options.torch_compute_dtype
         if torch.finfo(fitted).bits < torch.finfo(wanted).bits:
@@ -195,7 +204,7 @@ class FactorFit:
         return Factors.from_states(
             covariance, eigen, lambdas, fisher=options.fisher, damping=options.damping, model=self.model,
             tracked=tracked, train_ids=self.train_ids, compute_dtype=dtype_name(options.torch_compute_dtype),
-            activation_tokens=options.activation_tokens,
+            activation_tokens=options.activation_tokens, sample=options.sample_spec(),
         )
 
     def _phase(self, out: Path | None, key: dict[str, Any], label: str, load: Callable, save: Callable,
@@ -243,10 +252,28 @@ class FactorFit:
 
         label = "EK-FAC covariance" if eigen is None else "EK-FAC eigenvalue correction"
         self.runner.run(Pass(phase, step, start=start, end=end, abort=abort, seed=options.seed, label=label),
-                        self.train_loader())
+                        self.train_loader(self._sample(eigen is None)))
         state = holder["state"]
         self.runner.all_reduce_sum_(state.tensors())  # once per pass: ranks may have seen different batch counts
         return state
+
+    def _sample(self, covariance: bool) -> list[int] | None:
+        """The example indices of a covariance or lambda pass (None: all), seeded and stratified."""
+        options = self.options
+        wanted = options.covariance_max_examples if covariance else options.lambda_max_examples
+        if wanted is None:
+            return None
+        if self.train_ids is None and self.strata is None:
+            raise ValueError("covariance_max_examples/lambda_max_examples need the training ids (or strata) to sample from")
+        strata = self.strata if self.strata is not None else [None] * len(self.train_ids or [])
+        which = "covariance_max_examples" if covariance else "lambda_max_examples"
+        count = sample_size(wanted, len(strata), which)
+        if count is None:
+            return None
+        chosen = stratified_sample(strata, count, options.sample_seed + (0 if covariance else 1))
+        log(f"EK-FAC {'covariance' if covariance else 'lambda'} pass on a sample: {count} of {len(strata)} examples "
+            f"({which}={wanted}, stratified, seed {options.sample_seed})")
+        return chosen
 
     def _distributed_eigen(self, covariance: Any) -> dict[str, EigenBasis]:
         """Each rank decomposes every world-th module; the bases are then broadcast from their owners."""

@@ -88,6 +88,8 @@ class Factors:
     compute_dtype: str = "float32"
     # which positions' activations A covers: every real token ("all") or those that predict a target
     activation_tokens: str = "all"
+    # the covariance/lambda subsample settings (None: every training example)
+    sample: dict | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -104,6 +106,7 @@ class Factors:
         train_ids: Iterable[object] | None = None,
         compute_dtype: str = "float32",
         activation_tokens: str = "all",
+        sample: dict | None = None,
     ) -> "Factors":
         """Normalise the phase states, resolve damping, and fingerprint the model/data if given."""
         per_module: dict[str, ModuleFactors] = {}
@@ -125,7 +128,7 @@ class Factors:
             )
         dtype = next(iter(per_module.values())).lambdas.dtype
         factors = cls(modules=per_module, fisher=fisher, damping_rule=damping_rule(damping), dtype=dtype,
-                      compute_dtype=compute_dtype, activation_tokens=activation_tokens)
+                      compute_dtype=compute_dtype, activation_tokens=activation_tokens, sample=sample)
         return factors.fingerprint(model, tracked, train_ids)
 
     def fingerprint(

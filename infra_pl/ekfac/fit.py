@@ -8,7 +8,7 @@ checks too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +40,10 @@ def fit_factors(
     output_dir: str | Path | None = None,
     refit: bool = False,
     activation_tokens: str = "all",
+    covariance_max_examples: int | float | None = None,
+    lambda_max_examples: int | float | None = None,
+    sample_seed: int = 0,
+    strata: Sequence[Any] | None = None,
 ) -> Factors:
     """Fit EK-FAC factors of the Fisher of the mean per-sequence training loss.
 
@@ -61,14 +65,30 @@ def fit_factors(
         compute_dtype="float32" if compute_dtype is None else _dtype_name(compute_dtype),
         partitions=[list(g) for g in partitions] if partitions is not None and not isinstance(partitions, int) else partitions,
         refit=refit, output_dir=None if output_dir is None else str(output_dir), activation_tokens=activation_tokens,
+        covariance_max_examples=covariance_max_examples, lambda_max_examples=lambda_max_examples,
+        sample_seed=sample_seed,
     )
     device = model_device(model)
     check_streams(streams, device)
     tracked = resolve_modules(model, modules)
-    fit = FactorFit(options, InProcessRunner(device, progress=progress), model, loss_fn, lambda: loader,
+    fit = FactorFit(options, InProcessRunner(device, progress=progress), model, loss_fn,
+                    lambda indices: loader if indices is None else rows_of(loader, indices),
                     None if train_ids is None else list(train_ids),
-                    output_dir=None if output_dir is None else Path(output_dir), tracked=tracked)
+                    output_dir=None if output_dir is None else Path(output_dir), tracked=tracked, strata=strata)
     return fit.run().factors
+
+
+def rows_of(loader: Iterable[Mapping[str, Any]], indices: Sequence[int]) -> Iterator[dict[str, Any]]:
+    """The rows of ``loader``'s batches whose ``index`` is in ``indices`` (batches without a kept row are skipped)."""
+    wanted = set(int(i) for i in indices)
+    for batch in loader:
+        if "index" not in batch:
+            raise ValueError("sampling examples (covariance_max_examples/lambda_max_examples) needs batches with 'index'")
+        keep = [r for r, i in enumerate(batch["index"].tolist()) if i in wanted]
+        if keep:
+            rows = torch.tensor(keep)
+            yield {k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == len(batch["index"]) else v)
+                   for k, v in batch.items()}
 
 
 def _dtype_name(dtype: torch.dtype | str) -> str:

@@ -64,6 +64,16 @@ class FactorOptions:
         "convention) or only ``targets``, the positions that predict a loss target (bergson's and dattri's); the "
         "gradients, and so Λ and every score, always use every token.", key=True)
 
+    covariance_max_examples: int | float | None = option(
+        None, "fit A and S on a sample of the training set: a count, or a fraction in (0, 1]; seeded "
+        "(``sample_seed``) and stratified by domain and difficulty where the data has them (null: every example). "
+        "The sample is recorded in the manifest; accuracy against full-data factors: benchmarks/RESULTS.md.",
+        key=True)
+    lambda_max_examples: int | float | None = option(
+        None, "fit the eigenvalue correction Λ on a sample (as ``covariance_max_examples``; null: every example).",
+        key=True)
+    sample_seed: int = option(0, "seed of the covariance and lambda samples.", key=True)
+
     def __post_init__(self) -> None:
         from infra_pl.ekfac.passes import check_fisher
         from infra_pl.ekfac.precision import resolve_compute_dtype
@@ -93,9 +103,17 @@ class FactorOptions:
             **{k: values[k] for k in ("fisher", "dtype", "compute_dtype", "seed")},
             # only when set, so phases stored before the option resume
             **({"activation_tokens": self.activation_tokens} if self.activation_tokens != "all" else {}),
+            **({"sample": self.sample_spec()} if self.sample_spec() else {}),
             "model_fingerprint": model_fingerprint(model, tracked),
             "data_fingerprint": data_fingerprint(train_ids),
         }
+
+    def sample_spec(self) -> dict[str, Any] | None:
+        """The subsample settings (None when both passes see every example): phase keys and the manifest."""
+        if self.covariance_max_examples is None and self.lambda_max_examples is None:
+            return None
+        return {"covariance_max_examples": self.covariance_max_examples,
+                "lambda_max_examples": self.lambda_max_examples, "seed": self.sample_seed}
 
     def budget_bytes(self, device: torch.device) -> int | None:
         """``device_budget`` if set, else 90% of a CUDA device's memory, else None (nothing to plan for)."""

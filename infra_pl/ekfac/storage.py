@@ -77,6 +77,8 @@ def save_factors(factors: Factors, directory: str | Path) -> Path:
     }
     if factors.activation_tokens != "all":  # written only when set, so default manifests stay as they were
         manifest["activation_tokens"] = factors.activation_tokens
+    if factors.sample is not None:
+        manifest["sample"] = factors.sample
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -170,6 +172,7 @@ def read_factors(
         "data_fingerprint": manifest.get("data_fingerprint"),
         "compute_dtype": manifest.get("compute_dtype", "float32"),  # manifests before the option: float32
         "activation_tokens": manifest.get("activation_tokens", "all"),
+        "sample": manifest.get("sample"),
     }
     return loaded, fields
 
@@ -241,5 +244,6 @@ def _read_partitioned(
         "data_fingerprint": index.get("data_fingerprint"),
         "compute_dtype": first["compute_dtype"],
         "activation_tokens": first.get("activation_tokens", "all"),
+        "sample": first.get("sample"),
     }
     return {n: loaded[n] for g in groups for n in g if n in loaded}, fields

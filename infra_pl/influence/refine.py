@@ -33,6 +33,7 @@ from infra_pl.ekfac.loss import LossFn, label_seeds
 from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode
 from infra_pl.influence.measurement import Directions
 from infra_pl.runner import Pass, Runner
+from infra_pl.sampling import stratified_sample  # noqa: F401 - the refinement sample (re-exported for the driver)
 
 REFINE = "influence/refine"
 Vectors = dict[str, torch.Tensor]  # {module: [M, out, in(+1)]}
@@ -256,35 +257,7 @@ def refine_directions(
                         final["passes"], int(final.get("examples", seen["examples"])))
 
 
-# ------------------------------------------------------------ sample, resume
-
-
-def stratified_sample(domains: list[Any], n: int, seed: int) -> list[int]:
-    """``n`` example indices drawn without replacement, each domain in proportion to its size (seeded, sorted).
-
-    Largest-remainder rounding keeps the total exactly ``n``; every domain with examples gets at
-    least one when ``n`` allows, so a small domain is never left out of the Fisher.
-    """
-    import random
-
-    groups: dict[Any, list[int]] = {}
-    for index, domain in enumerate(domains):
-        groups.setdefault(domain, []).append(index)
-    total = len(domains)
-    if n >= total:
-        return list(range(total))
-    quotas = {d: n * len(members) / total for d, members in groups.items()}
-    counts = {d: min(len(groups[d]), max(1, int(q))) for d, q in quotas.items()}
-    order = sorted(groups, key=lambda d: quotas[d] - int(quotas[d]), reverse=True)
-    while sum(counts.values()) < n:
-        for d in order:
-            if sum(counts.values()) < n and counts[d] < len(groups[d]):
-                counts[d] += 1
-    while sum(counts.values()) > n:
-        d = max(counts, key=lambda k: counts[k])
-        counts[d] -= 1
-    rng = random.Random(seed)
-    return sorted(i for d in sorted(groups, key=str) for i in rng.sample(groups[d], counts[d]))
+# ------------------------------------------------------------------ resume
 
 
 def refinement_key(gradients: Directions, factors: Any, fisher: str, blocks: str, indices: list[int] | None,
