@@ -16,7 +16,8 @@ the block-diagonal exact inverse (what EK-FAC approximates) and, with ``-full``,
 one. Cost: seconds of each method's direction computation, and in epoch-equivalents (one plain
 forward + backward over the training set, timed in the same run).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_refine.py
+    OMP_NUM_THREADS=1 python benchmarks/bench_refine.py                       # the LDS model (295k tracked)
+    OMP_NUM_THREADS=1 python benchmarks/bench_refine.py --hidden 16 --intermediate 32 --layers 2 --n-eval 25
 """
 
 from __future__ import annotations
@@ -132,9 +133,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", default="1,3,10", help="CG iterations to compare (default: %(default)s)")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="a smaller model than the LDS benchmark's (with --intermediate, --layers): its own "
+                             "setting, trained here once (default: the LDS model)")
+    parser.add_argument("--intermediate", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--n-eval", type=int, default=None, help="evaluation items per domain (queries = 2 x this)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    experiment = LDSExperiment(LDSSetting(), args.out)
+    setting = LDSSetting()
+    if args.hidden or args.intermediate or args.layers or args.n_eval:
+        from dataclasses import replace
+
+        config = dict(setting.model_config)
+        config.update({k: v for k, v in (("hidden_size", args.hidden), ("intermediate_size", args.intermediate),
+                                         ("num_hidden_layers", args.layers)) if v})
+        setting = replace(setting, model_config=config, n_eval=args.n_eval or setting.n_eval)
+    experiment = LDSExperiment(setting, args.out)
     model = experiment.full_model(0)
     ctx = ScoringContext(model, experiment.data, experiment.measurements(0).query_indices)
     factors = ctx.factors("empirical")

@@ -40,6 +40,8 @@ METHOD_DESCRIPTIONS = {
     "domain": "reference predictor, not an attribution method: score 1 for every training example of the "
     "measured item's domain, 0 otherwise (Σ over a subset = its in-domain count)",
     "kronfluence-ekfac": "kronfluence 1.0.1 EK-FAC, true Fisher, its default damping (if installed)",
+    "ekfac-sub<fraction>": "EK-FAC, true Fisher, both factor passes on a seeded domain-stratified sample of that "
+    "fraction of the training set",
     "ekfac-cg<k>[-full][-empirical]": "EK-FAC refined by k iterations of preconditioned CG on the damped Fisher "
     "(block-diagonal per module, or -full with the cross-module blocks; true Fisher unless -empirical), over the "
     "whole training set",
@@ -57,15 +59,16 @@ DEFAULT_METHODS = (
 )
 _DAMPING = re.compile(r"^ekfac-damping-x([0-9.eE+-]+)$")
 _CG = re.compile(r"^ekfac-cg([0-9]+)(-full)?(-empirical)?$")
+_SUB = re.compile(r"^ekfac-sub(0?\.[0-9]+|1(\.0*)?)$")
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """Validate method names early (with the allowed names in the message)."""
     known = {k for k in METHOD_DESCRIPTIONS if "<" not in k}
-    bad = [m for m in methods if m not in known and not _DAMPING.match(m) and not _CG.match(m)]
+    bad = [m for m in methods if m not in known and not _DAMPING.match(m) and not _CG.match(m) and not _SUB.match(m)]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; choose from {sorted(known)}, ekfac-damping-x<scale> or "
-                         "ekfac-cg<k>[-full][-empirical]")
+                         "ekfac-cg<k>[-full][-empirical], ekfac-sub<fraction>")
     for m in methods:
         match = _DAMPING.match(m)
         if match:
@@ -81,6 +84,9 @@ def describe(method: str) -> str:
     match = _DAMPING.match(method)
     if match:
         return f"EK-FAC, true Fisher, damping × {match.group(1)}"
+    match = _SUB.match(method)
+    if match:
+        return f"EK-FAC, true Fisher, factors from a {float(match.group(1)):.0%} stratified sample"
     match = _CG.match(method)
     if match:
         return (f"EK-FAC + {match.group(1)} CG iteration(s), {'full' if match.group(2) else 'block-diagonal'} "
@@ -107,13 +113,15 @@ class ScoringContext:
     def module_names(self) -> list[str]:
         return list(self.modules)
 
-    def factors(self, fisher: str, activation_tokens: str = "all") -> Factors:
-        key = fisher if activation_tokens == "all" else f"{fisher}/{activation_tokens}"
+    def factors(self, fisher: str, activation_tokens: str = "all", fraction: float | None = None) -> Factors:
+        key = f"{fisher}/{activation_tokens}/{fraction}"
         if key not in self._factors:
             loader = self.data.batches(_by_length(self.data.train_features), self.batch_size)
+            domains = [e["domain"] for e in self.data.train_examples]
             self._factors[key] = fit_factors(
                 self.model, loader, modules=self.modules, fisher=fisher, seed=self.fisher_seed, progress=self.progress,
-                activation_tokens=activation_tokens,
+                activation_tokens=activation_tokens, covariance_max_examples=fraction, lambda_max_examples=fraction,
+                train_ids=list(range(len(domains))), strata=domains,
             )
         return self._factors[key]
 
@@ -170,6 +178,9 @@ def method_pairwise(method: str, ctx: ScoringContext) -> np.ndarray:
     match = _DAMPING.match(method)
     if match:
         return gradient_pairwise(ctx, scaled_damping(ctx.factors("true"), float(match.group(1))))
+    match = _SUB.match(method)
+    if match:
+        return gradient_pairwise(ctx, ctx.factors("true", fraction=float(match.group(1))))
     match = _CG.match(method)
     if match:
         fisher = "empirical" if match.group(3) else "true"
