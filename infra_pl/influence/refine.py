@@ -129,14 +129,19 @@ def fisher_product(runner: Runner, loader: Callable[[], Iterable[Any]], product:
     return {name: sums[name] / n + damping[name] * vectors[name] for name in vectors}, int(n)
 
 
-def _dot(a: Vectors, b: Vectors) -> torch.Tensor:
-    """Per-row inner product over every module: [M] (float64)."""
-    return sum((a[n].double() * b[n].double()).flatten(1).sum(dim=1) for n in a)
+def _dots(a: Vectors, b: Vectors, systems: list[list[str]]) -> torch.Tensor:
+    """Inner products per row and system (a group of modules solved together): [M, G] (float64)."""
+    return torch.stack([sum((a[n].double() * b[n].double()).flatten(1).sum(dim=1) for n in group) for group in systems],
+                       dim=1)
 
 
-def _axpy(alpha: torch.Tensor, x: Vectors, y: Vectors) -> Vectors:
-    """y + α x per row."""
-    return {n: y[n] + alpha.to(y[n]).view(-1, 1, 1) * x[n] for n in y}
+def _scaled(coefficients: torch.Tensor, x: Vectors, systems: list[list[str]]) -> Vectors:
+    """x with every (row, system) block multiplied by its coefficient ([M, G])."""
+    out = {}
+    for g, group in enumerate(systems):
+        for n in group:
+            out[n] = coefficients[:, g].to(x[n]).view(-1, 1, 1) * x[n]
+    return out
 
 
 def conjugate_gradient(
@@ -148,53 +153,67 @@ def conjugate_gradient(
     tolerance: float,
     state: dict[str, Any] | None = None,
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
+    systems: list[list[str]] | None = None,
 ) -> tuple[Vectors, dict[str, Any]]:
-    """Preconditioned CG for A x = b, one independent system per row (measurement), started at M⁻¹b.
+    """Preconditioned CG for A x = b, started at M⁻¹b, one independent system per row (measurement)
+    and per module group in ``systems`` (default: all modules together).
 
-    Rows that reach ``‖r‖/‖b‖ ≤ tolerance`` stop moving; the loop ends when every row has, or after
-    ``iterations`` updates. ``state`` (from ``on_iteration``) resumes an interrupted run: it holds
-    x, r, z, p, r·z, the iteration and the residual history. Returns x and the final state, with
-    ``stop_reason`` "tolerance" or "iterations".
+    With a block-diagonal A, one system per module (``[[m] for m in modules]``) makes the result
+    independent of how modules are grouped into partitions. A system stops moving once its
+    ‖r‖/‖b‖ ≤ ``tolerance``; the loop ends when all have, or after ``iterations`` updates. The
+    residual reported per row is over all modules. ``state`` (from ``on_iteration``) resumes an
+    interrupted run. Returns x and the final state, with ``stop_reason`` "tolerance" or "iterations".
     """
-    b_norm = _dot(b, b).sqrt().clamp_min(1e-300)
+    systems = systems or [list(b)]
+    b_norm = _dots(b, b, systems).sqrt().clamp_min(1e-300)  # [M, G]
+    row_norm = b_norm.square().sum(dim=1).sqrt()
+
+    def relative(r: Vectors) -> tuple[torch.Tensor, list[float]]:
+        rr = _dots(r, r, systems)
+        return rr.sqrt() / b_norm, (rr.sum(dim=1).sqrt() / row_norm).tolist()
+
     if state is None:
         x = precondition(b)  # EK-FAC's answer is the starting point
         r = {n: b[n] - ax for n, ax in apply_a(x).items()}
         z = precondition(r)
         p = {n: v.clone() for n, v in z.items()}
-        rz = _dot(r, z)
-        relative = (_dot(r, r).sqrt() / b_norm).tolist()
-        state = {"x": x, "r": r, "z": z, "p": p, "rz": rz, "iteration": 0,
-                 "residuals": {name: [relative[m]] for m, name in enumerate(names)}, "passes": 1}
+        per_system, per_row = relative(r)
+        state = {"x": x, "r": r, "z": z, "p": p, "rz": _dots(r, z, systems), "iteration": 0, "system_residuals": per_system,
+                 "residuals": {name: [per_row[m]] for m, name in enumerate(names)}, "passes": 1}
         _check_finite(state, names)
         if on_iteration is not None:
             on_iteration(state)
     while state["iteration"] < iterations:
-        done = torch.tensor([state["residuals"][n][-1] <= tolerance for n in names])
+        done = state["system_residuals"] <= tolerance  # [M, G]
         if bool(done.all()):
             break
         x, r, p, rz = state["x"], state["r"], state["p"], state["rz"]
         ap = apply_a(p)
-        curvature = _dot(p, ap)
+        curvature = _dots(p, ap, systems)
         if bool((curvature[~done] <= 0).any()):
-            bad = [n for m, n in enumerate(names) if not done[m] and curvature[m] <= 0]
+            bad = sorted({names[m] for m, g in (curvature <= 0).logical_and(~done).nonzero().tolist()})
             raise RefinementError(f"CG met non-positive curvature pᵀ(F+λ)p for {bad} at iteration "
                                   f"{state['iteration'] + 1}; raise the damping")
-        alpha = torch.where(done, torch.zeros_like(rz), rz / curvature.clamp_min(1e-300))
-        x = _axpy(alpha, p, x)
-        r = _axpy(-alpha, ap, r)
+        zero = torch.zeros_like(rz)
+        alpha = torch.where(done, zero, rz / curvature.clamp_min(1e-300))
+        step_x, step_r = _scaled(alpha, p, systems), _scaled(alpha, ap, systems)
+        x = {n: x[n] + step_x[n] for n in x}
+        r = {n: r[n] - step_r[n] for n in r}
         z = precondition(r)
-        rz_new = _dot(r, z)
-        beta = torch.where(done, torch.zeros_like(rz), rz_new / rz.clamp_min(1e-300))
-        p = {n: torch.where(done.to(p[n].device).view(-1, 1, 1), p[n], z[n] + beta.to(p[n]).view(-1, 1, 1) * p[n]) for n in p}
-        relative = (_dot(r, r).sqrt() / b_norm).tolist()
-        state.update(x=x, r=r, z=z, p=p, rz=rz_new, iteration=state["iteration"] + 1, passes=state["passes"] + 1)
+        rz_new = _dots(r, z, systems)
+        beta = torch.where(done, zero, rz_new / rz.clamp_min(1e-300))
+        kept = _scaled(beta, p, systems)
+        frozen = {n: done[:, g].view(-1, 1, 1) for g, group in enumerate(systems) for n in group}
+        p = {n: torch.where(frozen[n].to(p[n].device), p[n], z[n] + kept[n]) for n in p}
+        per_system, per_row = relative(r)
+        state.update(x=x, r=r, z=z, p=p, rz=rz_new, iteration=state["iteration"] + 1, passes=state["passes"] + 1,
+                     system_residuals=torch.where(done, state["system_residuals"], per_system))
         for m, name in enumerate(names):
-            state["residuals"][name].append(state["residuals"][name][-1] if done[m] else relative[m])
+            state["residuals"][name].append(per_row[m])
         _check_finite(state, names)
         if on_iteration is not None:
             on_iteration(state)
-    converged = all(state["residuals"][n][-1] <= tolerance for n in names)
+    converged = bool((state["system_residuals"] <= tolerance).all())
     state["stop_reason"] = "tolerance" if converged else "iterations"
     return state["x"], state
 
@@ -251,8 +270,9 @@ def refine_directions(
         if on_iteration is not None:
             on_iteration(current)
 
+    systems = [[m] for m in modules] if product.blocks == "module" else [modules]  # independent of partitions
     x, final = conjugate_gradient(apply_a, precondition, b, names, iterations, tolerance, state=state,
-                                  on_iteration=record)
+                                  on_iteration=record, systems=systems)
     return RefineResult(Directions(names, x), final["residuals"], final["iteration"], final["stop_reason"],
                         final["passes"], int(final.get("examples", seen["examples"])))
 
@@ -283,7 +303,8 @@ def save_refinement_state(path: Any, key: str, state: dict[str, Any]) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    keep = {k: state[k] for k in ("x", "r", "z", "p", "rz", "iteration", "residuals", "passes", "examples") if k in state}
+    keep = {k: state[k] for k in ("x", "r", "z", "p", "rz", "iteration", "residuals", "passes", "examples",
+                                  "system_residuals") if k in state}
     cpu = {k: ({n: t.detach().cpu() for n, t in v.items()} if isinstance(v, dict) and k in ("x", "r", "z", "p")
                else v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in keep.items()}
     tmp = path.with_suffix(".tmp")

@@ -92,9 +92,9 @@ def test_factors_from_another_model_are_refused(tmp_path, tiny_cache):
         trainer3.attribute(build_other, datamodule=dm3)
 
 
-def _run_script(tiny_cache, out, devices: int, partitions: int, tmp_path) -> None:
+def _run_script(tiny_cache, out, devices: int, partitions: int, tmp_path, refine: int = 0) -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tiny_cache), str(out), str(devices), "17", str(partitions), "1"],
+        [sys.executable, str(SCRIPT), str(tiny_cache), str(out), str(devices), "17", str(partitions), "1", str(refine)],
         capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,6 +141,26 @@ def test_ddp_two_ranks_and_two_partitions_match_one_process(tmp_path, tiny_cache
     assert sorted(table["id"]) == sorted(ref_instance.index)  # the shards read as one table, each example once
     part_out = runs["partitions"][3]
     assert (part_out / "partitions.json").exists() and (part_out / "partition-001" / "manifest.json").exists()
+
+
+def test_refined_directions_are_the_same_under_ddp_and_partitions(tmp_path, tiny_cache):
+    """CG refinement (2 iterations, one system per module) gives the same scores on 2 DDP ranks
+    (each rank its shard of every Fisher-vector product, summed) and with 2 module partitions."""
+    import json
+
+    import pandas as pd
+    import torch
+
+    scores = {}
+    for label, devices, partitions in (("single", 1, 1), ("ddp", 2, 1), ("partitions", 1, 2)):
+        out = tmp_path / label
+        _run_script(tiny_cache, out, devices, partitions, tmp_path, refine=2)
+        info = json.loads((out / "scores" / "measurement_info.json").read_text())["answer"]["refinement"]
+        assert info["iterations"] == 2 and info["examples"] == 17 and info["residuals"][2] < info["residuals"][0]
+        scores[label] = pd.read_parquet(out / "scores" / "instance_scores.parquet").set_index("id").sort_index()
+    want = torch.tensor(scores["single"]["score_answer"].to_numpy())
+    for label in ("ddp", "partitions"):
+        assert rel_err(torch.tensor(scores[label]["score_answer"].to_numpy()), want) < 1e-4, label
 
 
 def test_auto_partitions_follow_the_memory_planner():
