@@ -6,7 +6,9 @@ token and sentence scores) is :class:`infra_pl.influence.driver.ScoreRun`, the s
 trainer (:class:`infra_pl.lightning_runner.LightningRunner`). Before any pass (factors included)
 :meth:`preflight` checks the protocol methods each requested product needs, the measurements'
 data, and tags the training traces' behaviours. Afterwards every callback's
-``on_scores_ready(trainer, pl_module, ScoresReady)`` is called.
+``on_scores_ready(trainer, pl_module, ScoresReady)`` is called. With ``index: true`` the instance
+pass also writes the training-gradient index; ``from_index: true`` scores new measurements against
+it without a pass over the training set (token and sentence products need that pass and are off).
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ class InfluenceScores(AttributionStep):
         require_module(pl_module, ["attribution_model", "per_example_loss"], "InfluenceScores")
         require_data(datamodule, ["attribution_ids", "attribution_dataloader"], "InfluenceScores")
         check_streams(self.options.streams, getattr(pl_module, "device", None))
-        if self.options.wants_tokens:
+        detail = not self.options.from_index  # token and sentence scores read the training set again
+        if self.options.wants_tokens and detail:
             require_module(pl_module, ["attribution_logits"], "InfluenceScores token scores",
                            "Or set token_top_k: 0 on InfluenceScores.")
-        if self.options.sentence_top_k > 0:
+        if self.options.sentence_top_k > 0 and detail:
             hint = "Or set sentence_top_k: 0 on InfluenceScores."
             require_module(pl_module, ["attribution_logits"], "InfluenceScores sentence scores", hint)
             require_data(datamodule, ["attribution_example"], "InfluenceScores sentence scores", hint)
@@ -89,7 +92,8 @@ class InfluenceScores(AttributionStep):
         factors_event = trainer.attribution_state.require("factors", "InfluenceScores", "EKFACFactors")
         tags, self._tags = self._tags or self._tag(trainer, datamodule), None
         specs = build_specs(self.measurements, MeasurementContext(trainer, pl_module, datamodule, self.options.batch_size))
-        logits_fn = logits_fn_for(pl_module) if self.options.wants_tokens or self.options.sentence_top_k > 0 else None
+        wants_logits = (self.options.wants_tokens or self.options.sentence_top_k > 0) and not self.options.from_index
+        logits_fn = logits_fn_for(pl_module) if wants_logits else None
         run = ScoreRun(
             self.options, LightningRunner(trainer, pl_module, datamodule), attribution_model(pl_module), datamodule,
             factors_event.factors, specs, self.scores_dir(trainer), tags, loss_fn=loss_fn_for(pl_module),

@@ -6,6 +6,8 @@ Steps (the math is in this package; this module owns order, resume and partition
    gives ∇f and f; the main rank preconditions v = H⁻¹∇f with the group's factors and broadcasts it.
 2. Instance pass over the training set: S(z) = vᵀ∇log p(z), written to Parquet parts as it goes (an
    interrupted pass resumes where it stopped); with partitions, the sum of every group's share.
+   With ``index`` the same pass also writes the training-gradient index
+   (:mod:`infra_pl.influence.index`); with ``from_index`` the index replaces the pass.
 3. Optional pairwise pass: one direction per measured item.
 4. Token pass for the top-K examples per training domain and measurement (Eq. 9); Σ_t s_t = S(z).
 5. Sentence scores (Eq. 7) and joint behaviour removal (Table 2) for the top examples, main rank.
@@ -17,6 +19,7 @@ Lightning for the ``InfluenceScores`` callback); nothing here knows Lightning.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +33,20 @@ from infra_pl.allocator import mmap_large_buffers
 from infra_pl.console import log
 from infra_pl.data.training_tags import Tags
 from infra_pl.ekfac.factors import Factors
+from infra_pl.ekfac.fingerprint import data_fingerprint
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.streams import Streams, split_batch
+from infra_pl.influence.index import (
+    IndexBasis,
+    IndexMismatchError,
+    IndexWriter,
+    TrainingIndex,
+    eigen_basis,
+    factors_digest,
+    index_key,
+    indexed,
+    scores_and_projections,
+)
 from infra_pl.influence.instance import instance_scores, query_directions
 from infra_pl.influence.measurement import Directions, measurement_directions, measurement_gradient
 from infra_pl.influence.options import ScoreOptions
@@ -63,6 +78,15 @@ from infra_pl.runner import InProcessRunner, Pass, Runner
 from infra_pl.scores_store import PartWriter, done_indices, read_parts, write_table
 
 MEASURE, INSTANCE, TOKENS = "influence/measure", "influence/instance", "influence/tokens"
+
+
+@dataclass
+class IndexState:
+    """The index being written by one instance pass: its writer, basis (on the device) and held examples."""
+
+    writer: IndexWriter
+    basis: IndexBasis
+    done: set[int]
 
 
 @dataclass
@@ -101,11 +125,15 @@ class ScoreRun:
         self.partitions = [list(g) for g in partitions] if partitions else [list(factors.modules)]
         named = dict(model.named_modules())
         self.tracked = {name: named[name] for name in factors.modules}
+        self._index: TrainingIndex | None = None  # the index scores come from (from_index)
+        self._written: dict[str, object] | None = None  # what the instance pass wrote into the index (index)
 
     # ------------------------------------------------------------ entry point
     def run(self) -> ScoresReady:
         options, runner, out = self.options, self.runner, self.out
         train_ids = list(self.data.attribution_ids("train"))
+        if options.from_index:  # before any pass: a missing or stale index stops the run at once
+            self._index = self._open_index(train_ids)
         info = {spec.name: dict(spec.info) for spec in self.specs}
         parts = [self._group_directions(group, info) for group in self.partitions]
         names = list(parts[0].directions.names)
@@ -114,13 +142,21 @@ class ScoreRun:
 
         scored = sum_score_frames([
             self._score_training_set(part.tracked, part.directions, out / "instance_parts" / part.suffix, part.key,
-                                     "instance" + part.label)
+                                     "instance" + part.label, index_suffix=part.suffix)
             for part in parts
         ])
         instance_df = with_behaviours(instance_table(self.data, train_ids, scored, names), self.tags.tagged, self.tags.tagger)
         instance_df.attrs["tagger_agreement"] = self.tags.agreement
+        if self._index is not None:  # every output says where its scores come from
+            scored_from = self._index.describe()
+            for entry in info.values():
+                entry["scored_from"] = scored_from
         meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key,
                 "module_partitions": len(parts)}
+        if self._index is not None:
+            meta["scored_from"] = scored_from
+        elif options.index:
+            meta["index"] = self._written
         paths: dict[str, Path | None] = {}
         if runner.is_main:
             paths["instance"] = write_table(out / "instance_scores.parquet", instance_df, meta)
@@ -128,8 +164,11 @@ class ScoreRun:
         if options.pairwise:
             paths["pairwise"] = self._pairwise(parts, meta)
 
+        if self._index is not None and (options.wants_tokens or options.sentence_top_k > 0 or options.removal_top_k > 0):
+            log("from_index: token, sentence and removal scores need the training set; not computed (score "
+                "without from_index for them)")
         token_df = None
-        if options.wants_tokens:
+        if options.wants_tokens and self._index is None:
             token_df = sum_token_frames([self._token_pass(part, self._token_examples(instance_df, names, len(train_ids)),
                                                           train_ids) for part in parts])
             check_token_sums(token_df, instance_df, names)
@@ -137,10 +176,10 @@ class ScoreRun:
                 paths["tokens"] = write_table(out / "token_scores.parquet", token_df, meta)
 
         sentence_df = removal_df = None
-        if runner.is_main and options.sentence_top_k > 0:
+        if runner.is_main and options.sentence_top_k > 0 and self._index is None:
             sentence_df = self._summed_detail("sentence", parts, instance_df, names, ("score_removal", "score_token_sum"))
             paths["sentences"] = write_table(out / "sentence_scores.parquet", sentence_df, meta)
-        if runner.is_main and options.removal_top_k > 0:
+        if runner.is_main and options.removal_top_k > 0 and self._index is None:
             removal_df = self._summed_detail("removal", parts, instance_df, names, (
                 "score_full", "score_without", "score_removal_joint", "score_removal_additive"))
             if len(removal_df):
@@ -265,18 +304,30 @@ class ScoreRun:
 
     # --------------------------------------------------------------- instance
     def _score_training_set(self, tracked: dict[str, nn.Module], directions: Directions, parts: Path, key: str,
-                            what: str) -> pd.DataFrame:
+                            what: str, index_suffix: str | None = None) -> pd.DataFrame:
         """Scores of every training example for ``directions`` (columns ``score_<name>``), resumable.
 
         With several streams the parts of consecutive batches flow through the stream workers
         without waiting for each batch to finish; finished batches are written in loader order from
         the loop's thread, so the parts on disk are the same as with one stream.
+
+        ``index_suffix`` (the instance pass only): with ``index``, the same pass writes this module
+        group's index rows; examples already scored but not yet indexed are passed again (their
+        score rows are not written twice). With ``from_index`` the scores come from the index.
         """
+        if self._index is not None:
+            return self._scores_from_index(directions, what)
         ids = list(self.data.attribution_ids("train"))
         done = done_indices(parts, key)
-        todo = [i for i in range(len(ids)) if i not in done]
+        index = self._index_state(tracked, index_suffix, ids) if self.options.index and index_suffix is not None else None
+        if index is None:
+            todo = [i for i in range(len(ids)) if i not in done]
+        else:
+            todo = [i for i in range(len(ids)) if i not in done or i not in index.done]
         if done:
             log(f"{what} scores: resuming, {len(done)} of {len(ids)} already scored")
+        if index is not None and index.done:
+            log(f"{what} index: resuming, {len(index.done)} of {len(ids)} already indexed")
         if todo:
             on_device = directions.to(self.runner.device)
             names, streams = list(directions.names), self.options.streams
@@ -284,17 +335,34 @@ class ScoreRun:
             pool = Streams(streams, lambda: None) if streams > 1 else None
             in_flight: deque = deque()
 
-            def score(part: Any) -> torch.Tensor:
-                return instance_scores(self.model, part, on_device, tracked, loss_fn=self.loss_fn).detach().cpu()
+            def score(part: Any) -> Any:
+                if index is None:
+                    return instance_scores(self.model, part, on_device, tracked, loss_fn=self.loss_fn).detach().cpu()
+                scores, rows = scores_and_projections(self.model, part, on_device, index.basis, tracked, self.loss_fn)
+                return scores.detach().cpu(), rows.cpu()
 
-            def write(indices: list[int], scores: torch.Tensor) -> None:
+            def write(indices: list[int], result: Any) -> None:
+                if index is None:
+                    scores = result
+                    writer.add({"index": i, "id": ids[i], **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(names)}}
+                               for r, i in enumerate(indices))
+                    return
+                scores, rows = result
                 writer.add({"index": i, "id": ids[i], **{f"score_{n}": float(scores[r, m]) for m, n in enumerate(names)}}
-                           for r, i in enumerate(indices))
+                           for r, i in enumerate(indices) if i not in done)
+                new = [r for r, i in enumerate(indices) if i not in index.done]
+                if new:
+                    index.writer.add([indices[r] for r in new], [ids[indices[r]] for r in new], rows[new])
+
+            def joined(results: list[Any]) -> Any:
+                if index is None:
+                    return torch.cat(results)
+                return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
             def write_finished(wait: bool) -> None:
                 while in_flight and (wait or all(f.done() for f in in_flight[0][1])):
                     indices, futures = in_flight.popleft()
-                    write(indices, torch.cat([f.result() for f in futures]))
+                    write(indices, joined([f.result() for f in futures]))
 
             def step(batch: Any) -> None:
                 indices = batch_indices(batch, "instance scores")
@@ -310,6 +378,8 @@ class ScoreRun:
                     write_finished(wait=True)
                     pool.close()
                 writer.flush()
+                if index is not None:
+                    index.writer.flush()
 
             def abort() -> None:  # an interrupted pass: drop the queued parts (written parts stay)
                 if pool is not None:
@@ -319,10 +389,76 @@ class ScoreRun:
             self.runner.run(Pass(INSTANCE, step, end=end, abort=abort, label=f"{what} scores"),
                             self.data.attribution_dataloader("train", self.options.batch_size, todo))
             self.runner.barrier()
+        if index is not None:
+            self._note_index(index, what, len(ids))
         table = read_parts(parts, key)
         if table is None:
             raise ValueError(f"{what} scores: the training loader yielded no batches (is attribution_dataloader('train') empty?)")
         return table.to_pandas().drop_duplicates("index").set_index("index").sort_index()
+
+    # ------------------------------------------------------------------ index
+    @property
+    def _index_dir(self) -> Path:
+        return Path(self.options.index_dir) if self.options.index_dir else self.out / "index"
+
+    def _index_state(self, tracked: dict[str, nn.Module], suffix: str, ids: list[str]) -> IndexState:
+        """The writer of one module group's index (every rank its own parts) and the examples it holds."""
+        options, factors = self.options, self.factors
+        basis = eigen_basis(factors, options.index_rank, list(tracked))
+        data = data_fingerprint(ids)
+        key = index_key(basis, options.index_dtype, factors.model_fingerprint, data)
+        provenance = {"model_fingerprint": factors.model_fingerprint, "data_fingerprint": data, "n_train": len(ids),
+                      "factors": factors_digest(factors), "fisher": factors.fisher, "damping_rule": factors.damping_rule}
+        directory = self._index_dir / suffix
+        writer = IndexWriter(directory, basis, options.index_dtype, key, provenance, rank=self.runner.rank)
+        self.runner.barrier()  # rank 0's manifest (and removal of stale parts) before any rank counts parts
+        return IndexState(writer, basis.to(self.runner.device), indexed(directory, key))
+
+    def _note_index(self, index: IndexState, what: str, n_train: int) -> None:
+        held = indexed(index.writer.directory, index.writer.key)
+        per_example = index.writer.bytes_per_example
+        described = {"index": str(self._index_dir), "kind": index.basis.kind, "rank": index.basis.rank,
+                     "dtype": index.writer.dtype, "exact": index.basis.full_rank(), "examples": len(held)}
+        written = self._written or {**described, "bytes_per_example": 0}
+        written["bytes_per_example"] = int(written["bytes_per_example"]) + per_example
+        written["examples"] = min(int(written["examples"]), len(held))
+        self._written = written
+        log(f"{what} index: {len(held)} of {n_train} examples in {index.writer.directory} (rank {index.basis.rank}, "
+            f"{index.writer.dtype}, {per_example / 1024:.1f} KiB per example, kept share of the gradients' energy "
+            f"{index.basis.info.get('energy', float('nan')):.3f})")
+
+    def _open_index(self, train_ids: list[str]) -> TrainingIndex:
+        """The stored index, checked against these weights, training ids and modules, and complete."""
+        index = TrainingIndex.open(self._index_dir)
+        index.check(self.factors.model_fingerprint, data_fingerprint(train_ids), len(train_ids))
+        missing = [n for n in self.factors.modules if n not in index.modules]
+        if missing:
+            raise IndexMismatchError(f"the training index under {self._index_dir} has no rows for tracked modules "
+                                     f"{missing}; write it with the same modules (index: true)")
+        held = index.indices()
+        if len(held) < len(train_ids):
+            raise IndexMismatchError(f"the training index under {self._index_dir} holds {len(held)} of "
+                                     f"{len(train_ids)} training examples (an interrupted pass?); run the instance "
+                                     "pass with index: true again to complete it")
+        described = index.describe()
+        log(f"from_index: scoring against the training index {described['index']} ({described['kind']}, rank "
+            f"{described['rank']}{', exact' if described['exact'] else ''}, {described['dtype']}); no pass over the "
+            "training set")
+        return index
+
+    def _scores_from_index(self, directions: Directions, what: str) -> pd.DataFrame:
+        """Scores of every indexed example from the stored rows (main rank; the frame is broadcast)."""
+        assert self._index is not None
+        frame = None
+        if self.runner.is_main:
+            start = time.perf_counter()
+            order, ids, matrix = self._index.scores(directions)
+            frame = pd.DataFrame({"index": order, "id": ids,
+                                  **{f"score_{n}": matrix[:, m] for m, n in enumerate(directions.names)}})
+            frame = frame.set_index("index").sort_index()
+            log(f"{what} scores: from the training index, {len(frame)} examples x {len(directions.names)} "
+                f"measurement(s) in {time.perf_counter() - start:.1f} s")
+        return self.runner.broadcast(frame, src=0)
 
     # --------------------------------------------------------------- pairwise
     def _pairwise(self, parts: list[GroupDirections], meta: dict[str, Any]) -> Path | None:

@@ -80,6 +80,28 @@ class ScoreOptions:
     refine_pairwise: bool = option(False, "refine the per-query directions of ``pairwise`` too (cost grows with the "
                                    "number of queries: every iteration multiplies all of them).")
     refine_seed: int = option(0, "seed of the refinement sample and of its sampled labels.")
+    index: bool = option(False, "during the instance pass (no extra pass), also store every training example's "
+                         "gradient ∇log p(z) compressed in the EK-FAC eigenbasis: per tracked module, the "
+                         "index_rank × index_rank block Q_S,kᵀ G Q_A,k on the top eigenvectors of S and A "
+                         "(``infra_pl.influence.index``), in ``index_dir``. Later measurements are then scored "
+                         "with ``from_index: true`` without another pass over the training set. The instance "
+                         "scores are the same; a stopped pass keeps the parts written and a rerun completes them "
+                         "(turning the index on after a finished run reruns the pass once to fill it).")
+    index_rank: int = option(32, "eigenvectors of S and of A kept per module in the index (k): k_out·k_in = "
+                             "min(k, out)·min(k, in) numbers per module and example. Exact at full rank; the "
+                             "agreement of lower ranks with exact scores and the index size per example: "
+                             "benchmarks/RESULTS.md (``benchmarks/bench_index.py``).")
+    index_dtype: str = option("float16", "storage of the index: ``float16`` (each module's block scaled by its "
+                              "largest magnitude, kept in float32: no overflow) or ``float32`` (twice the size).")
+    index_dir: str | None = option(None, "where the index is written and read (default: ``<output_dir>/index``, "
+                                   "``partition-<k>/`` sub-folders with module partitions).")
+    from_index: bool = option(False, "score the measurements against the stored index instead of a pass over the "
+                              "training set: only the measurement passes run (and refinement, if set), then "
+                              "S(z) ≈ Σ_modules ⟨Q_S,kᵀ v Q_A,k, R_z⟩ for every indexed example. The index must "
+                              "hold every training example and belong to these weights and training ids. Token, "
+                              "sentence and removal scores need the training set and are skipped; pairwise scores "
+                              "are scored from the index too. Every output records that the scores come from the "
+                              "index, at which rank and whether that rank is exact (``scored_from``).")
 
     def __post_init__(self) -> None:
         from infra_pl.ekfac.streams import check_streams
@@ -96,6 +118,13 @@ class ScoreOptions:
             raise ValueError(f"refine_blocks must be 'module' or 'all', got {self.refine_blocks!r}")
         if self.refine_examples is not None and self.refine_examples < 1:
             raise ValueError(f"refine_examples must be positive or null, got {self.refine_examples}")
+        if self.index_rank < 1:
+            raise ValueError(f"index_rank must be positive, got {self.index_rank}")
+        if self.index_dtype not in ("float16", "float32"):
+            raise ValueError(f"index_dtype must be 'float16' or 'float32', got {self.index_dtype!r}")
+        if self.index and self.from_index:
+            raise ValueError("index: true writes the index in an instance pass and from_index: true scores without "
+                             "one: set one of them")
         given = {name: getattr(self, name) for name in DCORRECT_DEFAULTS if getattr(self, name) is not None}
         if self.measurements and given:
             raise ValueError(f"{sorted(given)} configure the default measurement, which is not used when measurements "
