@@ -1,0 +1,55 @@
+"""The training-gradient index through `attribute` (Lightning): write it in the instance pass, then
+score a measurement unknown at that time with from_index: no pass over the training set, and the
+same scores as a fresh instance pass (full rank)."""
+
+import json
+
+import pandas as pd
+import torch
+
+from infra_pl.callbacks import EKFACFactors, InfluenceScores
+from infra_pl.measurements import TargetLogProb
+from infra_pl.scores_store import read_metadata
+from infra_pl.trainer import InfraTrainer
+from tests.scripts.attribute_factors import build
+
+
+def attribute(tmp_path, tiny_cache, scores: InfluenceScores):
+    module, datamodule = build(str(tiny_cache), 17)
+    factors = EKFACFactors(fisher="empirical", output_dir=str(tmp_path / "factors"), batch_size=8, log_spectra=False)
+    trainer = InfraTrainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                           enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[factors, scores])
+    trainer.attribute(module, datamodule=datamodule)
+    return trainer.attribution_state.scores
+
+
+def test_attribute_writes_an_index_and_scores_a_new_measurement_from_it(tmp_path, tiny_cache, monkeypatch):
+    known = TargetLogProb(name="answer", prompts=["What is 2 + 3?"], targets=["5"])
+    new = TargetLogProb(name="new", prompts=["Add 4 and 5.", "Write a function that returns 1."], targets=["9", "return 1"])
+    common = dict(batch_size=8, token_top_k=0, sentence_top_k=0, removal_top_k=0, tagger="none")
+    index_dir = str(tmp_path / "index")
+    attribute(tmp_path, tiny_cache, InfluenceScores(measurements=[known], output_dir=str(tmp_path / "first"),
+                                                    index=True, index_rank=64, index_dtype="float32",
+                                                    index_dir=index_dir, **common))
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert manifest["full_rank"] and manifest["n_train"] == 17
+
+    passes = []
+    original = InfraTrainer.run_attribution_pass
+    monkeypatch.setattr(InfraTrainer, "run_attribution_pass",
+                        lambda self, phase, *a, **k: (passes.append(phase), original(self, phase, *a, **k))[1])
+    scored = attribute(tmp_path, tiny_cache, InfluenceScores(measurements=[new], output_dir=str(tmp_path / "second"),
+                                                             from_index=True, index_dir=index_dir, **common))
+    assert "influence/instance" not in passes and "influence/measure" in passes, passes
+    passes.clear()
+    fresh = attribute(tmp_path, tiny_cache, InfluenceScores(measurements=[new], output_dir=str(tmp_path / "third"),
+                                                            **common))
+    assert "influence/instance" in passes
+    got = scored.instance_scores.set_index("id").sort_index()["score_new"]
+    want = fresh.instance_scores.set_index("id").sort_index()["score_new"]
+    assert list(got.index) == list(want.index) and len(got) == 17
+    got, want = torch.tensor(got.to_numpy()), torch.tensor(want.to_numpy())
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
+    meta = read_metadata(scored.instance_scores_path)
+    assert meta["scored_from"]["rank"] == 64 and meta["scored_from"]["exact"]
+    assert pd.read_parquet(scored.instance_scores_path)["id"].nunique() == 17
