@@ -18,7 +18,7 @@ the runner.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import torch
@@ -126,6 +126,61 @@ class InProcessRunner:
 
     def barrier(self) -> None:
         return None
+
+
+class PassContextRunner:
+    """Another runner's passes, each inside ``context()`` (entered outside the pass's own ``memory``).
+
+    How a driver option that applies to every pass is switched on in one place, e.g.
+    :func:`infra_pl.ekfac.checkpointing.checkpointing_runner`. Everything else goes to ``inner``.
+    """
+
+    def __init__(self, inner: Runner, context: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+        self.inner = inner
+        self.context = context
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    @property
+    def world_size(self) -> int:
+        return self.inner.world_size
+
+    @property
+    def rank(self) -> int:
+        return self.inner.rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.inner.is_main
+
+    def run(self, work: Pass, loader: Iterable[Any]) -> None:
+        own, outer = work.memory, self.context
+
+        @contextlib.contextmanager
+        def memory() -> Iterator[None]:
+            with outer(), own():
+                yield
+
+        self.inner.run(replace(work, memory=memory), loader)
+
+    def all_reduce_sum_(self, tensors: Iterable[torch.Tensor]) -> None:
+        self.inner.all_reduce_sum_(tensors)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self.inner.broadcast(obj, src)
+
+    def broadcast_tensor_(self, tensor: torch.Tensor, src: int) -> None:
+        self.inner.broadcast_tensor_(tensor, src)
+
+    def barrier(self) -> None:
+        self.inner.barrier()
+
+    def __getattr__(self, name: str) -> Any:  # e.g. InProcessRunner.progress
+        if name in ("inner", "context"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 @contextlib.contextmanager

@@ -3,8 +3,17 @@
 Why hooks on the *output tensor* rather than ``register_full_backward_hook``: a tensor hook fires
 whenever autograd computes d(loss)/d(output), whether the caller differentiates with respect to
 the layer outputs, the tracked weights, or calls ``loss.backward()``; and it never touches
-parameter ``.grad``. The drivers in this package call ``torch.autograd.grad`` with the captured
-outputs as inputs, so no weight gradient is ever formed (cheaper, and parameters stay clean).
+parameter ``.grad``. The drivers in this package run ``torch.autograd.backward`` with the outputs'
+gradient edges as ``inputs`` (:meth:`Capture.outputs`), so no weight gradient is ever formed
+(cheaper, and parameters stay clean), and neither the outputs nor their gradients are held for the
+whole backward: ``torch.autograd.grad`` would keep every tracked output's gradient until it returns
+(as much memory as the tracked layers' outputs again, which is what remains once activation
+checkpointing has dropped the saved activations).
+
+Activation checkpointing (:mod:`infra_pl.ekfac.checkpointing`): the backward replays checkpointed
+blocks, which runs their forward hooks again; the hooks record nothing during a replay
+(:func:`~infra_pl.ekfac.checkpointing.is_recomputing`), and the gradients arrive on the original
+forward's outputs, paired with its activations.
 
 All per-layer data is handed to callbacks as soon as it exists instead of being stored, because
 holding every layer's output gradient for a batch at once costs as much memory as the model's
@@ -19,8 +28,10 @@ from typing import Callable, Mapping
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils.hooks import RemovableHandle
 
+from infra_pl.ekfac.checkpointing import is_recomputing
 from infra_pl.ekfac.modules import LayerShape, layer_shape
 from infra_pl.ekfac.precision import is_reduced
 
@@ -67,7 +78,7 @@ class Capture:
         self._handles: list[RemovableHandle] = []
         self._mask: torch.Tensor | None = None
         self._mask_count = 0
-        self._outputs: list[torch.Tensor] = []
+        self._outputs: list[GradientEdge] = []
         self._pending: dict[str, torch.Tensor | None] = {}
         self._done: set[str] = set()
         self._owner: int | None = None
@@ -111,8 +122,10 @@ class Capture:
             # over every activation and gradient per layer (~5% of a factor fit) for nothing.
             self._mask = attention_mask.to(self.dtype) if count < attention_mask.numel() else None
 
-    def outputs(self) -> list[torch.Tensor]:
-        """Outputs of the tracked layers in this forward pass: pass them to ``torch.autograd.grad``."""
+    def outputs(self) -> list[GradientEdge]:
+        """Gradient edges of the tracked layers' outputs in this forward pass: the ``inputs`` of
+        ``torch.autograd.backward`` (or ``torch.autograd.grad``). Edges, not tensors, so the outputs
+        themselves are freed as soon as autograd no longer needs them."""
         return list(self._outputs)
 
     def finish_batch(self) -> None:
@@ -141,6 +154,11 @@ class Capture:
         return None
 
     def _forward_hook(self, name: str, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if is_recomputing():
+            # A checkpointed block replayed in the backward (possibly in autograd's own thread): the
+            # original forward recorded this layer and its gradient arrives on that forward's output.
+            # Only the frozen-model leaf is made again, so the replay saves the tensors the forward saved.
+            return output.detach().requires_grad_(True) if not output.requires_grad else None
         if threading.get_ident() != self._owner:
             return None  # another stream's forward pass: its own Capture records it
         if not torch.is_grad_enabled():
@@ -154,10 +172,12 @@ class Capture:
             activation = self._prepare_activation(name, inputs[0])
         replaced = None
         if not output.requires_grad:
-            # Frozen model: make this output a leaf so gradients still reach the tracked layers.
+            # Frozen model: make this output a leaf so gradients still reach the tracked layers. The
+            # backward accumulates into the leaf's .grad, which is dropped at once (the hook has it).
             output = replaced = output.detach().requires_grad_(True)
+            output.register_post_accumulate_grad_hook(_drop_grad)
         self._pending[name] = activation if self.on_pair is not None else None
-        self._outputs.append(output)
+        self._outputs.append(get_gradient_edge(output))
         output.register_hook(partial(self._backward_hook, name))
         return replaced
 
@@ -204,6 +224,10 @@ class Capture:
     def _count(self, mask: torch.Tensor | None, rows: int) -> int:
         """Real tokens behind ``rows`` flattened positions (all of them when no padding mask applies)."""
         return self._mask_count if mask is not None else rows
+
+
+def _drop_grad(leaf: torch.Tensor) -> None:
+    leaf.grad = None
 
 
 TOKEN_BUCKET = 64

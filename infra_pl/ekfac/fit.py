@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from infra_pl.ekfac.checkpointing import checkpointing_runner
 from infra_pl.ekfac.driver import FactorFit
 from infra_pl.ekfac.factors import Factors
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
@@ -44,6 +45,7 @@ def fit_factors(
     lambda_max_examples: int | float | None = None,
     sample_seed: int = 0,
     strata: Sequence[Any] | None = None,
+    activation_checkpointing: bool = False,
 ) -> Factors:
     """Fit EK-FAC factors of the Fisher of the mean per-sequence training loss.
 
@@ -57,7 +59,8 @@ def fit_factors(
     :meth:`Factors.check_compatible` calls. ``streams``/``compute_dtype``: see
     :class:`~infra_pl.ekfac.options.FactorOptions`. ``output_dir``: write every finished phase
     there, resume an interrupted fit from it, and reuse finished factors whose fingerprints match
-    (``refit=True`` ignores what is there).
+    (``refit=True`` ignores what is there). ``activation_checkpointing``: run both passes with each
+    block checkpointed (:mod:`infra_pl.ekfac.checkpointing`): the same factors, less activation memory.
     """
     options = FactorOptions(
         modules=None if isinstance(modules, Mapping) else (modules if isinstance(modules, (str, type(None))) else list(modules)),
@@ -71,7 +74,8 @@ def fit_factors(
     device = model_device(model)
     check_streams(streams, device)
     tracked = resolve_modules(model, modules)
-    fit = FactorFit(options, InProcessRunner(device, progress=progress), model, loss_fn,
+    runner = checkpointing_runner(InProcessRunner(device, progress=progress), model, activation_checkpointing)
+    fit = FactorFit(options, runner, model, loss_fn,
                     lambda indices: loader if indices is None else rows_of(loader, indices),
                     None if train_ids is None else list(train_ids),
                     output_dir=None if output_dir is None else Path(output_dir), tracked=tracked, strata=strata)

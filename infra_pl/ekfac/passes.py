@@ -84,7 +84,9 @@ def capture_pass(
 
     The gradient of the *sum* of per-sequence losses is what makes each token's output gradient
     belong to exactly one sequence, so per-sequence gradients are plain sums over its tokens.
-    Must be called inside ``with capture:``.
+    Must be called inside ``with capture:``. The backward runs to the tracked outputs' gradient
+    edges only (``torch.autograd.backward`` with ``inputs``): no weight ``.grad`` is written and,
+    unlike ``torch.autograd.grad``, no output gradient is kept once its hook has run.
     """
     batch = batch_to_device(batch, model_device(model))
     capture.start_batch(batch.get("attention_mask"), batch.get("labels"))
@@ -94,8 +96,12 @@ def capture_pass(
             raise ValueError(f"loss_fn must return one loss per sequence (shape [B]), got {tuple(losses.shape)}")
         outputs = capture.outputs()
         if not outputs:
-            raise RuntimeError("no tracked module ran in the forward pass; check the module selection")
-        torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+            raise RuntimeError(
+                "no tracked module ran in the forward pass with gradients enabled; check the module selection "
+                "(reentrant activation checkpointing runs the forward without gradients: use use_reentrant=False, "
+                "or infra_pl.ekfac.checkpointing.activation_checkpointing)"
+            )
+        torch.autograd.backward(losses.sum(), inputs=outputs)
     capture.finish_batch()
     return losses.detach()
 
