@@ -15,13 +15,16 @@ and batch (both exist before the baseline) against the measured increase.
 
 Usage::
 
-    python benchmarks/planner_check.py                  # every config and phase (~3-6 min on 2 cores)
+    python benchmarks/planner_check.py                  # every config and phase (~6-10 min on 2 cores)
     python benchmarks/planner_check.py --configs vocab --phases "covariance pass"
+    python benchmarks/planner_check.py --configs mlp-ckpt wide-ckpt --phases "covariance pass" "lambda pass" \
+        "measurement pass" "instance scores"          # activation checkpointing (gradient passes)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -52,7 +55,8 @@ from infra_pl.planner.estimate import (  # noqa: E402
 )
 
 # Small Llama configs that stress different terms: saved activations with GQA and padding ("mlp"),
-# the [B, T, vocab] logits chain ("vocab"), factor and eigendecomposition sizes in bf16 ("wide").
+# the [B, T, vocab] logits chain ("vocab"), factor and eigendecomposition sizes in bf16 ("wide"),
+# and the gradient passes with every block checkpointed ("mlp-ckpt", "wide-ckpt": infra_pl.ekfac.checkpointing).
 CONFIGS: dict[str, dict[str, Any]] = {
     "mlp": {
         "model": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -70,6 +74,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "dtype": "bfloat16", "batch_size": 2, "seq_len": 128, "measurements": 2, "padding": False,
     },
 }
+CONFIGS["mlp-ckpt"] = {**CONFIGS["mlp"], "checkpointing": True}
+CONFIGS["wide-ckpt"] = {**CONFIGS["wide"], "seq_len": 512, "checkpointing": True}
 N_BATCHES = 2
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
 
@@ -91,6 +97,7 @@ def settings_of(spec: dict[str, Any]) -> Settings:
         batch_size=spec["batch_size"], seq_len=spec["seq_len"], measurements=spec["measurements"],
         padding=spec["padding"], fisher="true", keep_covariance=False,
         compute_dtype=getattr(torch, spec["compute_dtype"]) if spec.get("compute_dtype") else None,
+        activation_checkpointing=bool(spec.get("checkpointing")),
     )
 
 
@@ -134,11 +141,12 @@ def warm_up(model: torch.nn.Module, tracked: dict, shapes: dict, m: int, phase: 
 
 def run_phase(spec: dict[str, Any], phase: str) -> dict[str, float]:
     """Measure one phase in this (fresh) process: peak RSS increase over the post-setup baseline."""
-    from infra_pl.ekfac import CovarianceAccumulator, EigenBasis, LambdaAccumulator, eigendecompose, find_tracked_modules
+    from infra_pl.ekfac import EigenBasis, find_tracked_modules
+    from infra_pl.ekfac.checkpointing import activation_checkpointing
     from infra_pl.ekfac.covariance import CovarianceState
     from infra_pl.ekfac.factors import Factors, ModuleFactors
     from infra_pl.ekfac.modules import layer_shape
-    from infra_pl.influence import Directions, instance_scores, measurement_directions, measurement_gradient, token_scores
+    from infra_pl.influence import Directions
 
     torch.set_num_threads(1)
     model = build_model(spec)
@@ -183,6 +191,20 @@ def run_phase(spec: dict[str, Any], phase: str) -> dict[str, float]:
         raise RuntimeError("/proc/self/clear_refs is not writable: cannot reset the RSS high-water mark")
 
     start = time.perf_counter()
+    with activation_checkpointing(model) if spec.get("checkpointing") else contextlib.nullcontext():
+        run_library_phase(phase, spec, model, batches, tracked, inputs, m)
+    seconds = time.perf_counter() - start
+    peak = current_peak_mb()
+    return {"measured_mb": peak - baseline, "seconds": seconds, "baseline_mb": baseline}
+
+
+def run_library_phase(phase: str, spec: dict[str, Any], model: torch.nn.Module, batches: list, tracked: dict,
+                      inputs: dict[str, Any], m: int) -> None:
+    """The real library phase over the batches (its results are kept alive until it returns)."""
+    from infra_pl.ekfac import CovarianceAccumulator, LambdaAccumulator, eigendecompose
+    from infra_pl.influence import instance_scores, measurement_directions, measurement_gradient, token_scores
+
+    f32 = torch.float32
     if phase == COVARIANCE:
         acc = CovarianceAccumulator(model, tracked, fisher="true", dtype=f32, compute_dtype=spec.get("compute_dtype"))
         for batch in batches:
@@ -207,9 +229,6 @@ def run_phase(spec: dict[str, Any], phase: str) -> dict[str, float]:
             token_scores(model, batch, inputs["directions"], tracked)
     else:
         raise ValueError(f"unknown phase {phase!r}")
-    seconds = time.perf_counter() - start
-    peak = current_peak_mb()
-    return {"measured_mb": peak - baseline, "seconds": seconds, "baseline_mb": baseline}
 
 
 # ----------------------------------------------------------------------------------------- parent

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload-covariance", action="store_true",
                    help="A and S leave the device after the eigendecomposition (default: they stay, as the callbacks "
                         "do now, through the lambda pass and preconditioning).")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="the gradient passes checkpoint every decoder block (EKFACFactors / InfluenceScores "
+                        "activation_checkpointing): only each block's input is kept, one block is replayed at a time.")
     p.add_argument("--lora", type=_lora, default=None,
                    help="LoRA adapters, e.g. r=16,alpha=32,targets=gate_proj+up_proj+down_proj (tracks the adapters).")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (partitions as lists of module names).")
@@ -95,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         padding=args.padding,
         keep_covariance=not args.offload_covariance,
         compute_dtype=args.compute_dtype,
+        activation_checkpointing=args.activation_checkpointing,
     )
     est = estimate_from_config(args.model_config, settings, dtype=args.dtype, modules=args.modules, lora=args.lora)
     plan, budget = None, None

@@ -8,14 +8,16 @@ for a group P of tracked modules (a *partition*: the phase handles only P's fact
 directions; the model's own forward/backward is the same for every group):
 
 * ``fixed``: held for the whole phase whatever P is: the weights (+ LoRA adapters), the batch,
-  and in gradient passes the activations autograd saves for the backward.
+  and in gradient passes the activations autograd saves for the backward (with activation
+  checkpointing only each decoder block's input and what lies outside the blocks).
 * ``fixed_transient``: short-lived buffers that peak while no tracked module's hook runs: the
   logits chain around the loss (gradient passes) or the forward-mode working set (token pass).
 * ``resident[m]``: held for module m for the whole phase: factor sums, eigenvectors, Λ, measurement
   directions, and in hooked passes m's captured layer input until its backward hook consumes it.
 * ``transient[m]``: buffers of m's own hook (gradient copies, rotations, contractions) or of m's
   eigendecomposition; one module at a time, on top of ``hook_overhead`` (the autograd gradient
-  buffers alive while a hook runs).
+  buffers alive while a hook runs, plus, with activation checkpointing, the saved tensors of the
+  one block whose replay is running).
 
 The byte counts follow the code of ``infra_pl.ekfac`` / ``infra_pl.influence`` and HF's Llama /
 Qwen2 / Mistral decoder op by op; each term's docstring or comment says which tensors it is.
@@ -74,6 +76,10 @@ class Settings:
             callbacks do now (``EKFACFactors`` keeps the covariance state through the lambda pass,
             ``InfluenceScores`` preconditions with a ``Factors`` that carries A and S). False when
             they are moved off the device: neither the lambda pass nor preconditioning reads them.
+        activation_checkpointing: the gradient passes run with every decoder block checkpointed
+            (:mod:`infra_pl.ekfac.checkpointing`): the forward keeps each block's input, and the
+            backward rebuilds one block's saved tensors at a time (:func:`saved_activation_bytes`,
+            :func:`replayed_block_bytes`). The token pass (no backward) is unchanged.
     """
 
     batch_size: int = 1
@@ -84,6 +90,7 @@ class Settings:
     padding: bool = False
     keep_covariance: bool = True
     compute_dtype: torch.dtype | None = None
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.seq_len < 2:
@@ -168,7 +175,31 @@ def saved_activation_bytes(arch: Architecture, settings: Settings, s: int, froze
     Nothing before the first adapter is recorded either (part of layer 0); counting it anyway makes
     the frozen estimate an upper bound by less than one layer.
     Not counted: eager attention (it would keep the [B, heads, T, T] probabilities).
+
+    With ``settings.activation_checkpointing`` this is what the forward keeps for the whole
+    backward: each block's input (the checkpoint's saved argument, sH per token and layer), the
+    final norm and lm_head input as above, and, held by the checkpointed blocks for their replays,
+    the rotary cos/sin and with padding the boolean [B, 1, T, T] mask (1 byte per element). The
+    block being replayed adds :func:`replayed_block_bytes` during its backward.
     """
+    layer, outside, shared = _activation_terms(arch, settings, s, frozen)
+    if settings.activation_checkpointing:
+        mask = settings.batch_size * settings.seq_len**2 if settings.padding else 0
+        return arch.layers * settings.tokens * arch.hidden * s + outside + shared + mask
+    return arch.layers * layer + outside + shared
+
+
+def replayed_block_bytes(arch: Architecture, settings: Settings, s: int, frozen: bool = False) -> int:
+    """Saved tensors of the one decoder block whose replay runs in a checkpointed backward (0 without
+    checkpointing): one layer's share of :func:`saved_activation_bytes` without checkpointing."""
+    if not settings.activation_checkpointing:
+        return 0
+    return _activation_terms(arch, settings, s, frozen)[0]
+
+
+def _activation_terms(arch: Architecture, settings: Settings, s: int, frozen: bool) -> tuple[int, int, int]:
+    """(one decoder layer's saved bytes, bytes saved after the last layer, the rotary cos/sin) for the batch;
+    the terms are those of :func:`saved_activation_bytes`."""
     h, i, q = arch.hidden, arch.intermediate, arch.q_width
     kv = q if (settings.padding and arch.kv_heads < arch.heads) else arch.kv_width
     weighted = 0 if frozen else s * h  # the norm's input to the weight product; the projections' inputs
@@ -176,11 +207,10 @@ def saved_activation_bytes(arch: Architecture, settings: Settings, s: int, froze
     attention = s * (q + 2 * kv) + s * q + 4 * arch.heads
     mlp = (3 if frozen else 4) * s * i
     per_layer = 2 * norm + 2 * weighted + attention + mlp
-    per_token = arch.layers * per_layer + norm + weighted
-    total = settings.tokens * per_token + 2 * settings.seq_len * arch.head_dim * s
+    layer = settings.tokens * per_layer
     if settings.padding:
-        total += arch.layers * settings.batch_size * settings.seq_len**2 * s
-    return total
+        layer += settings.batch_size * settings.seq_len**2 * s
+    return layer, settings.tokens * (norm + weighted), 2 * settings.seq_len * arch.head_dim * s
 
 
 # The tensor a base projection reads, for sharing one saved input between adapters (frozen base):
@@ -297,9 +327,14 @@ def _capture_copies(module: TrackedModule, settings: Settings, f: int) -> tuple[
 
 def _pending_bytes(module: TrackedModule, settings: Settings, f: int) -> int:
     """The captured layer input that Capture keeps from the forward until m's backward hook
-    (``on_pair`` phases): one float [B, T, in(+1)] tensor when a copy is made at all."""
+    (``on_pair`` phases): one float [B, T, in(+1)] tensor when a copy is made at all. Without a copy
+    it is the layer input itself, which autograd saves anyway, except under activation
+    checkpointing: then the capture alone keeps it (layers reading one input, like gate and up, are
+    each counted: an upper bound)."""
     copies_in, _ = _capture_copies(module, settings, f)
-    return settings.tokens * module.in_dim * f if copies_in else 0
+    if copies_in:
+        return settings.tokens * module.in_dim * f
+    return settings.tokens * module.in_dim * module.dtype_bytes if settings.activation_checkpointing else 0
 
 
 def _input_copy_bytes(module: TrackedModule, settings: Settings, f: int) -> int:
@@ -374,10 +409,16 @@ def estimate(
     batch = 3 * n * INT64  # input_ids, attention_mask, labels
     # Frozen base weights (a LoRA model): autograd keeps fewer inputs (see saved_activation_bytes).
     frozen = any(not p.requires_grad for p in model.parameters()) and any(p.requires_grad for p in model.parameters())
-    activations = saved_activation_bytes(arch, settings, s, frozen) + lora_activation_bytes(model, settings, frozen)
+    lora = lora_activation_bytes(model, settings, frozen)
+    replayed = 0
+    if settings.activation_checkpointing:  # the adapters' inputs live inside the blocks: one layer's share is replayed
+        activations = saved_activation_bytes(arch, settings, s, frozen)
+        replayed = replayed_block_bytes(arch, settings, s, frozen) + -(-lora // arch.layers)
+    else:
+        activations = saved_activation_bytes(arch, settings, s, frozen) + lora
     grad_fixed = {"weights": weights, "batch": batch, "saved activations": activations}
     logits = {"logits chain": logits_chain_bytes(arch, settings, s)}
-    working = backward_working_bytes(arch, settings, s)
+    working = backward_working_bytes(arch, settings, s) + replayed
 
     def per_module(fn: Any) -> dict[str, int]:
         return {mod.name: int(fn(mod)) for mod in tracked}
@@ -478,6 +519,7 @@ def estimate(
         "Lambda (out x in)": sum(matrix(mod) for mod in tracked),
         f"directions ({m} x out x in)": sum(m * matrix(mod) for mod in tracked),
         "saved activations per batch": activations,
+        **({"replayed block (activation checkpointing)": replayed} if settings.activation_checkpointing else {}),
         "logits chain per batch": logits["logits chain"],
         "captured inputs per batch": sum(_pending_bytes(mod, settings, f) for mod in tracked),
         "largest eigh workspace (float64)": max(_eigh_bytes(mod) for mod in tracked),

@@ -33,7 +33,8 @@ def plan_table(estimate: Estimate, plan: Plan | None, budget: int | None = None)
         f"{sum(m.weight_elements for m in estimate.modules) / 1e9:.2f}B weights; factors in {_dtype(s.factor_dtype)}; "
         f"batch {s.batch_size} x {s.seq_len} tokens{' (padded)' if s.padding else ''}; "
         f"{s.measurements} measurement(s); {s.fisher} Fisher; "
-        f"A and S {'kept on the device' if s.keep_covariance else 'off the device'} after the eigendecomposition",
+        f"A and S {'kept on the device' if s.keep_covariance else 'off the device'} after the eigendecomposition"
+        + ("; activation checkpointing" if s.activation_checkpointing else ""),
     ]
     if budget is not None and plan is not None:
         lines.append(f"budget {format_bytes(budget)} per device, {format_bytes(plan.budget)} usable after headroom")
@@ -77,6 +78,7 @@ def plan_json(estimate: Estimate, plan: Plan | None) -> dict[str, Any]:
             "fisher": s.fisher,
             "padding": s.padding,
             "keep_covariance": s.keep_covariance,
+            "activation_checkpointing": s.activation_checkpointing,
         },
         "modules": estimate.module_names,
         "sizes": estimate.sizes,
