@@ -300,6 +300,38 @@ def test_lora_instance_scores_equal():
         assert_same(grads_ck[name], grads["a"][name])
 
 
+def test_score_driver_under_checkpointing(tmp_path):
+    """The whole scoring run (measurement pass, refinement's Fisher-vector products, instance and
+    token passes) inside activation_checkpointing: how ScoreRun.run applies the option."""
+    from infra_pl.influence.driver import compute_scores
+    from infra_pl.influence.options import ScoreOptions
+    from infra_pl.measurements import MeasurementSpec
+    from tests.test_drivers import Data
+
+    model = tiny_llama()
+    batches = make_batches([[10, 7, 9], [8, 10, 6]])
+    factors = fit_factors(model, [{k: v for k, v in b.items() if k != "index"} for b in batches], progress=False)
+    spec = MeasurementSpec("q", make_batches([[9, 8]], seed=7))
+    options = dict(token_all=True, sentence_top_k=0, removal_top_k=0, refine_iterations=2, refine_examples=None,
+                   refine_tolerance=1e-12)
+
+    def scores(folder: str):
+        return compute_scores(model, Data(batches), factors, [spec], tmp_path / folder, ScoreOptions(**options),
+                              progress=False)
+
+    plain = scores("plain")
+    replays = []
+    handle = model.model.layers[0].mlp.gate_proj.register_forward_hook(lambda *_: replays.append(is_recomputing()))
+    with activation_checkpointing(model):
+        ck = scores("ckpt")
+    handle.remove()
+    assert any(replays)  # the passes really ran checkpointed
+    assert_same(torch.tensor(ck.instance_scores["score_q"].to_numpy()), torch.tensor(plain.instance_scores["score_q"].to_numpy()))
+    assert_same(torch.tensor(ck.token_scores["score"].to_numpy()), torch.tensor(plain.token_scores["score"].to_numpy()))
+    residuals = [torch.tensor(r.measurement_info["q"]["refinement"]["residuals"]) for r in (ck, plain)]
+    assert_same(*residuals)
+
+
 # ------------------------------------------------------------------------- wiring and errors
 def test_runner_checkpoints_every_pass(setup):
     model, _, batches = setup
