@@ -154,7 +154,7 @@ def on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.
 # ------------------------------------------------------------------------------------------- steps
 def sft(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], steps: int, device: torch.device) -> None:
     """A few AdamW steps with the project's SFT loss (optimizer freed afterwards)."""
-    from infra_pl.losses import mean_token_nll
+    from infra_pl.log_likelihood import mean_token_nll
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -171,7 +171,7 @@ def sft(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], steps: i
 
 def plain_epoch(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> None:
     """The time unit: one ordinary forward + backward over the training sequences."""
-    from infra_pl.losses import mean_token_nll
+    from infra_pl.log_likelihood import mean_token_nll
 
     for batch in batches:
         batch = on(batch, device)

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from infra_pl.console import log as _log
-from infra_pl.data.tokenize import IGNORE_INDEX, collate_padded, tokenize_chat
+from infra_pl.data.chat_encoding import IGNORE_INDEX, collate_padded, tokenize_chat
 from infra_pl.eval.dcorrect import latest_correctness_file, read_correctness, select_measurement_sets
 from infra_pl.protocol import ProtocolError, require_data
 

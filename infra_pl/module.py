@@ -25,8 +25,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from infra_pl.ekfac.loss import sample_target_labels
 from infra_pl.eval.sandbox import SandboxLimits
 from infra_pl.eval.scoring import Verdict, score_generations
-from infra_pl.losses import mean_token_nll, per_example_nll, target_log_probs
-from infra_pl.models import LoraOptions, apply_lora, build_causal_lm
+from infra_pl.log_likelihood import mean_token_nll, per_example_nll, target_log_probs
+from infra_pl.model_builder import LoraOptions, apply_lora, build_causal_lm
 from infra_pl.schedule import ProgressClock, warmup_cosine
 
 DOMAINS = ("math", "code")

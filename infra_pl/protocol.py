@@ -50,7 +50,7 @@ from torch import nn
 
 from infra_pl.ekfac.loss import LossFn, sample_target_labels
 from infra_pl.influence.tokens import LogitsFn
-from infra_pl.losses import per_example_nll
+from infra_pl.log_likelihood import per_example_nll
 
 Batch = Mapping[str, Any]
 
@@ -91,7 +91,7 @@ class TokenAttributable(Protocol):
 
     Targets are ``batch["labels"][:, 1:]`` (``-100`` = not a target), the layout of Hugging Face
     causal LMs; the per-token log-probabilities log p(z_t | z_<t) of token scores (Eq. 9) are
-    ``infra_pl.losses.target_log_probs(logits, labels)``. They must sum to −``per_example_loss``
+    ``infra_pl.log_likelihood.target_log_probs(logits, labels)``. They must sum to −``per_example_loss``
     for token scores to sum to the instance score (checked and printed on every run).
     """
 

@@ -3,7 +3,7 @@
 import lightning as L
 import torch
 
-from infra_pl.models import LoraOptions
+from infra_pl.model_builder import LoraOptions
 from infra_pl.module import SFTModule
 from tests.conftest import TINY_MODEL
 

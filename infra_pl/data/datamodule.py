@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from infra_pl.curate import CurateOptions, Curation, write_curation
 from infra_pl.curate import curate as apply_curation
 from infra_pl.data.batching import FixedBatches, LengthGroupedBatchSampler, token_budget_batches
+from infra_pl.data.chat_encoding import TruncationStats, collate_padded, tokenize_chat
 from infra_pl.data.difficulty import DifficultyOptions, apply_difficulty
 from infra_pl.data.exploration import remove_exploration as cut_exploration
 from infra_pl.data.flip import FlipOptions, apply_flip, write_difficulty_histograms
 from infra_pl.data.schema import BEHAVIOURS, DataError
 from infra_pl.data.sources import Source, load_source
-from infra_pl.data.tokenize import TruncationStats, collate_padded, tokenize_chat
 
 
 @dataclass

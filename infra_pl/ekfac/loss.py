@@ -17,8 +17,8 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
-from infra_pl.data.tokenize import IGNORE_INDEX
-from infra_pl.losses import per_example_nll
+from infra_pl.data.chat_encoding import IGNORE_INDEX
+from infra_pl.log_likelihood import per_example_nll
 
 
 class LossFn(Protocol):
@@ -92,7 +92,7 @@ def causal_lm_logits(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor
 def causal_lm_loss(model: nn.Module, batch: Mapping[str, Any], sample_labels: bool) -> torch.Tensor:
     """Default loss for Hugging Face causal LMs: summed target-token NLL per sequence, shape [B].
 
-    Logits are upcast to float32 inside :func:`infra_pl.losses.per_example_nll` (the same
+    Logits are upcast to float32 inside :func:`infra_pl.log_likelihood.per_example_nll` (the same
     definition SFT and the measurement use), so a bf16 model does not lose precision in the
     log-softmax.
     """

@@ -140,7 +140,7 @@ def token_sums(model, tokenizer, messages, max_length, directions, tracked, logi
     Computed here (not inside ``sentence_scores``) so it runs through the module's own
     ``attribution_logits``, whatever network that is.
     """
-    from infra_pl.data.tokenize import collate_padded, tokenize_chat
+    from infra_pl.data.chat_encoding import collate_padded, tokenize_chat
     from infra_pl.influence import token_scores
 
     tokenized = tokenize_chat(tokenizer, messages, max_length)

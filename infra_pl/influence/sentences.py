@@ -26,8 +26,8 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
+from infra_pl.data.chat_encoding import IGNORE_INDEX, TokenizedExample, collate_padded, tokenize_chat
 from infra_pl.data.sentences import Sentence, remove_span, remove_spans
-from infra_pl.data.tokenize import IGNORE_INDEX, TokenizedExample, collate_padded, tokenize_chat
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.influence.instance import instance_scores
 from infra_pl.influence.measurement import Directions, Modules
@@ -127,7 +127,7 @@ def token_spans_for_sentences(
 ) -> list[list[int]]:
     """For each sentence of ``messages[assistant_turn_index]["content"]``, its target positions.
 
-    Positions index the output of :func:`infra_pl.losses.target_log_probs` (and of
+    Positions index the output of :func:`infra_pl.log_likelihood.target_log_probs` (and of
     :func:`token_scores`): position p scores input token p+1. Only target tokens (label ≠ -100)
     within ``max_length`` are listed. ``assistant_turn_index`` indexes ``messages`` (default: the
     last assistant message).

@@ -55,7 +55,7 @@ from infra_pl.ekfac.passes import batch_to_device, eval_mode, model_device
 from infra_pl.influence.instance import position_contributions
 from infra_pl.influence.measurement import Directions, Modules
 from infra_pl.influence.packing import PackedResults
-from infra_pl.losses import target_log_probs
+from infra_pl.log_likelihood import target_log_probs
 
 LogitsFn = Callable[[nn.Module, Mapping[str, Any]], torch.Tensor]
 
@@ -183,7 +183,7 @@ def token_scores(
 ) -> torch.Tensor:
     """Eq. 9 target-token scores s_t = v_mᵀ∇log p(z_t | z_<t): [M, B, T-1], float32.
 
-    Position t is aligned with :func:`infra_pl.losses.target_log_probs`: it scores the label at
+    Position t is aligned with :func:`infra_pl.log_likelihood.target_log_probs`: it scores the label at
     input position t+1 (predicted from tokens ≤ t); non-targets and padding are exactly 0.
     Σ_t s_t equals :func:`instance_scores` for the same sequence. One JVP per measurement: a
     forward-AD dual-tensor pass each for up to ``DUAL_LOOP_MAX_DIRECTIONS`` directions, else all M

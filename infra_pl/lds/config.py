@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from infra_pl.models import DEMO_MODEL_CONFIG
+from infra_pl.model_builder import DEMO_MODEL_CONFIG
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from infra_pl.data.tokenize import collate_padded
+from infra_pl.data.chat_encoding import collate_padded
 from infra_pl.eval.sandbox import SandboxLimits
 from infra_pl.eval.scoring import score_generations
 from infra_pl.lds.data import LDSData, chunks

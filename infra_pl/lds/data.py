@@ -13,11 +13,11 @@ from typing import Any, Iterator, Sequence
 
 from torch.utils.data import DataLoader
 
+from infra_pl.data.chat_encoding import collate_padded, tokenize_chat
 from infra_pl.data.datamodule import DemoOptions, ReasoningDataModule
 from infra_pl.data.demo import ensure_demo
 from infra_pl.data.schema import DataError
 from infra_pl.data.sources import Source, load_source
-from infra_pl.data.tokenize import collate_padded, tokenize_chat
 from infra_pl.lds.config import LDSSetting
 
 Feature = dict[str, Any]

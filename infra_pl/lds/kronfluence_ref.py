@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from infra_pl.data.tokenize import collate_padded
+from infra_pl.data.chat_encoding import collate_padded
 from infra_pl.ekfac.loss import causal_lm_loss
 
 

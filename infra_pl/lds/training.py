@@ -2,7 +2,7 @@
 
 Why a plain loop instead of a Lightning ``Trainer``: an LDS run trains dozens of models, and each
 must be a pure function of (initial weights, example subset, seed). The loop below is the SFT
-recipe of ``SFTModule`` -- the same token-mean NLL (:func:`infra_pl.losses.mean_token_nll`),
+recipe of ``SFTModule`` -- the same token-mean NLL (:func:`infra_pl.log_likelihood.mean_token_nll`),
 AdamW with the same parameter groups, linear warmup + cosine (:func:`infra_pl.schedule.warmup_cosine`),
 gradient clipping, and the same length-grouped batches as ``fit`` -- with a fixed number of steps
 and no wall-clock budget, logging or checkpoint I/O, so nothing but the data and the seed varies.
@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from infra_pl.data.batching import LengthGroupedBatchSampler
-from infra_pl.data.tokenize import collate_padded
+from infra_pl.data.chat_encoding import collate_padded
 from infra_pl.ekfac.loss import causal_lm_loss
 from infra_pl.ekfac.passes import eval_mode
 from infra_pl.lds.config import LDSSetting, TrainRecipe
-from infra_pl.losses import mean_token_nll
-from infra_pl.models import build_causal_lm
+from infra_pl.log_likelihood import mean_token_nll
+from infra_pl.model_builder import build_causal_lm
 from infra_pl.schedule import warmup_cosine
 
 

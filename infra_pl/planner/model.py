@@ -57,7 +57,7 @@ def meta_model(
     """The causal LM of ``config`` with every parameter on ``meta`` (no storage), in ``dtype``.
 
     ``lora``: ``{"r": 16, "alpha": 32, "target_modules": [...]}`` wraps the model with peft LoRA
-    adapters the way :func:`infra_pl.models.apply_lora` does (peft keeps adapter weights in float32
+    adapters the way :func:`infra_pl.model_builder.apply_lora` does (peft keeps adapter weights in float32
     on a bf16 model, and so does the meta model).
     """
     from transformers import AutoModelForCausalLM
@@ -65,7 +65,7 @@ def meta_model(
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         if lora:
-            from infra_pl.models import LoraOptions, apply_lora
+            from infra_pl.model_builder import LoraOptions, apply_lora
 
             model = apply_lora(model, LoraOptions(**dict(lora)))
     model.config.use_cache = False

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from infra_pl.data.chat_encoding import IGNORE_INDEX, tokenize_chat
 from infra_pl.data.schema import RowLocation, validate_examples
 from infra_pl.data.sources import ADAPTERS, Source, load_source, read_raw_rows
-from infra_pl.data.tokenize import IGNORE_INDEX, tokenize_chat
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hub"
 

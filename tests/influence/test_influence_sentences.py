@@ -6,8 +6,8 @@ import pytest
 import torch
 from influence_helpers import tiny_llama
 
+from infra_pl.data.chat_encoding import collate_padded, tokenize_chat
 from infra_pl.data.sentences import remove_span, split_sentences
-from infra_pl.data.tokenize import collate_padded, tokenize_chat
 from infra_pl.ekfac import find_tracked_modules, layer_shape
 from infra_pl.influence import (
     Directions,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from infra_pl.data.tokenize import IGNORE_INDEX, collate_padded
+from infra_pl.data.chat_encoding import IGNORE_INDEX, collate_padded
 
 VOCAB = 40
 PAD = 0

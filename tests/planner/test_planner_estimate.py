@@ -197,7 +197,7 @@ def test_lora_tracks_the_adapters_and_counts_their_inputs():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_lora_saved_activations_bound_autograd_within_one_layer(targets, dtype):
     """Frozen base + adapters: the estimate is autograd's saved bytes plus at most layer 0's share."""
-    from infra_pl.models import LoraOptions, apply_lora
+    from infra_pl.model_builder import LoraOptions, apply_lora
 
     options = LoraOptions(r=4, alpha=8) if targets is None else LoraOptions(r=4, alpha=8, target_modules=targets)
     model = apply_lora(tiny_llama(dtype), options)

@@ -1,4 +1,4 @@
-from infra_pl.data.tokenize import IGNORE_INDEX, collate_padded, tokenize_chat
+from infra_pl.data.chat_encoding import IGNORE_INDEX, collate_padded, tokenize_chat
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant that reasons step by step."},

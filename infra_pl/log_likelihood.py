@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from infra_pl.data.tokenize import IGNORE_INDEX
+from infra_pl.data.chat_encoding import IGNORE_INDEX
 
 
 def target_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

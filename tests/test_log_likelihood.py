@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from infra_pl.losses import mean_token_nll, next_token_targets, per_example_nll, target_log_probs
+from infra_pl.log_likelihood import mean_token_nll, next_token_targets, per_example_nll, target_log_probs
 
 
 def _case(seed: int = 0):
