@@ -98,6 +98,30 @@ def method_scores(ctx: ScoringContext, factors, preconditioner, iterations: int 
     return scores, seconds
 
 
+def measurement_cost(ctx: ScoringContext, factors, groups: dict[str, list[int]], iterations: list[int],
+                     epoch: float) -> list[str]:
+    """Seconds and epoch-equivalents of refining the M = 2 domain directions (what ``attribute`` refines)."""
+    from infra_pl.influence.measurement import Directions
+
+    queries = _by_length(ctx.query_features())
+    grads = query_directions(ctx.model, ctx.data.batches(queries, ctx.batch_size), IdentityPreconditioner(),
+                             modules=ctx.modules)
+    row_of = {f["index"]: k for k, f in enumerate(queries)}
+    means = {name: {m: grads.per_module[m][[row_of[ctx.query_indices[i]] for i in rows]].mean(0) for m in ctx.modules}
+             for name, rows in groups.items()}
+    b = Directions(list(means), {m: torch.stack([means[n][m] for n in means]) for m in ctx.modules})
+    loader = lambda: ctx.data.batches(_by_length(ctx.data.train_features), ctx.batch_size)  # noqa: E731
+    lines = []
+    for k in iterations:
+        product = FisherProduct(ctx.model, ctx.modules, causal_lm_loss, "empirical")
+        start = time.perf_counter()
+        result = refine_directions(InProcessRunner(progress=False), loader, factors, product, b, k, 0.0)
+        seconds = time.perf_counter() - start
+        residual = ", ".join(f"{n} {r[-1]:.3f}" for n, r in result.residuals.items())
+        lines.append(f"| {k} | {result.passes} | {seconds:.1f} | {seconds / epoch:.2f} | {residual} |")
+    return lines
+
+
 def epoch_seconds(ctx: ScoringContext) -> float:
     """One plain forward + backward (parameter gradients) over the training set."""
     start = time.perf_counter()
@@ -139,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--intermediate", type=int, default=None)
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--n-eval", type=int, default=None, help="evaluation items per domain (queries = 2 x this)")
+    parser.add_argument("--cost-only", action="store_true", help="only the cost of refining the measurement directions")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     setting = LDSSetting()
@@ -155,14 +180,16 @@ def main(argv: list[str] | None = None) -> None:
     factors = ctx.factors("empirical")
     damping = {n: float(factors.modules[n].damping) for n in ctx.modules}
     epoch = min(epoch_seconds(ctx) for _ in range(2))
-    train = gradients_matrix(ctx, ctx.data.train_features)
-    queries = gradients_matrix(ctx, ctx.query_features())
-    # gradients_matrix orders rows by feature index; put the queries in measurement order
-    order = np.argsort(ctx.query_indices)
-    ranks = np.empty_like(order)
-    ranks[order] = np.arange(len(order))
-    queries = {n: q[torch.from_numpy(ranks)] for n, q in queries.items()}
-    exact = {blocks: exact_scores(train, queries, damping, blocks) for blocks in ("module", "all")}
+    exact = {}
+    if not args.cost_only:
+        train = gradients_matrix(ctx, ctx.data.train_features)
+        queries = gradients_matrix(ctx, ctx.query_features())
+        # gradients_matrix orders rows by feature index; put the queries in measurement order
+        order = np.argsort(ctx.query_indices)
+        ranks = np.empty_like(order)
+        ranks[order] = np.arange(len(order))
+        queries = {n: q[torch.from_numpy(ranks)] for n, q in queries.items()}
+        exact = {blocks: exact_scores(train, queries, damping, blocks) for blocks in ("module", "all")}
     iterations = [int(x) for x in args.iterations.split(",") if x.strip()]
     rows = [("identity", IdentityPreconditioner(), None, "module"), ("ekfac (empirical)", factors, None, "module")]
     rows += [(f"ekfac + cg{k}", factors, k, "module") for k in iterations]
@@ -173,13 +200,18 @@ def main(argv: list[str] | None = None) -> None:
     print("| method | vs exact block-diagonal: Pearson [95% CI] | Spearman [95% CI] | vs exact full: Pearson [95% CI] "
           "| Spearman [95% CI] | seconds | epoch-equivalents |")
     print("|---|---|---|---|---|---|---|")
-    for label, preconditioner, k, blocks in rows:
+    for label, preconditioner, k, blocks in ([] if args.cost_only else rows):
         scores, seconds = method_scores(ctx, factors, preconditioner, k, blocks)
         cells = []
         for target in ("module", "all"):
             result = agreement(scores, exact[target], args.bootstrap)
             cells += [f"{result[m][0]:.3f} [{result[m][1]:.3f}, {result[m][2]:.3f}]" for m in ("pearson", "spearman")]
         print(f"| {label} | " + " | ".join(cells) + f" | {seconds:.1f} | {seconds / epoch:.2f} |", flush=True)
+    print("\nRefining the M = 2 domain measurement directions (all training sequences behind F):\n")
+    print("| CG iterations | Fisher-vector passes | seconds | epoch-equivalents | relative residual per measurement |")
+    print("|---|---|---|---|---|")
+    for line in measurement_cost(ctx, factors, experiment.measurements(0).groups, iterations, epoch):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
