@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--n-eval", type=int, default=None, help="evaluation items per domain (queries = 2 x this)")
     parser.add_argument("--cost-only", action="store_true", help="only the cost of refining the measurement directions")
+    parser.add_argument("--only", default="", help="comma-separated row labels to compute (default: every row)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     setting = LDSSetting()
@@ -194,6 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [("identity", IdentityPreconditioner(), None, "module"), ("ekfac (empirical)", factors, None, "module")]
     rows += [(f"ekfac + cg{k}", factors, k, "module") for k in iterations]
     rows += [(f"ekfac + cg{k}-full", factors, k, "all") for k in iterations]
+    rows.append(("ekfac (empirical, A over target positions)", ctx.factors("empirical", "targets"), None, "module"))
+    if args.only:
+        wanted = set(args.only.split(","))
+        rows = [row for row in rows if row[0] in wanted]
     print(f"model: {sum(p.numel() for p in ctx.modules.values() for p in p.parameters())} tracked parameters; "
           f"N = {len(ctx.data.train_features)} training sequences, Q = {len(ctx.query_indices)} queries; "
           f"one epoch (forward + backward) = {epoch:.2f} s")
