@@ -9,6 +9,7 @@ unrepeated distributed sampler.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -16,12 +17,13 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from infra_pl.allocator import release_free_heap
+from infra_pl.fsdp import check_strategy, gather_after_restore, is_fsdp, reuse_wrapper
 from infra_pl.hooks import AttributionState
 from infra_pl.protocol import model_is_built, require_data
 
@@ -164,6 +166,16 @@ class _StopAtBatchBoundary(Callback):
             raise StopIteration
 
 
+class _GatherWeights(Callback):
+    """Gathers the FSDP weights when a pass starts (after Lightning's setup and checkpoint restore)."""
+
+    def __init__(self, gathered: Any) -> None:
+        self.gathered = gathered
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.gathered.enter()
+
+
 def _no_prediction(*args: Any, **kwargs: Any) -> None:
     """``predict_step`` during attribution passes: nothing to predict, the callbacks do the work."""
     return None
@@ -189,6 +201,14 @@ class InfraTrainer(L.Trainer):
         self.attribution_state = AttributionState()
         self._pending_ckpt_path: str | None = None
         self._stop_requested = False
+        self._gathered = None
+        if is_fsdp(self.strategy):  # see infra_pl.fsdp: one wrapper for every run, weights gathered for attribution
+            from infra_pl.fsdp import GatheredWeights
+
+            reuse_wrapper(self.strategy)
+            self._gathered = GatheredWeights(self.strategy)
+            self.strategy._infra_pl_gathered = self._gathered
+            gather_after_restore(self.strategy, self._gathered)
 
     # ------------------------------------------------------------- stopping
     def _on_sigterm(self, signum: int, frame: Any) -> None:
@@ -254,6 +274,10 @@ class InfraTrainer(L.Trainer):
         # The work happens in the callbacks' batch hooks; a user's predict_step (generation, say)
         # must not run on every attribution batch, so it is shadowed for the pass.
         model.predict_step = _no_prediction
+        if self._gathered is not None:
+            # Under FSDP the strategy's predict_step would run the FSDP root forward (unshard, reshard) on
+            # weights that are gathered for the whole attribution: skip it too (nothing is predicted).
+            self.strategy.predict_step = _no_prediction
         release_free_heap()  # each pass starts from a compact heap (infra_pl.allocator)
         try:
             with warnings.catch_warnings():
@@ -265,6 +289,8 @@ class InfraTrainer(L.Trainer):
             del model.predict_step
             if own_step is not None:
                 model.predict_step = own_step
+            if self._gathered is not None:
+                vars(self.strategy).pop("predict_step", None)
             self.callbacks.remove(label)
             self.callbacks.remove(stop)
             self.predict_loop.inference_mode = inference_mode
@@ -302,13 +328,7 @@ class InfraTrainer(L.Trainer):
             )
         if ckpt_path is not None and not Path(ckpt_path).exists():
             raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-        if "fsdp" in type(self.strategy).__name__.lower():
-            raise ValueError(
-                "`attribute` does not run under FSDP: sharded parameters make the weight fingerprints that guard "
-                "factor reuse rank-specific, and the factors are per-module anyway. Fine-tune with strategy=fsdp, "
-                "then attribute with strategy=ddp (a bf16 8B-14B model fits one 80 GB device; module partitions "
-                "bound the factors' memory, see README 'Scaling to 7B-14B models')."
-            )
+        check_strategy(self.strategy)  # FSDP runs (weights gathered, infra_pl.fsdp); FSDP2/ZeRO-3 are refused
         if ckpt_path is None and not getattr(model, "hparams", {}).get("name_or_path") and not model_is_built(model):
             print(
                 "[infra-pl] warning: `attribute` without --ckpt_path scores the model as configured "
@@ -328,23 +348,53 @@ class InfraTrainer(L.Trainer):
         installed = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if installed else None
         try:
-            for step in steps:
-                step.preflight(self, model, datamodule)
-            if gradient_check:
-                from infra_pl.gradcheck import enforce
+            with self._full_weights():
+                for step in steps:
+                    step.preflight(self, model, datamodule)
+                if gradient_check:
+                    from infra_pl.gradcheck import enforce
 
-                result = self.gradient_check(model, datamodule)
-                if self.is_global_zero:
-                    enforce(result)
-                elif result.status == "refuse":
-                    raise SystemExit(1)  # rank zero raises the message
-            for step in steps:
-                self._check_stop(f"before {type(step).__name__}")
-                step.run_attribution(self, model, datamodule)
+                    result = self.gradient_check(model, datamodule)
+                    if self.is_global_zero:
+                        enforce(result)
+                    elif result.status == "refuse":
+                        raise SystemExit(1)  # rank zero raises the message
+                for step in steps:
+                    self._check_stop(f"before {type(step).__name__}")
+                    step.run_attribution(self, model, datamodule)
         finally:
             if installed:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         return self.attribution_state
+
+    @contextlib.contextmanager
+    def _full_weights(self) -> Iterator[None]:
+        """Under FSDP: the full weights on every rank from the first pass's start to the end of the block.
+
+        The first pass wraps the module and restores the checkpoint (Lightning's setup); the weights
+        are gathered right after the restore (:func:`infra_pl.fsdp.gather_after_restore`), or when the
+        pass starts without a checkpoint (:class:`_GatherWeights`), and stay so: fingerprints, shapes
+        and every later pass see the unsharded model (:mod:`infra_pl.fsdp`). Nothing otherwise.
+        """
+        if self._gathered is None:
+            yield
+            return
+        gather = _GatherWeights(self._gathered)
+        self.callbacks.insert(0, gather)  # before the pass hooks' start, which may read weights
+        self._gathered.wanted = True
+        try:
+            yield
+        finally:
+            self._gathered.wanted = False
+            self.callbacks.remove(gather)
+            self._gathered.exit()
+
+    def validate(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.validate``; inside ``attribute`` under FSDP it runs on the wrapped, sharded model."""
+        if self._gathered is None:
+            return super().validate(*args, **kwargs)
+        with self._gathered.suspended():
+            return super().validate(*args, **kwargs)
 
     # ------------------------------------------------------- gradient check
     def _tracked_modules_option(self) -> Any:
@@ -417,7 +467,9 @@ class InfraTrainer(L.Trainer):
                 getattr(datamodule, hook)(*args)
         self._pending_ckpt_path = ckpt_path
         self._stop_requested = False
-        result = self.gradient_check(model, datamodule, sequences)
+        check_strategy(self.strategy)
+        with self._full_weights():
+            result = self.gradient_check(model, datamodule, sequences)
         if self.is_global_zero:
             print(result.table(), file=sys.stderr)
         return enforce(result) if self.is_global_zero else result
