@@ -45,6 +45,7 @@ from infra_pl.influence.index import (
     factors_digest,
     index_key,
     indexed,
+    remove_overlapping_groups,
     scores_and_projections,
 )
 from infra_pl.influence.instance import instance_scores, query_directions
@@ -410,6 +411,9 @@ class ScoreRun:
         provenance = {"model_fingerprint": factors.model_fingerprint, "data_fingerprint": data, "n_train": len(ids),
                       "factors": factors_digest(factors), "fisher": factors.fisher, "damping_rule": factors.damping_rule}
         directory = self._index_dir / suffix
+        if self.runner.is_main:
+            for folder in remove_overlapping_groups(self._index_dir, directory, tracked):
+                log(f"training index: removed {folder}, written with another module partitioning")
         writer = IndexWriter(directory, basis, options.index_dtype, key, provenance, rank=self.runner.rank)
         self.runner.barrier()  # rank 0's manifest (and removal of stale parts) before any rank counts parts
         return IndexState(writer, basis.to(self.runner.device), indexed(directory, key))

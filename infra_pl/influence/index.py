@@ -206,7 +206,8 @@ def eigen_basis(factors: Any, rank: int, modules: Sequence[str] | None = None) -
         for k, (a, b) in shares.items():
             totals[k][0] += a
             totals[k][1] += b
-    info = {"kept": kept, **{k: (a / b if b > 0 else 1.0) for k, (a, b) in totals.items()}}
+    info = {"kept": kept, **{k: (a / b if b > 0 else 1.0) for k, (a, b) in totals.items()},
+            "sums": {k: list(v) for k, v in totals.items()}}  # kept and total, so module groups combine
     return IndexBasis("eigen", rank, per_module, info)
 
 
@@ -444,6 +445,30 @@ class IndexWriter:
         self._indices, self._ids, self._rows = [], [], []
 
 
+def remove_overlapping_groups(root: Path, directory: Path, modules: Iterable[str]) -> list[Path]:
+    """Delete the index files of other module groups under ``root`` that hold any of ``modules``.
+
+    Such a group is left from a run with another module partitioning (with and without
+    partitions, or another number of them); read together with the new group it would count
+    those modules twice. Returns the folders cleared.
+    """
+    wanted, cleared = set(modules), []
+    root, directory = Path(root), Path(directory)
+    for folder in [root, *sorted(p for p in root.glob("partition-*") if p.is_dir())]:
+        manifest = folder / "manifest.json"
+        if folder.resolve() == directory.resolve() or not manifest.exists():
+            continue
+        try:
+            held = {m["name"] for m in json.loads(manifest.read_text()).get("modules", [])}
+        except (OSError, json.JSONDecodeError):
+            held = set()
+        if held & wanted:
+            for path in [manifest, folder / "basis.safetensors", *folder.glob("part-r*-*")]:
+                path.unlink(missing_ok=True)
+            cleared.append(folder)
+    return cleared
+
+
 def _same_key(path: Path, key: str) -> bool:
     try:
         return json.loads(path.read_text()).get("key") == key
@@ -510,6 +535,16 @@ class TrainingIndex:
         if not groups:
             raise FileNotFoundError(f"no training index under {directory} (no manifest.json): write one with "
                                     "InfluenceScores index: true (an instance pass), then score with from_index: true")
+        owners: dict[str, list[str]] = {}
+        for group in groups:
+            for name in group.modules:
+                owners.setdefault(name, []).append(str(group.directory))
+        twice = {name: where for name, where in owners.items() if len(where) > 1}
+        if twice:
+            name, where = next(iter(twice.items()))
+            raise IndexMismatchError(f"the index under {directory} holds {len(twice)} module(s) in more than one "
+                                     f"folder (e.g. {name} in {where}): an index written with and without module "
+                                     "partitions; delete the stale folder (or the whole index and write it again)")
         settings = {(g.manifest["kind"], g.manifest["rank"], g.manifest["dtype"]) for g in groups}
         if len(settings) > 1:
             raise IndexMismatchError(f"the module groups under {directory} were written with different settings "
@@ -530,12 +565,11 @@ class TrainingIndex:
                 "kind": self.kind, "rank": self.rank, "dtype": self.dtype, "exact": self.full_rank(),
                 "bytes_per_example": sum(g.manifest["bytes_per_example"] for g in self.groups),
                 "factors": first.get("factors")}
-        kept = [g.manifest.get("basis_info", {}) for g in self.groups]
-        if self.kind == "eigen" and all("effective" in k for k in kept):
-            energy = [(k["energy"], len(k.get("kept", {}))) for k in kept]
-            info["kept_energy"] = float(np.average([e for e, _ in energy], weights=[max(n, 1) for _, n in energy]))
-            info["kept_effective_directions"] = float(np.average([k["effective"] for k in kept],
-                                                                 weights=[max(len(k.get("kept", {})), 1) for k in kept]))
+        sums = [g.manifest.get("basis_info", {}).get("sums") for g in self.groups]
+        if self.kind == "eigen" and all(sums):
+            for what, label in (("energy", "kept_energy"), ("effective", "kept_effective_directions")):
+                kept, total = sum(s[what][0] for s in sums), sum(s[what][1] for s in sums)
+                info[label] = kept / total if total > 0 else 1.0
         return info
 
     def check(self, model_fingerprint: str | None, data_fingerprint: str | None, n_train: int | None = None) -> None:

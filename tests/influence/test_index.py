@@ -178,11 +178,12 @@ def test_partitioned_index_scores_partitioned_and_whole_runs(tmp_path, setting):
     model, batches, factors, known, new = setting
     names = [s.name for s in new]
     groups = [list(factors.modules)[:3], list(factors.modules)[3:]]
-    data = Data(batches)
+    data, _ = build_index(tmp_path, setting)  # first without partitions: the partitioned pass replaces that group
     compute_scores(model, data, factors, [known], tmp_path / "scored",
                    ScoreOptions(index=True, index_rank=FULL, index_dtype="float32", **OFF), progress=False,
                    partitions=groups)
     assert (tmp_path / "scored" / "index" / "partition-001" / "manifest.json").exists()
+    assert not (tmp_path / "scored" / "index" / "manifest.json").exists()  # no module is counted twice
     fresh = scores(compute_scores(model, Data(batches), factors, new, tmp_path / "fresh", ScoreOptions(**OFF),
                                   progress=False), names)
     whole = scores(from_index(tmp_path, setting, data, new), names)
@@ -200,6 +201,12 @@ def test_a_missing_stale_or_incomplete_index_is_refused(tmp_path, setting):
         compute_scores(model, Data(batches), factors, new, tmp_path / "none",
                        ScoreOptions(from_index=True, **OFF), progress=False)
     data, _ = build_index(tmp_path, setting)
+    from dataclasses import replace
+
+    with pytest.raises(IndexMismatchError, match="other model weights"):
+        compute_scores(model, Data(batches), replace(factors, model_fingerprint="retrained"), new, tmp_path / "w",
+                       ScoreOptions(from_index=True, index_dir=str(tmp_path / "scored" / "index"), **OFF),
+                       progress=False)
     fewer = Data(batches[:2])  # another training set: other ids
     with pytest.raises(IndexMismatchError, match="another training set"):
         compute_scores(model, fewer, factors, new, tmp_path / "other",
