@@ -18,7 +18,7 @@ default) and Gaussian random projections of the same size (LoGra's random init),
 in float16 (per-block scale) or float32. Cost: seconds of one new measurement (its measurement
 pass + v = H⁻¹∇f + scoring) from the index and by an instance pass, in epoch-equivalents (one plain
 forward + backward over the training set, timed in the same run), and the instance pass's time
-with and without writing the index. Last, the estimated index size per example for the paper's
+with and without writing the index. Times are CPU seconds of this process (one thread). Last, the estimated index size per example for the paper's
 models at the default rank (the planner's meta models: no weights needed).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_index.py
@@ -55,35 +55,39 @@ from infra_pl.lds.experiment import LDSExperiment, lds_table  # noqa: E402
 from infra_pl.lds.scoring import ScoringContext, _by_length  # noqa: E402
 from infra_pl.lds.subsets import draw_subsets  # noqa: E402
 
+# CPU seconds of this process (user + system): with one thread, what other processes on a shared machine
+# do barely moves it, unlike wall time (which moved the same pass by up to 2x on the 2 shared cores here).
+clock = time.process_time
+
 MODELS = {"LLaMA3-8B": "configs/models/llama3_8b.json", "Qwen2.5-7B": "configs/models/qwen25_7b.json",
           "Qwen2.5-14B": "configs/models/qwen25_14b.json"}
 
 
 def epoch_seconds(model, batches) -> float:
     """One plain forward + backward (parameter gradients) over the training set."""
-    start = time.perf_counter()
+    start = clock()
     for batch in batches:
         model.zero_grad(set_to_none=True)
         causal_lm_loss(model, batch, False).sum().backward()
     model.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def exact_scores(model, batches, directions, modules, n: int) -> tuple[np.ndarray, float]:
     """[M, N] instance scores over the training set and the seconds of that pass."""
     out = np.zeros((len(directions.names), n))
-    start = time.perf_counter()
+    start = clock()
     with torch.no_grad():
         for batch in batches:
             out[:, batch["index"].numpy()] = instance_scores(model, batch, directions, modules).double().t().numpy()
-    return out, time.perf_counter() - start
+    return out, clock() - start
 
 
 def write_index(model, batches, known, basis, modules, folders: dict[str, Path]) -> float:
     """One instance pass (the known measurements) that writes ``basis``'s index in every dtype; its seconds."""
     writers = {dtype: IndexWriter(folder, basis, dtype, index_key(basis, dtype, None, None), {"n_train": None})
                for dtype, folder in folders.items()}
-    start = time.perf_counter()
+    start = clock()
     with torch.no_grad():
         for batch in batches:
             indices = batch["index"].tolist()
@@ -92,15 +96,15 @@ def write_index(model, batches, known, basis, modules, folders: dict[str, Path])
                 writer.add(indices, [str(i) for i in indices], rows)
         for writer in writers.values():
             writer.flush()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def from_index(folder: Path, directions, n: int) -> tuple[np.ndarray, float, int]:
     """[M, N] scores from a stored index, the seconds (parts verified and read), and bytes per example."""
-    start = time.perf_counter()
+    start = clock()
     index = TrainingIndex.open(folder)
     order, _, matrix = index.scores(directions)
-    seconds = time.perf_counter() - start
+    seconds = clock() - start
     out = np.zeros((matrix.shape[1], n))
     out[:, order] = matrix.T
     return out, seconds, int(index.groups[0].manifest["bytes_per_example"])
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ranks", default="8,16,32,64", help="index ranks (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep", default=None, help="keep the indexes in this folder (default: a temporary one)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed passes are the fastest of this many (the "
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes are the fastest of this many (the "
                         "machine may be shared)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -155,15 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     epoch = min(epoch_seconds(model, train) for _ in range(2))
 
     # Known at index time: the domain measurements (the paper's f per domain).
-    start = time.perf_counter()
+    start = clock()
     gradients = {name: measurement_gradient(model, ctx.data.batches(ctx.data.eval_features_at(
         [measurements.query_indices[r] for r in rows]), ctx.batch_size), modules) for name, rows in measurements.groups.items()}
     known = measurement_directions(factors, gradients)
-    measure_seconds = (time.perf_counter() - start) / len(gradients)
+    measure_seconds = (clock() - start) / len(gradients)
     # New: one measurement per measured item, in measurement order.
-    start = time.perf_counter()
+    start = clock()
     queries = query_directions(model, ctx.data.batches(ctx.query_features(), ctx.batch_size), factors, modules=modules)
-    query_seconds = time.perf_counter() - start
+    query_seconds = clock() - start
     exact_q, pairwise_seconds = exact_scores(model, train, queries, modules, n)
     one = known.select([known.names[0]])
     plain_seconds = [exact_scores(model, train, known, modules, n)[1] for _ in range(args.repeats)]
@@ -178,16 +182,16 @@ def main(argv: list[str] | None = None) -> None:
         basis = eigen_basis(factors, rank) if kind == "eigen" else random_basis(
             {name: m.shape.matrix_shape for name, m in factors.modules.items()}, rank, seed=0)
         dtypes = ("float16", "float32") if rank != full_rank else ("float32",)
-        folders, times = {}, []
-        for dtype in dtypes:  # the first dtype's pass is timed (the fastest of --repeats)
+        folders, ratios = {}, []
+        for dtype in dtypes:  # the first dtype's passes are timed, each right after a pass without the index
             for repeat in range(args.repeats if dtype == dtypes[0] else 1):
-                if dtype == dtypes[0]:  # interleaved with the writing passes: the same heap and machine load
-                    plain_seconds.append(exact_scores(model, train, known, modules, n)[1])
+                before = exact_scores(model, train, known, modules, n)[1] if dtype == dtypes[0] else None
                 folders[dtype] = root / f"{kind}-{rank}-{dtype}" / f"try{repeat}"
                 seconds = write_index(model, train, known, basis, modules, {dtype: folders[dtype]})
-                if dtype == dtypes[0]:
-                    times.append(seconds)
-        write_seconds[(kind, rank)] = (min(times), dtypes[0])
+                if before is not None:
+                    plain_seconds.append(before)
+                    ratios.append(seconds / before)
+        write_seconds[(kind, rank)] = (float(np.median(ratios)), dtypes[0])
         for dtype, folder in folders.items():
             scores_q, seconds_q, size = from_index(folder, queries, n)
             seconds_one = min(from_index(folder, one, n)[1] for _ in range(args.repeats))
@@ -224,11 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {len(ctx.query_indices)} per-item queries (their query directions: {query_seconds:.2f} s) | "
           f"{(query_seconds + pairwise_seconds) / epoch:.2f} | {(query_seconds + default[7]) / epoch:.3f} |")
     plain = min(plain_seconds)
-    print(f"\nInstance pass with the {len(known.names)} known measurements (fastest of {len(plain_seconds)}, "
-          f"interleaved with the writing passes): {plain:.2f} s without the index; writing it in the same pass: " + ", ".join(f"{kind} k={rank} {write_seconds[(kind, rank)][1]} "
-                                              f"{write_seconds[(kind, rank)][0]:.2f} s "
-                                              f"({write_seconds[(kind, rank)][0] / plain:.2f}x)"
-                                              for kind, rank in settings))
+    print(f"\nInstance pass with the {len(known.names)} known measurements: {plain:.2f} s without the index (fastest "
+          f"of {len(plain_seconds)}); writing the index in the same pass takes (median over {args.repeats} pairs, each "
+          "index pass timed right after a pass without it): "
+          + ", ".join(f"{kind} k={rank} {dtype} {ratio:.2f}x" for (kind, rank), (ratio, dtype) in write_seconds.items()))
 
     print(f"\nEstimated index size per example at the default rank k = {default_rank} (float16, the tracked MLP "
           "projections; the planner's meta model):\n")
