@@ -1,7 +1,8 @@
 """Fine-tune under FSDP, then attribute that checkpoint under FSDP (or in one process), on CPU.
 
 usage: python attribute_fsdp.py fit       CACHE OUT DEVICES STRATEGY STATE_DICT   (writes OUT/fitted.ckpt)
-       python attribute_fsdp.py attribute CACHE OUT DEVICES STRATEGY CKPT [REFINE]
+       python attribute_fsdp.py attribute CACHE OUT DEVICES STRATEGY CKPT [REFERENCE_CKPT_FILE]
+       python attribute_fsdp.py consolidate FOLDER FILE   (a sharded checkpoint as one .ckpt, for one process)
        python attribute_fsdp.py fingerprints OUT                                   (2 processes, torch only)
 
 STRATEGY: ``fsdp`` (Lightning's default: one FSDP unit, the root), ``fsdp-wrap`` (an FSDP unit and
@@ -94,8 +95,14 @@ def fit(cache: str, out: str, devices: int, strategy: str, state_dict: str) -> N
     trainer.save_checkpoint(Path(out) / "fitted.ckpt", weights_only=True)
 
 
-def attribute(cache: str, out: str, devices: int, strategy: str, ckpt: str, refine: int = 0) -> None:
+def attribute(cache: str, out: str, devices: int, strategy: str, ckpt: str, reference: str | None = None) -> None:
+    """Factors and scores of ``ckpt``; OUT/run.json: reused?, the weights' fingerprint, and the largest difference
+    between the weights attributed and ``reference`` (default: ``ckpt``; a file holding the same weights)."""
+    import json
+
     from infra_pl.callbacks import EKFACFactors, InfluenceScores
+    from infra_pl.ekfac.fingerprint import weights_fingerprint
+    from infra_pl.fsdp import full_weights
     from infra_pl.measurements import TargetLogProb
     from infra_pl.trainer import InfraTrainer
 
@@ -104,15 +111,50 @@ def attribute(cache: str, out: str, devices: int, strategy: str, ckpt: str, refi
     callbacks = [
         EKFACFactors(fisher="empirical", output_dir=out, batch_size=8, log_spectra=False),
         InfluenceScores(measurements=[measurement], batch_size=8, token_top_k=3, sentence_top_k=0,
-                        output_dir=str(Path(out) / "scores"), refine_iterations=refine, refine_examples=None,
-                        refine_tolerance=0.0),
+                        output_dir=str(Path(out) / "scores")),
     ]
     trainer = InfraTrainer(
         accelerator="cpu", devices=devices, strategy=strategy_for(strategy), logger=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=out, callbacks=callbacks,
     )
     trainer.attribute(module, datamodule=datamodule, ckpt_path=ckpt)
-    print(f"[attribute_fsdp] rank {trainer.global_rank}: reused={trainer.attribution_state.factors.reused}", flush=True)
+    # The weights attribution used are the checkpoint's: compared on the full weights (every rank gathers).
+    with full_weights(trainer.strategy):
+        own = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        fingerprint = weights_fingerprint(module.attribution_model())
+    if trainer.is_global_zero:
+        stored = torch.load(reference or ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        difference = max(float((own[k].float() - v.float()).abs().max()) for k, v in stored.items())
+        summary = {"reused": trainer.attribution_state.factors.reused, "weights_fingerprint": fingerprint,
+                   "checkpoint_tensors": len(stored), "max_difference_to_checkpoint": difference,
+                   "sharded_after": _sharded(module)}
+        (Path(out) / "run.json").write_text(json.dumps(summary, indent=1))
+
+
+def _sharded(module) -> bool:
+    """Whether the module's weights are FSDP shards again (attribute hands the model back as it found it)."""
+    from infra_pl.ekfac.fingerprint import ShardedWeightsError, require_full_weights
+
+    try:
+        require_full_weights(module.named_modules())
+    except ShardedWeightsError:
+        return True
+    return False
+
+
+def consolidate(folder: str, output: str) -> None:
+    """A sharded FSDP checkpoint folder as one ``.ckpt`` file (Lightning's consolidate_checkpoint, whose
+    ``torch.load`` of the folder's ``meta.pt`` refuses the hyperparameters' classes under weights_only)."""
+    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    checkpoint: dict = {}
+    _load_state_dict(checkpoint, storage_reader=FileSystemReader(folder), planner=_EmptyStateDictLoadPlanner(),
+                     no_dist=True)
+    checkpoint.update(torch.load(Path(folder) / "meta.pt", map_location="cpu", weights_only=False))
+    torch.save(_format_checkpoint(checkpoint), output)
 
 
 def _fingerprint_worker(rank: int, out: str) -> None:
@@ -173,6 +215,9 @@ def _fingerprint_worker(rank: int, out: str) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     mode = sys.argv[1]
+    if mode == "consolidate":
+        consolidate(sys.argv[2], sys.argv[3])
+        return
     if mode == "fingerprints":
         import torch.multiprocessing as mp
 
@@ -182,7 +227,7 @@ def main() -> None:
     if mode == "fit":
         fit(cache, out, devices, strategy, sys.argv[6])
     elif mode == "attribute":
-        attribute(cache, out, devices, strategy, sys.argv[6], int(sys.argv[7]) if len(sys.argv) > 7 else 0)
+        attribute(cache, out, devices, strategy, sys.argv[6], sys.argv[7] if len(sys.argv) > 7 else None)
     else:
         raise SystemExit(__doc__)
 
