@@ -111,3 +111,24 @@ def test_fingerprints_refuse_shards_and_equal_one_process_when_gathered(tmp_path
             assert len(entry["refused"]) == 2 and all("FSDP shard" in message for message in entry["refused"])
             assert entry["gathered"] == reference, label
             assert entry["names_unwrapped"] and entry["wrapped_again"], label
+
+
+def test_gpu_check_fsdp_path_smoke_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py --fsdp (the lent-GPU check) end to end on 2 CPU ranks: a row per phase, and the
+    FSDP attribution equals the one without FSDP (DDP here) on the same checkpoint."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--fsdp", "--device", "cpu", "--tiny", "--devices", "2", "--state-dict", "full",
+         "--compare", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = result.stdout
+    for phase in ("covariance pass", "eigendecomposition", "lambda pass", "measurement pass", "directions (H^-1 grad f)",
+                  "instance scores", "token scores (JVP)"):
+        assert f"| {phase} |" in out, phase
+    assert "on 2 rank(s)" in out and "FSDP vs without FSDP (DDP, 2 ranks), fingerprints equal: yes" in out
+    assert sum("max relative difference" in line for line in out.splitlines()) == 2
+    for line in out.splitlines():
+        if line.startswith("FSDP vs without FSDP (DDP, 2 ranks)") and "max relative difference" in line:
+            assert float(line.rsplit(" ", 1)[1]) < 1e-4, line
