@@ -3,6 +3,9 @@ score a measurement unknown at that time with from_index: no pass over the train
 same scores as a fresh instance pass (full rank)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -12,6 +15,8 @@ from infra_pl.measurements import TargetLogProb
 from infra_pl.scores_store import read_metadata
 from infra_pl.trainer import InfraTrainer
 from tests.scripts.attribute_factors import build
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "attribute_index.py"
 
 
 def attribute(tmp_path, tiny_cache, scores: InfluenceScores):
@@ -53,3 +58,25 @@ def test_attribute_writes_an_index_and_scores_a_new_measurement_from_it(tmp_path
     meta = read_metadata(scored.instance_scores_path)
     assert meta["scored_from"]["rank"] == 64 and meta["scored_from"]["exact"]
     assert pd.read_parquet(scored.instance_scores_path)["id"].nunique() == 17
+
+
+def test_two_ddp_ranks_write_one_index_that_scores_like_one_process(tmp_path, tiny_cache):
+    """17 examples on 2 ranks: each rank writes its own parts of one index; a new measurement scored from
+    it in one process equals the one-process index's scores (full rank, float32)."""
+
+    def run(out, devices, mode, index_dir):
+        result = subprocess.run([sys.executable, str(SCRIPT), str(tiny_cache), str(out), str(devices), mode,
+                                 str(index_dir)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return pd.read_parquet(out / "scores" / "instance_scores.parquet").set_index("id").sort_index()
+
+    scores = {}
+    for label, devices in (("single", 1), ("ddp", 2)):
+        index_dir = tmp_path / label / "index"
+        run(tmp_path / label, devices, "index", index_dir)
+        scores[label] = run(tmp_path / f"{label}_from", 1, "from", index_dir)["score_new"]
+    shards = {p.name.split("-")[1] for p in (tmp_path / "ddp" / "index").glob("part-*.json")}
+    assert shards == {"r0", "r1"}  # each rank wrote its own parts
+    assert list(scores["ddp"].index) == list(scores["single"].index) and len(scores["ddp"]) == 17
+    got, want = torch.tensor(scores["ddp"].to_numpy()), torch.tensor(scores["single"].to_numpy())
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4  # DDP sums the factors in another order
