@@ -56,6 +56,7 @@ class EKFACFactors(AttributionStep):
             lambda indices: datamodule.attribution_dataloader("train", self.options.batch_size, indices),
             list(datamodule.attribution_ids("train")), output_dir=self.factors_dir(trainer),
             batch_shape=batch_shape(self.options, datamodule), strata=strata(datamodule),
+            reserved_bytes=fsdp_shard_bytes(trainer, model),
         )
         result = fit.run()
         if not result.reused and trainer.is_global_zero and self.options.log_spectra:
@@ -74,9 +75,9 @@ class EKFACFactors(AttributionStep):
         """Build the model and restore the checkpoint with a one-batch pass, before reading anything on disk.
 
         Fingerprints of the model decide whether stored phases can be reused, so the checkpoint
-        weights must be in place first.
+        weights must be in place first; under FSDP also gathered (a pass gathers them, :mod:`infra_pl.fsdp`).
         """
-        if trainer.pending_checkpoint is None and model_is_built(pl_module):
+        if trainer.pending_checkpoint is None and model_is_built(pl_module) and getattr(trainer, "weights_gathered", True):
             return
         limit = trainer.limit_predict_batches
         trainer.limit_predict_batches = 1
@@ -94,6 +95,23 @@ class EKFACFactors(AttributionStep):
 
         settings = self.options.planner_settings(*batch_shape(self.options, datamodule), measurements=measurements)
         return estimate(model, settings, modules=list(resolve_modules(model, self.options.modules)))
+
+
+def fsdp_shard_bytes(trainer: Any, model: torch.nn.Module) -> int:
+    """Under FSDP on several ranks: the weight shard each rank keeps beside the gathered full weights (else 0).
+
+    Attribution gathers every FSDP unit's weights on every rank (:mod:`infra_pl.fsdp`); the
+    planner counts those full weights once, and FSDP keeps the rank's own shard (weights / ranks)
+    besides. On one rank FSDP does not shard, so nothing is kept twice.
+    """
+    from infra_pl.fsdp import is_fsdp
+
+    world = getattr(trainer, "world_size", 1)
+    if not is_fsdp(getattr(trainer, "strategy", None)) or world <= 1:
+        return 0
+    from infra_pl.planner.model import parameter_bytes
+
+    return parameter_bytes(model) // world
 
 
 def strata(datamodule: Any) -> list[tuple[Any, Any]] | None:

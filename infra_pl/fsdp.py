@@ -61,6 +61,15 @@ def is_fsdp(strategy: Any) -> bool:
     return isinstance(strategy, FSDPStrategy)
 
 
+def is_fsdp_wrapped(strategy: Any) -> bool:
+    """Whether ``strategy`` is FSDP and has wrapped its module (a run has set it up): its weights are shards."""
+    if not is_fsdp(strategy):
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(getattr(strategy, "model", None), FullyShardedDataParallel)
+
+
 def check_strategy(strategy: Any) -> None:
     """Refuse, by name, a sharded strategy attribution cannot run under (before any pass)."""
     name = type(strategy).__name__
@@ -222,9 +231,7 @@ def full_weights(strategy: Any) -> Iterator[None]:
     all-gathers). A no-op for other strategies, before the first run has wrapped the model, and
     when the weights are already gathered (inside ``attribute``).
     """
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    if not is_fsdp(strategy) or not isinstance(getattr(strategy, "model", None), FullyShardedDataParallel):
+    if not is_fsdp_wrapped(strategy):
         yield
         return
     session = getattr(strategy, "_infra_pl_gathered", None)

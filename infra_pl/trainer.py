@@ -23,7 +23,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from infra_pl.allocator import release_free_heap
-from infra_pl.fsdp import check_strategy, gather_after_restore, is_fsdp, reuse_wrapper
+from infra_pl.fsdp import check_strategy, gather_after_restore, is_fsdp, is_fsdp_wrapped, reuse_wrapper
 from infra_pl.hooks import AttributionState
 from infra_pl.protocol import model_is_built, require_data
 
@@ -233,6 +233,12 @@ class InfraTrainer(L.Trainer):
     def pending_checkpoint(self) -> str | None:
         """The checkpoint ``attribute`` was given and the next pass will load (None once loaded)."""
         return self._pending_ckpt_path
+
+    @property
+    def weights_gathered(self) -> bool:
+        """Whether the model's weights can be read whole: always, except under FSDP before the first pass of
+        ``attribute`` has gathered them (:mod:`infra_pl.fsdp`)."""
+        return self._gathered is None or self._gathered.active or not is_fsdp_wrapped(self.strategy)
 
     def attribution_dir(self) -> Path:
         """Stable output folder of attribution (not per logger version, so runs can resume)."""

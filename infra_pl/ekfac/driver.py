@@ -53,13 +53,16 @@ class FactorFit:
     example indices of that pass (None: every example; a sample when ``covariance_max_examples`` or
     ``lambda_max_examples`` is set, stratified by ``strata``, one label per example). ``tracked``
     overrides ``options.modules`` with a ready mapping. ``batch_shape`` (sequences, tokens) is the
-    largest batch the memory planner must fit (``partitions: auto``).
+    largest batch the memory planner must fit (``partitions: auto``); ``reserved_bytes`` is device
+    memory held outside the planner's terms, taken off the budget (under FSDP: the shard each rank
+    keeps while the full weights are gathered, :mod:`infra_pl.fsdp`).
     """
 
     def __init__(self, options: FactorOptions, runner: Runner, model: nn.Module, loss_fn: LossFn,
                  train_loader: Callable[[list[int] | None], Iterable[Any]], train_ids: list[str] | None,
                  output_dir: Path | None = None, tracked: Mapping[str, nn.Module] | None = None,
-                 batch_shape: tuple[int, int] | None = None, strata: Sequence[Any] | None = None) -> None:
+                 batch_shape: tuple[int, int] | None = None, strata: Sequence[Any] | None = None,
+                 reserved_bytes: int = 0) -> None:
         self.options = options
         self.runner = runner
         self.model = model
@@ -70,6 +73,7 @@ class FactorFit:
         self.tracked = dict(tracked) if tracked is not None else resolve_modules(model, options.modules)
         self.batch_shape = batch_shape
         self.strata = list(strata) if strata is not None else None
+        self.reserved_bytes = reserved_bytes
 
     # ------------------------------------------------------------ entry point
     def run(self) -> FactorsResult:
@@ -161,9 +165,11 @@ class FactorFit:
             raise ValueError("partitions: auto needs the batch shape (sequences, tokens) the passes will use")
         batch_size, seq_len = self.batch_shape
         settings = self.options.planner_settings(batch_size, seq_len)
-        plan = plan_partitions(estimate(self.model, settings, modules=list(self.tracked)), budget)
+        usable = budget - self.reserved_bytes
+        plan = plan_partitions(estimate(self.model, settings, modules=list(self.tracked)), usable)
         phase, peak = plan.largest_peak
-        log(f"EK-FAC plan: {len(plan.partitions)} partition(s) for a {format_bytes(budget)} budget "
+        reserved = f", {format_bytes(self.reserved_bytes)} of it reserved" if self.reserved_bytes else ""
+        log(f"EK-FAC plan: {len(plan.partitions)} partition(s) for a {format_bytes(budget)} budget{reserved} "
             f"(batch {batch_size} x {seq_len} tokens; largest estimated peak {format_bytes(peak)} in the {phase})")
         return check_partitions(plan.partitions, list(self.tracked))
 

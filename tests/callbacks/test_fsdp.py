@@ -32,9 +32,9 @@ def _script(tmp_path, *args: str) -> str:
     return result.stdout
 
 
-def _attribute(tmp_path, cache, out, devices: int, strategy: str, ckpt, reference=None) -> dict:
+def _attribute(tmp_path, cache, out, devices: int, strategy: str, ckpt, reference=None, again=False) -> dict:
     _script(tmp_path, "attribute", str(cache), str(out), str(devices), strategy, str(ckpt),
-            *([str(reference)] if reference else []))
+            *([str(reference)] if reference else []), *(["again"] if again else []))
     return json.loads((Path(out) / "run.json").read_text())
 
 
@@ -68,9 +68,11 @@ def test_fsdp_fit_then_attribute_matches_one_process(tmp_path, tiny_cache):
     fit = tmp_path / "fit"
     _script(tmp_path, "fit", str(tiny_cache), str(fit), "2", "fsdp", "full")
     ckpt = fit / "fitted.ckpt"
-    fsdp = _attribute(tmp_path, tiny_cache, tmp_path / "fsdp", 2, "fsdp", ckpt)
+    fsdp = _attribute(tmp_path, tiny_cache, tmp_path / "fsdp", 2, "fsdp", ckpt, again=True)
     single = _attribute(tmp_path, tiny_cache, tmp_path / "single", 1, "single", ckpt)
     assert fsdp["max_difference_to_checkpoint"] == 0.0 and fsdp["checkpoint_tensors"] > 0  # the fitted weights
+    # attribute again on the same FSDP trainer (model wrapped and sharded by then): the factors are reused, same scores
+    assert fsdp["again_reused"] and fsdp["again_max_score_difference"] == 0.0
     assert fsdp["weights_fingerprint"] == single["weights_fingerprint"]
     assert fsdp["sharded_after"] and not single["sharded_after"]  # attribute hands the FSDP model back sharded
     assert not fsdp["reused"] and not single["reused"]

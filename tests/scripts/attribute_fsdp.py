@@ -1,7 +1,7 @@
 """Fine-tune under FSDP, then attribute that checkpoint under FSDP (or in one process), on CPU.
 
 usage: python attribute_fsdp.py fit       CACHE OUT DEVICES STRATEGY STATE_DICT   (writes OUT/fitted.ckpt)
-       python attribute_fsdp.py attribute CACHE OUT DEVICES STRATEGY CKPT [REFERENCE_CKPT_FILE]
+       python attribute_fsdp.py attribute CACHE OUT DEVICES STRATEGY CKPT [REFERENCE_CKPT_FILE] [again]
        python attribute_fsdp.py consolidate FOLDER FILE   (a sharded checkpoint as one .ckpt, for one process)
        python attribute_fsdp.py fingerprints OUT                                   (2 processes, torch only)
 
@@ -95,9 +95,11 @@ def fit(cache: str, out: str, devices: int, strategy: str, state_dict: str) -> N
     trainer.save_checkpoint(Path(out) / "fitted.ckpt", weights_only=True)
 
 
-def attribute(cache: str, out: str, devices: int, strategy: str, ckpt: str, reference: str | None = None) -> None:
+def attribute(cache: str, out: str, devices: int, strategy: str, ckpt: str, reference: str | None = None,
+              again: bool = False) -> None:
     """Factors and scores of ``ckpt``; OUT/run.json: reused?, the weights' fingerprint, and the largest difference
-    between the weights attributed and ``reference`` (default: ``ckpt``; a file holding the same weights)."""
+    between the weights attributed and ``reference`` (default: ``ckpt``; a file holding the same weights).
+    ``again``: then attribute once more with the same trainer and module (``again_*`` entries)."""
     import json
 
     from infra_pl.callbacks import EKFACFactors, InfluenceScores
@@ -128,6 +130,16 @@ def attribute(cache: str, out: str, devices: int, strategy: str, ckpt: str, refe
         summary = {"reused": trainer.attribution_state.factors.reused, "weights_fingerprint": fingerprint,
                    "checkpoint_tensors": len(stored), "max_difference_to_checkpoint": difference,
                    "sharded_after": _sharded(module)}
+    if again:
+        # The same trainer and module once more, no checkpoint and no gradient check: the model is wrapped and
+        # sharded from the first run, so the factor step gathers it with a setup pass before reading fingerprints.
+        first = trainer.attribution_state.scores.instance_scores.set_index("id").sort_index()["score_answer"]
+        trainer.attribute(module, datamodule=datamodule, gradient_check=False)
+        second = trainer.attribution_state.scores.instance_scores.set_index("id").sort_index()["score_answer"]
+        if trainer.is_global_zero:
+            summary["again_reused"] = trainer.attribution_state.factors.reused
+            summary["again_max_score_difference"] = float((first - second).abs().max())
+    if trainer.is_global_zero:
         (Path(out) / "run.json").write_text(json.dumps(summary, indent=1))
 
 
@@ -227,7 +239,10 @@ def main() -> None:
     if mode == "fit":
         fit(cache, out, devices, strategy, sys.argv[6])
     elif mode == "attribute":
-        attribute(cache, out, devices, strategy, sys.argv[6], sys.argv[7] if len(sys.argv) > 7 else None)
+        extra = sys.argv[7:]
+        again = "again" in extra
+        reference = next((a for a in extra if a != "again"), None)
+        attribute(cache, out, devices, strategy, sys.argv[6], reference, again)
     else:
         raise SystemExit(__doc__)
 
