@@ -212,15 +212,17 @@ class GatheredWeights:
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:
-        """The wrapped, sharded model for a while (e.g. a ``validate`` run inside ``attribute``)."""
-        if not self.active:
-            yield
-            return
+        """The wrapped, sharded model for a while (e.g. a ``validate`` run inside ``attribute``): nothing is
+        gathered inside the block, and what was gathered before is gathered again after it."""
+        was_active, wanted = self.active, self.wanted
+        self.wanted = False
         self.exit()
         try:
             yield
         finally:
-            self.enter()
+            self.wanted = wanted
+            if was_active:
+                self.enter()
 
 
 @contextlib.contextmanager

@@ -4,7 +4,9 @@
 callback asks the trainer for *dedicated passes* over a data split; a pass is a
 ``trainer.predict`` run with a phase name the callbacks read. Predict is used (not a hand-written
 loop) because it keeps Lightning's device, precision and strategy handling and, under DDP, an
-unrepeated distributed sampler.
+unrepeated distributed sampler. Under FSDP the first pass wraps the module and restores the
+checkpoint, and the weights are then gathered on every rank until ``attribute`` ends
+(:mod:`infra_pl.fsdp`), so the passes are those of DDP.
 """
 
 from __future__ import annotations
