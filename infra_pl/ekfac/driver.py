@@ -19,6 +19,7 @@ from torch import nn
 
 from infra_pl.console import log
 from infra_pl.ekfac import phase_store
+from infra_pl.ekfac.checkpointing import checkpointing_runner
 from infra_pl.ekfac.covariance import CovarianceAccumulator
 from infra_pl.ekfac.eigen import EigenBasis, eigendecompose
 from infra_pl.ekfac.factors import Factors, FactorsMismatchError
@@ -64,7 +65,8 @@ class FactorFit:
                  batch_shape: tuple[int, int] | None = None, strata: Sequence[Any] | None = None,
                  reserved_bytes: int = 0) -> None:
         self.options = options
-        self.runner = runner
+        # every pass with each decoder block checkpointed when asked (infra_pl.ekfac.checkpointing)
+        self.runner = checkpointing_runner(runner, model, options.activation_checkpointing)
         self.model = model
         self.loss_fn = loss_fn
         self.train_loader = train_loader

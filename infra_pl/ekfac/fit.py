@@ -13,7 +13,6 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from infra_pl.ekfac.checkpointing import checkpointing_runner
 from infra_pl.ekfac.driver import FactorFit
 from infra_pl.ekfac.factors import Factors
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
@@ -69,13 +68,12 @@ def fit_factors(
         partitions=[list(g) for g in partitions] if partitions is not None and not isinstance(partitions, int) else partitions,
         refit=refit, output_dir=None if output_dir is None else str(output_dir), activation_tokens=activation_tokens,
         covariance_max_examples=covariance_max_examples, lambda_max_examples=lambda_max_examples,
-        sample_seed=sample_seed,
+        sample_seed=sample_seed, activation_checkpointing=activation_checkpointing,
     )
     device = model_device(model)
     check_streams(streams, device)
     tracked = resolve_modules(model, modules)
-    runner = checkpointing_runner(InProcessRunner(device, progress=progress), model, activation_checkpointing)
-    fit = FactorFit(options, runner, model, loss_fn,
+    fit = FactorFit(options, InProcessRunner(device, progress=progress), model, loss_fn,
                     lambda indices: loader if indices is None else rows_of(loader, indices),
                     None if train_ids is None else list(train_ids),
                     output_dir=None if output_dir is None else Path(output_dir), tracked=tracked, strata=strata)

@@ -74,6 +74,12 @@ class FactorOptions:
         key=True)
     sample_seed: int = option(0, "seed of the covariance and lambda samples.", key=True)
 
+    activation_checkpointing: bool = option(
+        False, "checkpoint every decoder block in the covariance and lambda passes: the forward keeps only each "
+        "block's input and the backward replays one block at a time (infra_pl.ekfac.checkpointing); the same "
+        "factors, far less activation memory; ``partitions: auto`` plans with it (infra-pl-plan "
+        "--activation-checkpointing).")
+
     def __post_init__(self) -> None:
         from infra_pl.ekfac.passes import check_fisher
         from infra_pl.ekfac.precision import resolve_compute_dtype
@@ -131,4 +137,5 @@ class FactorOptions:
 
         return Settings(batch_size=batch_size, seq_len=seq_len, measurements=measurements, factor_dtype=self.torch_dtype,
                         fisher=self.fisher, padding=True, keep_covariance=not self.offload,
-                        compute_dtype=self.torch_compute_dtype)
+                        compute_dtype=self.torch_compute_dtype,
+                        activation_checkpointing=self.activation_checkpointing)

@@ -131,6 +131,16 @@ class ScoreRun:
 
     # ------------------------------------------------------------ entry point
     def run(self) -> ScoresReady:
+        """Every product of the run; with ``activation_checkpointing``, all of it (passes, pairwise query
+        directions, sentence re-scoring) runs with every decoder block checkpointed."""
+        if not self.options.activation_checkpointing:
+            return self._run()
+        from infra_pl.ekfac.checkpointing import activation_checkpointing
+
+        with activation_checkpointing(self.model):
+            return self._run()
+
+    def _run(self) -> ScoresReady:
         options, runner, out = self.options, self.runner, self.out
         train_ids = list(self.data.attribution_ids("train"))
         if options.from_index:  # before any pass: a missing or stale index stops the run at once

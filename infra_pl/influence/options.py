@@ -103,6 +103,11 @@ class ScoreOptions:
                               "are scored from the index too. Every output records that the scores come from the "
                               "index, at which rank and whether that rank is exact (``scored_from``).")
 
+    activation_checkpointing: bool = option(False, "checkpoint every decoder block in the scoring passes: the "
+                                            "forward keeps only each block's input and the backward replays one "
+                                            "block at a time (infra_pl.ekfac.checkpointing); the same scores, far "
+                                            "less activation memory (infra-pl-plan --activation-checkpointing).")
+
     def __post_init__(self) -> None:
         from infra_pl.ekfac.streams import check_streams
 

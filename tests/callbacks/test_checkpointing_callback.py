@@ -1,18 +1,19 @@
-"""Activation checkpointing through the Lightning runner: the EKFACFactors passes wrapped as the
-factor driver does it (``checkpointing_runner(runner, model, options.activation_checkpointing)``)."""
+"""Activation checkpointing through the Lightning runner: ``EKFACFactors(activation_checkpointing=True)``
+gives the plain factors, and its passes really replay the blocks."""
 
 from infra_pl.callbacks import EKFACFactors
-from infra_pl.ekfac.checkpointing import checkpointing_runner, is_recomputing
+from infra_pl.ekfac.checkpointing import is_recomputing
 from infra_pl.ekfac.driver import FactorFit
 from infra_pl.trainer import InfraTrainer
 from tests.scripts.attribute_factors import build
 
 
-def _fit(root, tiny_cache):
+def _fit(root, tiny_cache, checkpointing=False):
     module, datamodule = build(str(tiny_cache), None)
     trainer = InfraTrainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                            enable_model_summary=False, default_root_dir=str(root),
-                           callbacks=[EKFACFactors(fisher="true", batch_size=8, log_spectra=False)])
+                           callbacks=[EKFACFactors(fisher="true", batch_size=8, log_spectra=False,
+                                                   activation_checkpointing=checkpointing)])
     trainer.attribute(module, datamodule=datamodule)
     return trainer.attribution_state.factors.factors
 
@@ -22,13 +23,13 @@ def test_lightning_passes_checkpointed_equal_plain(tmp_path, tiny_cache, monkeyp
     replays = []
     original = FactorFit.__init__
 
-    def checkpointed(self, options, runner, model, *args, **kwargs):
+    def watched(self, options, runner, model, *args, **kwargs):
         first = next(m for n, m in model.named_modules() if n.endswith("mlp.gate_proj"))
         first.register_forward_hook(lambda *_: replays.append(is_recomputing()))
-        original(self, options, checkpointing_runner(runner, model), model, *args, **kwargs)
+        original(self, options, runner, model, *args, **kwargs)
 
-    monkeypatch.setattr(FactorFit, "__init__", checkpointed)
-    ck = _fit(tmp_path / "ckpt", tiny_cache)
+    monkeypatch.setattr(FactorFit, "__init__", watched)
+    ck = _fit(tmp_path / "ckpt", tiny_cache, checkpointing=True)
     assert any(replays) and not all(replays)  # the Lightning passes replayed the blocks
     for name, ref in plain.modules.items():
         got = ck.modules[name]
