@@ -137,6 +137,8 @@ class SFTModule(L.LightningModule):
         if self.lora is not None:
             model = apply_lora(model, self.lora)
         self.model = model
+        # Decided here, before any FSDP wrapping flattens every parameter to a 1-D shard.
+        self._no_decay = {f"model.{n}" for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n.lower()}
         vocab = int(model.get_input_embeddings().weight.shape[0])
         self.train_token_acc = torchmetrics.classification.MulticlassAccuracy(
             num_classes=vocab, ignore_index=-100, average="micro"
@@ -208,11 +210,15 @@ class SFTModule(L.LightningModule):
             self.trainer.should_stop = True  # time budget used: the LR has fully annealed
 
     def configure_optimizers(self) -> dict[str, Any]:
+        from infra_pl.ekfac.fingerprint import canonical_name
+
         decay, no_decay = [], []
+        recorded = getattr(self, "_no_decay", None)
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+            skip = canonical_name(name) in recorded if recorded is not None else param.ndim < 2 or "norm" in name.lower()
+            (no_decay if skip else decay).append(param)
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
@@ -296,8 +302,10 @@ class SFTModule(L.LightningModule):
 
     def _write_correctness(self) -> None:
         from infra_pl.ekfac.fingerprint import weights_fingerprint
+        from infra_pl.fsdp import full_weights
 
-        fingerprint = weights_fingerprint(self.attribution_model())  # lets attribute check the file belongs to its weights
+        with full_weights(self.trainer.strategy):  # every rank: gathers FSDP shards (no-op otherwise)
+            fingerprint = weights_fingerprint(self.attribution_model())  # lets attribute check the file is its weights
         rows = [{**v.to_dict(), "weights_fingerprint": fingerprint} for v in self._verdicts]
         if self.trainer.world_size > 1:
             gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
@@ -353,10 +361,11 @@ class SFTModule(L.LightningModule):
             f"[infra-pl] fit took {summary['optimizer_steps']} optimizer steps in {summary['train_seconds']} s "
             f"({how}; seed {summary['seed']}, {summary['torch_threads']} torch thread(s))"
         )
+        callback = self.trainer.checkpoint_callback
+        # on every rank: trainer.log_dir is a collective under DDP/FSDP (rank 0 alone would wait forever)
+        folder = getattr(callback, "dirpath", None) or self.trainer.log_dir or self.trainer.default_root_dir
         if not self.trainer.is_global_zero:
             return
-        callback = self.trainer.checkpoint_callback
-        folder = getattr(callback, "dirpath", None) or self.trainer.log_dir or self.trainer.default_root_dir
         path = Path(folder) / "fit_summary.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
