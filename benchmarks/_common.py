@@ -155,3 +155,16 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float:
     num = sum((a - mx) * (b - my) for a, b in zip(lx, ly))
     den = sum((a - mx) ** 2 for a in lx)
     return num / den if den else float("nan")
+
+
+def rowwise_correlations(a: "np.ndarray", b: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+    """Pearson and Spearman correlation of every row of ``a`` with the same row of ``b`` ([Q, N] each)."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    def pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        x = x - x.mean(1, keepdims=True)
+        y = y - y.mean(1, keepdims=True)
+        return (x * y).sum(1) / np.sqrt((x * x).sum(1) * (y * y).sum(1))
+
+    return pearson(a, b), pearson(np.apply_along_axis(rankdata, 1, a), np.apply_along_axis(rankdata, 1, b))

@@ -112,15 +112,9 @@ def from_index(folder: Path, directions, n: int) -> tuple[np.ndarray, float, int
 
 def agreement(got: np.ndarray, exact: np.ndarray, top: int = 100) -> dict[str, float]:
     """Per row: Pearson, Spearman, top-``top`` overlap; their means (and the worst Pearson)."""
-    from scipy.stats import rankdata
+    from _common import rowwise_correlations
 
-    def rowwise(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        x = x - x.mean(1, keepdims=True)
-        y = y - y.mean(1, keepdims=True)
-        return (x * y).sum(1) / np.sqrt((x * x).sum(1) * (y * y).sum(1))
-
-    pearson = rowwise(got, exact)
-    spearman = rowwise(np.apply_along_axis(rankdata, 1, got), np.apply_along_axis(rankdata, 1, exact))
+    pearson, spearman = rowwise_correlations(got, exact)
     overlap = [len(set(np.argsort(-g)[:top]) & set(np.argsort(-e)[:top])) / top for g, e in zip(got, exact)]
     return {"pearson": float(pearson.mean()), "pearson_min": float(pearson.min()),
             "spearman": float(spearman.mean()), "overlap": float(np.mean(overlap))}

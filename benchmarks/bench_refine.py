@@ -134,15 +134,9 @@ def epoch_seconds(ctx: ScoringContext) -> float:
 
 def agreement(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, tuple[float, float, float]]:
     """Mean over queries of the per-query Pearson and Spearman correlation, with a bootstrap CI over queries."""
-    from scipy.stats import rankdata
+    from _common import rowwise_correlations
 
-    def rowwise(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        x = x - x.mean(1, keepdims=True)
-        y = y - y.mean(1, keepdims=True)
-        return (x * y).sum(1) / np.sqrt((x * x).sum(1) * (y * y).sum(1))
-
-    pearson = rowwise(a, b)
-    spearman = rowwise(np.apply_along_axis(rankdata, 1, a), np.apply_along_axis(rankdata, 1, b))
+    pearson, spearman = rowwise_correlations(a, b)
     rng = np.random.default_rng(seed)
     out = {}
     for name, values in (("pearson", pearson), ("spearman", spearman)):

@@ -53,8 +53,7 @@ from infra_pl.ekfac.capture import Capture
 from infra_pl.ekfac.loss import LossFn, causal_lm_loss
 from infra_pl.ekfac.modules import resolve_modules
 from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode, model_device
-from infra_pl.ekfac.precision import is_reduced
-from infra_pl.influence.instance import choose_contraction
+from infra_pl.influence.instance import module_scores
 from infra_pl.influence.measurement import Directions
 
 INDEX_FORMAT = 1
@@ -302,20 +301,9 @@ def scores_and_projections(
 
     def contract(name: str, activations: torch.Tensor, output_grads: torch.Tensor) -> None:
         grads = None
-        if directions is not None:  # the instance score, as infra_pl.influence.instance._score_pass
+        if directions is not None:  # the instance score, exactly as infra_pl.influence.instance computes it
             v = directions.per_module[name].to(device=activations.device, dtype=dtype)
-            mode = choose_contraction(activations.shape[1], v.shape[0])
-            if mode == "sequence":
-                grads = torch.bmm(output_grads.transpose(1, 2), activations)
-                term = -(v.reshape(v.shape[0], -1) @ grads.reshape(grads.shape[0], -1).t()).t()
-            else:
-                if v.shape[1] <= v.shape[2]:
-                    term = -torch.einsum("btmo,bto->mbt", torch.einsum("bti,moi->btmo", activations, v), output_grads)
-                else:
-                    term = -torch.einsum("btmi,bti->mbt", torch.einsum("bto,moi->btmi", output_grads, v), activations)
-                term = term.sum(dim=-1).t()
-            if is_reduced(term.dtype):
-                term = term.float()
+            term, grads = module_scores(v, activations, output_grads, "auto")
             result["total"] = term if "total" not in result else result["total"] + term
         offset, size = layout[name]
         rows[:, offset : offset + size] = _projection(name, basis.modules[name], activations, output_grads, grads)
