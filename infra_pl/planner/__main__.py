@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="the gradient passes checkpoint every decoder block (EKFACFactors / InfluenceScores "
                         "activation_checkpointing): only each block's input is kept, one block is replayed at a time.")
+    p.add_argument("--fsdp-ranks", type=int, default=1,
+                   help="attribute under FSDP on this many ranks: every rank holds the gathered full weights plus "
+                        "its shard (default 1: no FSDP)")
     p.add_argument("--lora", type=_lora, default=None,
                    help="LoRA adapters, e.g. r=16,alpha=32,targets=gate_proj+up_proj+down_proj (tracks the adapters).")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (partitions as lists of module names).")
@@ -98,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         padding=args.padding,
         keep_covariance=not args.offload_covariance,
         compute_dtype=args.compute_dtype,
-        activation_checkpointing=args.activation_checkpointing,
+        activation_checkpointing=args.activation_checkpointing, fsdp_ranks=args.fsdp_ranks,
     )
     est = estimate_from_config(args.model_config, settings, dtype=args.dtype, modules=args.modules, lora=args.lora)
     plan, budget = None, None

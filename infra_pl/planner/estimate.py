@@ -80,6 +80,9 @@ class Settings:
             (:mod:`infra_pl.ekfac.checkpointing`): the forward keeps each block's input, and the
             backward rebuilds one block's saved tensors at a time (:func:`saved_activation_bytes`,
             :func:`replayed_block_bytes`). The token pass (no backward) is unchanged.
+        fsdp_ranks: ranks of an FSDP run (1: not FSDP). ``attribute`` under FSDP gathers the full
+            weights on every rank for the whole run (:mod:`infra_pl.fsdp`), so every phase holds the
+            full weights plus the rank's own shard (weights ÷ ranks).
     """
 
     batch_size: int = 1
@@ -91,8 +94,11 @@ class Settings:
     keep_covariance: bool = True
     compute_dtype: torch.dtype | None = None
     activation_checkpointing: bool = False
+    fsdp_ranks: int = 1
 
     def __post_init__(self) -> None:
+        if self.fsdp_ranks < 1:
+            raise ValueError(f"fsdp_ranks must be >= 1, got {self.fsdp_ranks}")
         if self.batch_size < 1 or self.seq_len < 2:
             raise ValueError(f"batch_size must be >= 1 and seq_len >= 2, got {self.batch_size} and {self.seq_len}")
         if self.measurements < 1:
@@ -406,6 +412,8 @@ def estimate(
     n, m = settings.tokens, settings.measurements
 
     weights = parameter_bytes(model)
+    if settings.fsdp_ranks > 1:  # the full weights are gathered beside each rank's own shard
+        weights += -(-weights // settings.fsdp_ranks)
     batch = 3 * n * INT64  # input_ids, attention_mask, labels
     # Frozen base weights (a LoRA model): autograd keeps fewer inputs (see saved_activation_bytes).
     frozen = any(not p.requires_grad for p in model.parameters()) and any(p.requires_grad for p in model.parameters())

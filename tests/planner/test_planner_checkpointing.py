@@ -126,3 +126,13 @@ def test_lora_checkpointed_activations_match_autograd(dtype):
     s = torch.empty((), dtype=dtype).element_size()
     est = estimate(model, Settings(batch_size=2, seq_len=24, activation_checkpointing=True))
     assert saved + 2 * 24 * 8 * s == est.phases[COVARIANCE].fixed["saved activations"]
+
+
+def test_fsdp_ranks_add_each_ranks_shard_to_every_phase():
+    from infra_pl.planner import Settings, estimate_from_config, load_config
+
+    config = load_config("configs/models/llama3_8b.json")
+    plain = estimate_from_config(config, Settings(batch_size=1, seq_len=512))
+    sharded = estimate_from_config(config, Settings(batch_size=1, seq_len=512, fsdp_ranks=4))
+    shard = -(-plain.weight_bytes // 4)
+    assert all(sharded.peaks()[p] - plain.peaks()[p] == shard for p in plain.phases)
