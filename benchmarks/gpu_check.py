@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="operand dtype of the factor passes' products (infra_pl.ekfac.precision); the model is "
                         "bf16, so bfloat16 also skips the float32 copies of its activations and gradients")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="run every data pass with each decoder block checkpointed (infra_pl.ekfac.checkpointing); "
+                        "the planner estimate then counts it too")
     fsdp = p.add_argument_group("FSDP path (--fsdp)")
     fsdp.add_argument("--fsdp", action="store_true",
                       help="fit and attribute through Lightning under strategy=fsdp instead of the pure-torch phases")
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     settings = Settings(batch_size=args.batch_size, seq_len=args.seq_len, measurements=m, fisher="true",
-                        keep_covariance=False)  # A and S go to the CPU after the eigendecomposition, below
+                        keep_covariance=False, activation_checkpointing=args.activation_checkpointing)  # A and S go to the CPU after the eigendecomposition, below
     plan = estimate(meta, settings)
 
     probe = Probe(device)
@@ -289,8 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         return cost.peak() - below
 
     def run(phase: str, fn: Callable[[], Any], note: str = "", scale: float = 1.0) -> Any:
+        import contextlib
+
+        from infra_pl.ekfac.checkpointing import activation_checkpointing
+
         probe.start()
-        seconds, out = timed(fn, device)
+        with activation_checkpointing(model) if args.activation_checkpointing else contextlib.nullcontext():
+            seconds, out = timed(fn, device)
         rows.append(Row(phase, seconds, seconds * scale / epoch, probe.peak_bytes(), planned(phase), note))
         print(f"  {phase}: {seconds:.1f} s", flush=True)
         return out
@@ -545,10 +553,10 @@ def fsdp_main(args: argparse.Namespace, device: torch.device) -> int:
 
     def attribute(strategy: Any, folder: Path, probe: Any = None) -> tuple[Any, Any, Any]:
         factors = EKFACFactors(batch_size=args.batch_size, log_spectra=False, output_dir=str(folder / "factors"),
-                               compute_dtype=args.compute_dtype)
+                               compute_dtype=args.compute_dtype, activation_checkpointing=args.activation_checkpointing)
         scores = InfluenceScores(measurements=[RandomSequences(k) for k in range(args.measurements)],
                                  batch_size=args.batch_size, token_top_k=args.n_token, sentence_top_k=0,
-                                 output_dir=str(folder / "scores"))
+                                 output_dir=str(folder / "scores"), activation_checkpointing=args.activation_checkpointing)
         trainer = InfraTrainer(strategy=strategy, default_root_dir=str(folder),
                                callbacks=[factors, scores] + ([probe] if probe else []), **common)
         module, data = CheckLM(args.seed + 1), RandomTokens()  # other initial weights: the checkpoint must load
