@@ -153,6 +153,25 @@ def _target_label(entry: Any) -> str | None:
     return f"{target} ({n})" if n is not None else str(target)
 
 
+def _direction_provenance(name: str, entry: Any) -> list[str]:
+    """How a measurement's direction and scores were computed, when not by plain EK-FAC and a pass:
+    CG refinement (iterations, stop reason, final residual) and scores read from the training index."""
+    out = []
+    refinement = _value(entry, "refinement")
+    if refinement:
+        residuals = refinement.get("residuals") or []
+        final = f", relative residual {residuals[0]:.3g} → {residuals[-1]:.3g}" if residuals else ""
+        out.append(f"Measurement '{name}': v = H⁻¹∇f refined from EK-FAC by {refinement.get('iterations')} CG "
+                   f"iteration(s) on the damped {refinement.get('fisher', '')} Fisher over "
+                   f"{refinement.get('examples')} training sequences (stopped: {refinement.get('stop_reason')}{final}).")
+    source = _value(entry, "scored_from")
+    if source:
+        exact = "exact" if source.get("exact") else "approximate"
+        out.append(f"Measurement '{name}': scores read from the training-gradient index ({source.get('kind')}, rank "
+                   f"{source.get('rank')}, {source.get('dtype')}, {exact}) without a pass over the training set.")
+    return out
+
+
 def data_provenance(instance_df: pd.DataFrame, sentence_df: pd.DataFrame | None,
                     measurement_info: Mapping[str, Any] | None) -> tuple[list[str], list[str], list[str]]:
     """Sentences saying where every label the tables group by came from, and the warnings among them.
@@ -172,6 +191,7 @@ def data_provenance(instance_df: pd.DataFrame, sentence_df: pd.DataFrame | None,
         detail = ", ".join(f"{n} {_TARGET_WORDS.get(k, k)}" for k, n in counts.items() if n)
         lines.append(f"Measurement '{name}': y_i of Eq. 6 = {detail or target} (option target: "
                      f"{_value(entry, 'target_option') or target}).")
+        lines += _direction_provenance(name, entry)
         answer_only = _value(entry, "answer_only_references")
         if answer_only:
             warnings.append(f"Measurement '{name}': {answer_only} item(s) teacher-force an answer-only reference "
