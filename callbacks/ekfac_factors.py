@@ -23,6 +23,7 @@ from infra_pl.hooks import FactorsReady, dispatch, tensorboard_writer
 from infra_pl.lightning_runner import LightningRunner
 from infra_pl.options import callback_options
 from infra_pl.protocol import attribution_model, loss_fn_for, model_is_built, require_data, require_module, require_true_fisher
+from infra_pl.sampling import data_strata
 from infra_pl.trainer import AttributionStep
 
 
@@ -55,7 +56,7 @@ class EKFACFactors(AttributionStep):
             self.options, LightningRunner(trainer, pl_module, datamodule), model, loss_fn_for(pl_module),
             lambda indices: datamodule.attribution_dataloader("train", self.options.batch_size, indices),
             list(datamodule.attribution_ids("train")), output_dir=self.factors_dir(trainer),
-            batch_shape=batch_shape(self.options, datamodule), strata=strata(datamodule),
+            batch_shape=batch_shape(self.options, datamodule), strata=data_strata(datamodule, ("domain", "difficulty")),
             reserved_bytes=fsdp_shard_bytes(trainer, model),
         )
         result = fit.run()
@@ -112,13 +113,6 @@ def fsdp_shard_bytes(trainer: Any, model: torch.nn.Module) -> int:
     from infra_pl.planner.model import parameter_bytes
 
     return parameter_bytes(model) // world
-
-
-def strata(datamodule: Any) -> list[tuple[Any, Any]] | None:
-    """(domain, difficulty) per training example, for stratified factor samples (None without metadata)."""
-    if not callable(getattr(datamodule, "attribution_metadata", None)):
-        return None
-    return [(row.get("domain"), row.get("difficulty")) for row in datamodule.attribution_metadata("train")]
 
 
 def batch_shape(options: FactorOptions, datamodule: Any) -> tuple[int, int]:

@@ -49,3 +49,20 @@ def stratified_sample(strata: Sequence[Any], n: int, seed: int) -> list[int]:
         counts[largest] -= 1
     rng = random.Random(seed)
     return sorted(i for s in sorted(groups, key=str) for i in rng.sample(groups[s], counts[s]))
+
+
+def data_strata(data: Any, keys: Sequence[str]) -> list[Any] | None:
+    """Per training example, its ``keys`` from ``data.attribution_metadata("train")`` (the bare value for one
+    key, a tuple for several); None when the data has no metadata."""
+    if not callable(getattr(data, "attribution_metadata", None)):
+        return None
+    rows = data.attribution_metadata("train")
+    if len(keys) == 1:
+        return [row.get(keys[0]) for row in rows]
+    return [tuple(row.get(k) for k in keys) for row in rows]
+
+
+def sample_indices(strata: Sequence[Any], wanted: int | float | None, seed: int, option: str) -> list[int] | None:
+    """The seeded stratified sample that ``option`` (a count, a fraction or None) asks for; None: every example."""
+    count = sample_size(wanted, len(strata), option)
+    return None if count is None else stratified_sample(strata, count, seed)

@@ -186,3 +186,12 @@ def test_factors_from_a_stratified_sample_use_only_the_sampled_examples(tmp_path
     assert Factors.load(tmp_path / "f").sample == sampled.sample
     with pytest.raises(Exception, match="were fitted on the sample"):
         fit_factors(model, batches, progress=False, fisher="empirical", train_ids=ids, output_dir=tmp_path / "f")
+
+
+def test_refinement_on_a_sample_uses_that_many_sequences(tmp_path):
+    model, batches = tiny_llama(), make_batches(LENGTHS)
+    factors = fit_factors(model, batches, progress=False, fisher="empirical", damping=1e-2)
+    spec = MeasurementSpec("q", make_batches([[9, 8]], seed=7))
+    options = ScoreOptions(token_top_k=0, sentence_top_k=0, removal_top_k=0, refine_iterations=1, refine_examples=6)
+    result = compute_scores(model, Data(batches), factors, [spec], tmp_path / "scores", options, progress=False)
+    assert result.measurement_info["q"]["refinement"]["examples"] == 6

@@ -32,7 +32,7 @@ from infra_pl.ekfac.precision import dtype_name
 from infra_pl.ekfac.storage import partition_dir, read_partition_index, write_partition_index
 from infra_pl.ekfac.streams import AccumulatorStreams, merged_state
 from infra_pl.runner import Pass, Runner
-from infra_pl.sampling import sample_size, stratified_sample
+from infra_pl.sampling import sample_indices
 
 COVARIANCE, LAMBDA = "ekfac/covariance", "ekfac/lambda"
 
@@ -275,11 +275,10 @@ class FactorFit:
             raise ValueError("covariance_max_examples/lambda_max_examples need the training ids (or strata) to sample from")
         strata = self.strata if self.strata is not None else [None] * len(self.train_ids or [])
         which = "covariance_max_examples" if covariance else "lambda_max_examples"
-        count = sample_size(wanted, len(strata), which)
-        if count is None:
+        chosen = sample_indices(strata, wanted, options.sample_seed + (0 if covariance else 1), which)
+        if chosen is None:
             return None
-        chosen = stratified_sample(strata, count, options.sample_seed + (0 if covariance else 1))
-        log(f"EK-FAC {'covariance' if covariance else 'lambda'} pass on a sample: {count} of {len(strata)} examples "
+        log(f"EK-FAC {'covariance' if covariance else 'lambda'} pass on a sample: {len(chosen)} of {len(strata)} examples "
             f"({which}={wanted}, stratified, seed {options.sample_seed})")
         return chosen
 

@@ -60,7 +60,6 @@ from infra_pl.influence.refine import (
     refinement_key,
     save_refinement_state,
     stack_gradients,
-    stratified_sample,
 )
 from infra_pl.influence.tables import (
     check_token_sums,
@@ -76,6 +75,7 @@ from infra_pl.measurements import MeasurementSpec
 from infra_pl.products import ScoresReady
 from infra_pl.protocol import batch_indices, weighted_loss_fn
 from infra_pl.runner import InProcessRunner, Pass, Runner
+from infra_pl.sampling import data_strata, sample_indices
 from infra_pl.scores_store import PartWriter, done_indices, read_parts, write_table
 
 MEASURE, INSTANCE, TOKENS = "influence/measure", "influence/instance", "influence/tokens"
@@ -241,13 +241,8 @@ class ScoreRun:
 
     def _refinement_indices(self) -> list[int] | None:
         """The seeded, domain-stratified sample of training examples behind the refinement's Fisher."""
-        n_train = len(self.data.attribution_ids("train"))
-        wanted = self.options.refine_examples
-        if wanted is None or wanted >= n_train:
-            return None
-        has_meta = callable(getattr(self.data, "attribution_metadata", None))
-        domains = [row.get("domain") for row in self.data.attribution_metadata("train")] if has_meta else [None] * n_train
-        return stratified_sample(domains, wanted, self.options.refine_seed)
+        domains = data_strata(self.data, ("domain",)) or [None] * len(self.data.attribution_ids("train"))
+        return sample_indices(domains, self.options.refine_examples, self.options.refine_seed, "refine_examples")
 
     def _refine(self, group: list[str], tracked: dict[str, nn.Module], gradients: Directions, suffix: str,
                 what: str, stem: str = "directions") -> RefineResult:

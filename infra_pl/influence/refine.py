@@ -33,7 +33,6 @@ from infra_pl.ekfac.loss import LossFn, label_seeds
 from infra_pl.ekfac.passes import batch_size, capture_pass, eval_mode
 from infra_pl.influence.measurement import Directions
 from infra_pl.runner import Pass, Runner
-from infra_pl.sampling import stratified_sample  # noqa: F401 - the refinement sample (re-exported for the driver)
 
 REFINE = "influence/refine"
 Vectors = dict[str, torch.Tensor]  # {module: [M, out, in(+1)]}
