@@ -54,6 +54,7 @@ class Data:
     def __init__(self, batches):
         self.batches = numbered(batches)
         self.fail = False
+        self.requested: list[list[int] | None] = []  # the indices of every loader asked for (None: all)
 
     def attribution_ids(self, split):
         return [f"z{i}" for batch in self.batches for i in batch["index"].tolist()]
@@ -61,6 +62,7 @@ class Data:
     def attribution_dataloader(self, split="train", batch_size=None, indices=None):
         if self.fail:
             raise Interrupt("the training set was read again")
+        self.requested.append(None if indices is None else sorted(indices))
         wanted = None if indices is None else set(indices)
         out = []
         for batch in self.batches:

@@ -23,8 +23,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -48,6 +49,7 @@ from infra_pl.influence.index import (
     remove_overlapping_groups,
     scores_and_projections,
 )
+from infra_pl.influence.index_check import POOR_AGREEMENT, combine, extreme_rows, fit_agreement
 from infra_pl.influence.instance import instance_scores, query_directions
 from infra_pl.influence.measurement import Directions, measurement_directions, measurement_gradient
 from infra_pl.influence.options import ScoreOptions
@@ -156,10 +158,15 @@ class ScoreRun:
                                      "instance" + part.label, index_suffix=part.suffix)
             for part in parts
         ])
+        checked: dict[str, Any] = {}
+        if self._index is not None:
+            groups = [(p.tracked, p.directions, p.key, p.suffix, p.label) for p in parts]
+            scored, checked = self._check_index_scores(groups, scored, names, "index_check", self.options.index_exact_top)
         instance_df = with_behaviours(instance_table(self.data, train_ids, scored, names), self.tags.tagged, self.tags.tagger)
         instance_df.attrs["tagger_agreement"] = self.tags.agreement
         if self._index is not None:  # every output says where its scores come from
-            scored_from = self._index.describe()
+            instance_df["exact_score"] = scored.loc[instance_df["index"].to_numpy(), "exact_score"].to_numpy()
+            scored_from = {**self._index.describe(), **checked}
             for entry in info.values():
                 entry["scored_from"] = scored_from
         meta = {"measurements": info, "sign": "positive = up-weighting the example raises f", "directions_key": key,
@@ -310,7 +317,8 @@ class ScoreRun:
 
     # --------------------------------------------------------------- instance
     def _score_training_set(self, tracked: dict[str, nn.Module], directions: Directions, parts: Path, key: str,
-                            what: str, index_suffix: str | None = None) -> pd.DataFrame:
+                            what: str, index_suffix: str | None = None,
+                            examples: Sequence[int] | None = None) -> pd.DataFrame:
         """Scores of every training example for ``directions`` (columns ``score_<name>``), resumable.
 
         With several streams the parts of consecutive batches flow through the stream workers
@@ -319,19 +327,21 @@ class ScoreRun:
 
         ``index_suffix`` (the instance pass only): with ``index``, the same pass writes this module
         group's index rows; examples already scored but not yet indexed are passed again (their
-        score rows are not written twice). With ``from_index`` the scores come from the index.
+        score rows are not written twice). With ``from_index`` the scores come from the index, unless
+        ``examples`` are given: those are scored exactly (the index check) and only they are returned.
         """
-        if self._index is not None:
+        if self._index is not None and examples is None:
             return self._scores_from_index(directions, what)
         ids = list(self.data.attribution_ids("train"))
+        wanted = range(len(ids)) if examples is None else sorted(set(examples))
         done = done_indices(parts, key)
         index = self._index_state(tracked, index_suffix, ids) if self.options.index and index_suffix is not None else None
         if index is None:
-            todo = [i for i in range(len(ids)) if i not in done]
+            todo = [i for i in wanted if i not in done]
         else:
             todo = [i for i in range(len(ids)) if i not in done or i not in index.done]
-        if done:
-            log(f"{what} scores: resuming, {len(done)} of {len(ids)} already scored")
+        if done & set(wanted):
+            log(f"{what} scores: resuming, {len(done & set(wanted))} of {len(wanted)} already scored")
         if index is not None and index.done:
             log(f"{what} index: resuming, {len(index.done)} of {len(ids)} already indexed")
         if todo:
@@ -400,7 +410,8 @@ class ScoreRun:
         table = read_parts(parts, key)
         if table is None:
             raise ValueError(f"{what} scores: the training loader yielded no batches (is attribution_dataloader('train') empty?)")
-        return table.to_pandas().drop_duplicates("index").set_index("index").sort_index()
+        frame = table.to_pandas().drop_duplicates("index").set_index("index").sort_index()
+        return frame if examples is None else frame.loc[frame.index.isin(wanted)]
 
     # ------------------------------------------------------------------ index
     @property
@@ -455,6 +466,74 @@ class ScoreRun:
             "training set")
         return index
 
+    def _check_index_scores(self, groups: list[tuple[dict[str, nn.Module], Directions, str, str, str]],
+                            scored: pd.DataFrame, names: list[str], stem: str, exact_top: int
+                            ) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """Index scores with exact scores where they matter (:mod:`infra_pl.influence.index_check`).
+
+        A seeded sample (``index_check_examples``) and each measurement's top and bottom
+        ``exact_top`` examples are scored exactly by an instance pass over those examples only
+        (per module group: tracked modules, directions, key, folder suffix, label; parts under
+        ``<output>/<stem>_parts``); the sample measures the agreement and calibrates every other
+        index score. Returns the frame (with ``exact_score``) and what ``scored_from`` records.
+        """
+        options = self.options
+        columns = [f"score_{n}" for n in names]
+        raw = scored[columns].to_numpy(dtype=np.float64)
+        rows = list(scored.index)
+        if self._index.full_rank():
+            log("from_index: the index is full rank, so its scores are exact; no check pass")
+            return scored.assign(exact_score=True), {"check": None, "calibrated": False, "exact_examples": len(rows)}
+        strata = data_strata(self.data, ("domain",)) or [None] * len(rows)
+        sample = []
+        if options.index_check_examples > 0:
+            picked = sample_indices([strata[i] for i in rows], options.index_check_examples, options.index_check_seed,
+                                    "index_check_examples")
+            sample = list(range(len(rows))) if picked is None else picked
+        extremes = extreme_rows(raw, exact_top)
+        chosen = sorted(set(sample) | set(extremes))
+        if not chosen:
+            log("WARNING from_index: index_check_examples and index_exact_top are 0: the scores are the raw index "
+                "scores, not calibrated and not checked against exact scores")
+            return scored.assign(exact_score=False), {"check": None, "calibrated": False, "exact_examples": 0}
+        examples = [rows[r] for r in chosen]
+        start = time.perf_counter()
+        exact_frame = sum_score_frames([
+            self._score_training_set(tracked, directions, self.out / f"{stem}_parts" / suffix, key,
+                                     stem.replace("_", " ") + label, examples=examples)
+            for tracked, directions, key, suffix, label in groups
+        ])
+        position = {example: r for r, example in enumerate(rows)}
+        exact = {position[e]: exact_frame.loc[e, columns].to_numpy(dtype=np.float64) for e in examples}
+        agreements = None
+        if sample:
+            truth = np.stack([exact[r] for r in sample])
+            agreements = [fit_agreement(n, raw[sample, m], truth[:, m]) for m, n in enumerate(names)]
+        values, mask = combine(raw, exact, agreements)
+        log(f"from_index: {len(chosen)} examples scored exactly ({len(sample)} sampled, {len(extremes)} at the "
+            f"extremes) in {time.perf_counter() - start:.1f} s")
+        if len(names) > 8 and agreements:  # pairwise: one line for all queries
+            pearson = np.array([a.pearson for a in agreements])
+            log(f"from_index {len(names)} measurements: Pearson with exact scores on {len(sample)} sampled examples "
+                f"mean {np.nanmean(pearson):.3f}, worst {np.nanmin(pearson):.3f}; every score calibrated by its own line")
+        poor = [a for a in agreements or [] if not a.pearson >= POOR_AGREEMENT]
+        for agreement in agreements or [] if len(names) <= 8 else poor[:3]:
+            log("from_index " + agreement.sentence())
+        if poor:
+            log(f"WARNING from_index: {len(poor)} of {len(names)} measurement(s) agree poorly with exact scores "
+                f"(Pearson < {POOR_AGREEMENT} on the check sample, e.g. '{poor[0].measurement}' "
+                f"{poor[0].pearson:.3f}): raise index_rank, or score without from_index")
+        if not agreements:
+            log("WARNING from_index: index_check_examples is 0: scores other than the extremes are raw index scores "
+                "(not calibrated, agreement with exact scores unknown)")
+        out = scored.copy()
+        out[columns] = values
+        out["exact_score"] = mask
+        info = {"check": {a.measurement: a.as_dict() for a in agreements} if agreements else None,
+                "calibrated": bool(agreements), "exact_examples": int(mask.sum()),
+                "check_seed": options.index_check_seed}
+        return out, info
+
     def _scores_from_index(self, directions: Directions, what: str) -> pd.DataFrame:
         """Scores of every indexed example from the stored rows (main rank; the frame is broadcast)."""
         assert self._index is not None
@@ -494,7 +573,7 @@ class ScoreRun:
         if len(set(order)) != len(order):
             log("pairwise scores: skipped, an item belongs to more than one measurement")
             return None
-        frames = []
+        frames, groups = [], []
         for part in parts:  # the additive share of every module group (one group without partitions)
             group_factors = self.factors.subset(part.group).to(self.runner.device, covariances=False)
             if self.options.refine_pairwise and self.options.refine_iterations > 0:
@@ -510,13 +589,27 @@ class ScoreRun:
             key = directions_key(directions, self.factors)
             frames.append(self._score_training_set(part.tracked, directions, self.out / "pairwise_parts" / part.suffix,
                                                    key, "pairwise" + part.label))
+            groups.append((part.tracked, directions, key, part.suffix, part.label))
         scored = sum_score_frames(frames)
+        if self._index is not None:  # per query: the check sample calibrates, no extremes (K x queries examples)
+            query_names = [c[len("score_"):] for c in scored.columns if c.startswith("score_")]
+            scored, checked = self._check_index_scores(groups, scored, query_names, "pairwise_check", 0)
+            summary = None
+            if checked.get("check"):
+                pearson = [line["pearson"] for line in checked["check"].values()]
+                summary = {"examples": next(iter(checked["check"].values()))["examples"],
+                           "pearson_mean": float(np.nanmean(pearson)), "pearson_min": float(np.nanmin(pearson))}
+            meta = {**meta, "scored_from": {**meta.get("scored_from", {}), "pairwise_check": summary}}
         rows = []
+        exact = scored["exact_score"] if "exact_score" in scored else None
         for k, query_index in enumerate(order):
             domain = query_meta[query_index].get("domain") if query_meta is not None else None
             for train_index, value in scored[f"score_query_{k}"].items():
-                rows.append({"query_id": query_ids[query_index], "query_domain": domain,
-                             "train_id": train_ids[int(train_index)], "score": float(value)})
+                row = {"query_id": query_ids[query_index], "query_domain": domain,
+                       "train_id": train_ids[int(train_index)], "score": float(value)}
+                if exact is not None:
+                    row["exact_score"] = bool(exact.at[train_index])
+                rows.append(row)
         if not self.runner.is_main:
             return None
         path = write_table(self.out / "pairwise_scores.parquet", pd.DataFrame(rows), meta)

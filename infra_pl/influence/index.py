@@ -24,13 +24,16 @@ On disk (one folder per module group; ``partition-<k>/`` sub-folders for a parti
     manifest.json                  key, kind, rank, dtype, modules (shapes, k, offsets), provenance
     basis.safetensors              L and R per module (so the index scores without the factors)
     part-r<rank>-<n>.npy           [rows, D] values, memory-mapped when read (D = Σ k_out·k_in)
-    part-r<rank>-<n>.scales.npy    float16 only: [rows, modules] float32 scale of each block
+    part-r<rank>-<n>.scales.npy    int8 and float16: [rows, modules] float32 scale of each block
     part-r<rank>-<n>.json          example index and id of every row, key, checksums (written last)
 
 A part exists once its ``.json`` does (values first, then scales, then the json, each renamed
 into place), so a pass stopped at any point leaves only whole parts; a rerun scores the examples
-no part holds yet. float16 blocks are stored divided by their largest magnitude (kept as the
-float32 scale), so nothing overflows and each block keeps float16's relative precision.
+no part holds yet. int8 and float16 blocks are stored divided by a float32 scale per block (its
+largest magnitude, over 127 for int8), so nothing overflows and each block keeps the dtype's
+relative precision: int8's rounding (at most 1/254 of the block's largest entry) moved
+agreement with exact scores by less than 1e-4 in ``benchmarks/bench_index.py``, at half of
+float16's bytes.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ from infra_pl.influence.instance import module_scores
 from infra_pl.influence.measurement import Directions
 
 INDEX_FORMAT = 1
-INDEX_DTYPES = {"float16": np.float16, "float32": np.float32}
+INDEX_DTYPES = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
+SCALED_DTYPES = {"int8": 127.0, "float16": 1.0}  # stored = block / scale, scale = largest magnitude / this
 BASIS_KINDS = ("eigen", "random")
 FLUSH_BYTES = 256 << 20  # a part holds at most this many bytes of values (and at most FLUSH_ROWS rows)
 FLUSH_ROWS = 512
@@ -396,7 +400,7 @@ class IndexWriter:
 
     @property
     def bytes_per_example(self) -> int:
-        scale_bytes = 4 * len(self.layout) if self.dtype == "float16" else 0
+        scale_bytes = 4 * len(self.layout) if self.dtype in SCALED_DTYPES else 0
         return self.basis.row_size * np.dtype(INDEX_DTYPES[self.dtype]).itemsize + scale_bytes
 
     def add(self, indices: Sequence[int], ids: Sequence[str], rows: torch.Tensor) -> None:
@@ -414,15 +418,18 @@ class IndexWriter:
         values = torch.cat(self._rows).numpy()
         stem = f"part-r{self.rank}-{self._counter:06d}"
         checksums = {}
-        if self.dtype == "float16":
+        if self.dtype in SCALED_DTYPES:
+            levels = SCALED_DTYPES[self.dtype]
             scales = np.ones((values.shape[0], len(self.layout)), dtype=np.float32)
-            stored = np.empty(values.shape, dtype=np.float16)
+            stored = np.empty(values.shape, dtype=INDEX_DTYPES[self.dtype])
             for j, module in enumerate(self.layout):
                 block = values[:, module["offset"] : module["offset"] + module["size"]]
                 peak = np.abs(block).max(axis=1) if block.size else np.zeros(values.shape[0], np.float32)
-                scale = np.where(peak > 0, peak, 1.0).astype(np.float32)
+                scale = (np.where(peak > 0, peak, 1.0) / levels).astype(np.float32)
                 scales[:, j] = scale
-                stored[:, module["offset"] : module["offset"] + module["size"]] = block / scale[:, None]
+                scaled = block / scale[:, None]
+                stored[:, module["offset"] : module["offset"] + module["size"]] = (
+                    np.rint(scaled) if levels > 1 else scaled)
             checksums["values"] = _atomic_save(self.directory / f"{stem}.npy", stored)
             checksums["scales"] = _atomic_save(self.directory / f"{stem}.scales.npy", scales)
         else:
@@ -652,11 +659,11 @@ class TrainingIndex:
 
 # ------------------------------------------------------------------------------------ planning
 def index_bytes_per_example(shapes: Iterable[tuple[int, int]], rank: int, dtype: str = "float16") -> int:
-    """Bytes of one example's index row: Σ_modules min(k, out)·min(k, in)·itemsize (+ float16 scales)."""
+    """Bytes of one example's index row: Σ_modules min(k, out)·min(k, in)·itemsize (+ block scales)."""
     itemsize = np.dtype(INDEX_DTYPES[dtype]).itemsize
     shapes = list(shapes)
     values = sum(min(rank, out) * min(rank, inp) for out, inp in shapes) * itemsize
-    return values + (4 * len(shapes) if dtype == "float16" else 0)
+    return values + (4 * len(shapes) if dtype in SCALED_DTYPES else 0)
 
 
 def model_index_bytes(config: str | Path | Mapping[str, Any], rank: int, dtype: str = "float16",
@@ -669,4 +676,4 @@ def model_index_bytes(config: str | Path | Mapping[str, Any], rank: int, dtype: 
     shapes = [(m.out_features, m.in_dim) for m in tracked]
     return {"modules": len(tracked), "rank": rank, "dtype": dtype,
             "bytes_per_example": index_bytes_per_example(shapes, rank, dtype),
-            "gradient_bytes_per_example": sum(o * i for o, i in shapes) * np.dtype(INDEX_DTYPES[dtype]).itemsize}
+            "gradient_bytes_per_example": sum(o * i for o, i in shapes) * 2}  # one 16-bit gradient, for scale

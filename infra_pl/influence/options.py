@@ -102,6 +102,17 @@ class ScoreOptions:
                               "sentence and removal scores need the training set and are skipped; pairwise scores "
                               "are scored from the index too. Every output records that the scores come from the "
                               "index, at which rank and whether that rank is exact (``scored_from``).")
+    index_check_examples: int = option(128, "with ``from_index``: a seeded sample of this many training examples "
+                                       "(stratified by domain) is scored exactly, by an instance pass over those "
+                                       "examples only, to measure each measurement's agreement with exact scores "
+                                       "(Pearson, Spearman: logged, in ``scored_from.check`` and in the report) and "
+                                       "to calibrate the index scores onto the exact scale (exact ≈ a·index + b, "
+                                       "least squares on the sample): a rank-k index drops part of every score, so "
+                                       "its raw scores are smaller in magnitude. 0: no check, raw index scores.")
+    index_exact_top: int = option(50, "with ``from_index``: the K highest and K lowest examples of each measurement by "
+                                  "index score are rescored exactly, so the examples a ranking shows first carry "
+                                  "exact scores (column ``exact_score`` marks every exactly scored row). 0: none.")
+    index_check_seed: int = option(0, "seed of the index check sample.")
 
     activation_checkpointing: bool = option(False, "checkpoint every decoder block in the scoring passes: the "
                                             "forward keeps only each block's input and the backward replays one "
@@ -125,8 +136,12 @@ class ScoreOptions:
             raise ValueError(f"refine_examples must be positive or null, got {self.refine_examples}")
         if self.index_rank < 1:
             raise ValueError(f"index_rank must be positive, got {self.index_rank}")
-        if self.index_dtype not in ("float16", "float32"):
-            raise ValueError(f"index_dtype must be 'float16' or 'float32', got {self.index_dtype!r}")
+        if self.index_dtype not in ("int8", "float16", "float32"):
+            raise ValueError(f"index_dtype must be 'int8', 'float16' or 'float32', got {self.index_dtype!r}")
+        if self.index_check_examples < 0 or 0 < self.index_check_examples < 3:
+            raise ValueError(f"index_check_examples must be 0 (no check) or at least 3, got {self.index_check_examples}")
+        if self.index_exact_top < 0:
+            raise ValueError(f"index_exact_top must be 0 or more, got {self.index_exact_top}")
         if self.index and self.from_index:
             raise ValueError("index: true writes the index in an instance pass and from_index: true scores without "
                              "one: set one of them")

@@ -169,6 +169,16 @@ def _direction_provenance(name: str, entry: Any) -> list[str]:
         exact = "exact" if source.get("exact") else "approximate"
         out.append(f"Measurement '{name}': scores read from the training-gradient index ({source.get('kind')}, rank "
                    f"{source.get('rank')}, {source.get('dtype')}, {exact}) without a pass over the training set.")
+        check = (source.get("check") or {}).get(name)
+        if check:
+            out.append(f"Measurement '{name}': on {check['examples']} sampled training examples scored exactly, the "
+                       f"index scores agree with exact scores at Pearson {check['pearson']:.3f} (Spearman "
+                       f"{check['spearman']:.3f}); every index score is calibrated as exact ≈ {check['slope']:.4g}·index "
+                       f"{'+' if check['intercept'] >= 0 else '−'} {abs(check['intercept']):.3g}, and "
+                       f"{source.get('exact_examples')} examples (the sample and the extremes) carry exact scores.")
+        elif not source.get("exact"):
+            out.append(f"Measurement '{name}': the index scores were not checked against exact scores "
+                       "(index_check_examples: 0): raw, uncalibrated, agreement unknown.")
     return out
 
 

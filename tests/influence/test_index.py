@@ -62,9 +62,15 @@ def build_index(tmp_path, setting, rank=FULL, dtype="float32", **options):
     return data, result
 
 
+RAW = dict(index_check_examples=0, index_exact_top=0)  # raw index scores: no exact check pass
+
+
 def from_index(tmp_path, setting, data, specs, out="from_index", **options):
+    """Scores from the index; without check options (raw scores) the training set must not be read at all."""
     model, _, factors, _, _ = setting
-    data.fail = True  # scoring from the index must not read the training set
+    checked = any(k in options for k in RAW)
+    options = {**RAW, **options}
+    data.fail = not checked  # scoring from the index must not read the training set (the check reads a few)
     try:
         return compute_scores(model, data, factors, specs, tmp_path / out,
                               ScoreOptions(from_index=True, index_dir=str(tmp_path / "scored" / "index"), **OFF,
@@ -105,14 +111,16 @@ def test_float16_index_and_lower_ranks_agree(tmp_path, setting, capsys):
     exact = scores(compute_scores(model, Data(batches), factors, new, tmp_path / "fresh", ScoreOptions(**OFF),
                                   progress=False), names)
     report = []
-    for rank, dtype in ((FULL, "float16"), (16, "float16"), (8, "float32"), (4, "float16")):
+    for rank, dtype in ((FULL, "float16"), (FULL, "int8"), (16, "float16"), (8, "float32"), (4, "float16")):
         folder = tmp_path / f"r{rank}{dtype}"
         data, _ = build_index(folder, setting, rank=rank, dtype=dtype)
         got = scores(from_index(folder, setting, data, new), names)
         pearson = min(float(np.corrcoef(got[:, m], exact[:, m])[0, 1]) for m in range(len(names)))
         report.append((rank, dtype, rel(got, exact), pearson))
-        if rank == FULL:
+        if rank == FULL and dtype == "float16":
             assert rel(got, exact) <= 2e-3  # float16 storage, each block scaled by its largest magnitude
+        elif rank == FULL:  # int8: each entry rounded to 1/254 of its block's largest magnitude
+            assert rel(got, exact) <= 2e-2 and pearson > 0.999, report
         else:
             assert pearson > 0.2, report  # a sane floor only: agreement at low rank is measured, not promised
     with capsys.disabled():
@@ -190,7 +198,8 @@ def test_partitioned_index_scores_partitioned_and_whole_runs(tmp_path, setting):
     model_, _, factors_, _, _ = setting
     data.fail = True
     split = scores(compute_scores(model_, data, factors_, new, tmp_path / "split",
-                                  ScoreOptions(from_index=True, index_dir=str(tmp_path / "scored" / "index"), **OFF),
+                                  ScoreOptions(from_index=True, index_dir=str(tmp_path / "scored" / "index"), **OFF,
+                                               **RAW),
                                   progress=False, partitions=groups), names)
     assert rel(whole, fresh) <= 1e-5 and rel(split, fresh) <= 1e-5
 
@@ -235,3 +244,74 @@ def test_bases_and_sizes():
     assert random_basis(shapes, 4).digest() == random_basis(shapes, 4).digest() != random_basis(shapes, 4, 1).digest()
     assert index_bytes_per_example([(32, 16), (16, 32)], 8, "float16") == 2 * 64 * 2 + 2 * 4
     assert index_bytes_per_example([(32, 16)], 64, "float32") == 32 * 16 * 4
+    assert index_bytes_per_example([(32, 16), (16, 32)], 8, "int8") == 2 * 64 + 2 * 4
+
+
+def test_the_index_check_scores_a_sample_and_the_extremes_exactly_and_calibrates_the_rest(tmp_path, setting):
+    model, batches, factors, _, new = setting
+    names = [s.name for s in new]
+    fresh = scores(compute_scores(model, Data(batches), factors, new, tmp_path / "fresh", ScoreOptions(**OFF),
+                                  progress=False), names).double()
+    data, _ = build_index(tmp_path, setting, rank=4)
+    raw = scores(from_index(tmp_path, setting, data, new, out="raw"), names).double()
+    data.requested.clear()
+    got = from_index(tmp_path, setting, data, new, out="checked", index_check_examples=5, index_exact_top=1)
+    values = scores(got, names).double()
+    frame = got.instance_scores.sort_values("index")
+    exact_rows = frame["index"][frame["exact_score"]].to_list()
+    # Only the chosen examples were read: the check sample and each measurement's highest and lowest.
+    assert data.requested == [exact_rows]
+    extremes = {int(raw[:, m].argmax()) for m in range(len(names))} | {int(raw[:, m].argmin()) for m in range(len(names))}
+    assert extremes <= set(exact_rows) and 5 <= len(exact_rows) <= 5 + len(extremes) < 12
+    assert rel(values[exact_rows], fresh[exact_rows]) <= 1e-5  # exactly scored rows equal an instance pass
+    check = read_metadata(got.instance_scores_path)["scored_from"]["check"]
+    others = [i for i in range(12) if i not in exact_rows]
+    for m, name in enumerate(names):
+        line = check[name]
+        assert line["examples"] == 5
+        calibrated = line["slope"] * raw[others, m] + line["intercept"]  # every other row: the calibrated index score
+        assert torch.allclose(values[others, m], calibrated, rtol=1e-9, atol=1e-12)
+    # The line and the agreement are those of the sample (least squares and Pearson on it, recomputed here).
+    from infra_pl.sampling import sample_indices
+
+    sample = sample_indices([None] * 12, 5, 0, "index_check_examples")  # this data has no domains: one stratum
+    assert set(sample) <= set(exact_rows)
+    for m, name in enumerate(names):
+        slope, intercept = np.polyfit(raw[sample, m].numpy(), fresh[sample, m].numpy(), 1)
+        assert check[name]["slope"] == pytest.approx(slope, rel=1e-6)
+        assert check[name]["intercept"] == pytest.approx(intercept, rel=1e-6, abs=1e-12)
+        assert check[name]["pearson"] == pytest.approx(np.corrcoef(raw[sample, m], fresh[sample, m])[0, 1], rel=1e-6)
+    # A rerun reads nothing: the exact scores of the check are kept (resumable like every pass).
+    again = from_index(tmp_path, setting, data, new, out="checked", index_check_examples=5, index_exact_top=1)
+    assert data.requested == [exact_rows] and torch.equal(scores(again, names).double(), values)
+    # Calibration puts the index scores on the exact scale: closer to exact than the raw rank-4 scores.
+    assert float((values - fresh).abs().mean()) < float((raw - fresh).abs().mean())
+
+
+def test_pairwise_scores_from_the_index_are_checked_and_calibrated_per_query(tmp_path, setting):
+    import pandas as pd
+
+    from tests.test_drivers import numbered
+
+    model, batches, factors, _, _ = setting
+    items = MeasurementSpec("items", numbered(make_batches([[10, 6, 9], [7, 8]], seed=11)), split="eval",
+                            indices=list(range(5)))
+    fresh = compute_scores(model, Data(batches), factors, [items], tmp_path / "fresh", ScoreOptions(pairwise=True, **OFF),
+                           progress=False)
+    want = pd.read_parquet(fresh.pairwise_scores_path).set_index(["query_id", "train_id"])["score"]
+    data, _ = build_index(tmp_path, setting, rank=4)
+    got = from_index(tmp_path, setting, data, [items], pairwise=True, index_check_examples=6, index_exact_top=0)
+    pairwise = pd.read_parquet(got.pairwise_scores_path).set_index(["query_id", "train_id"])
+    assert len(pairwise) == 5 * 12 and pairwise["exact_score"].sum() == 5 * 6
+    exact = pairwise[pairwise["exact_score"]]
+    assert np.allclose(exact["score"], want.loc[exact.index], rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+    summary = read_metadata(got.pairwise_scores_path)["scored_from"]["pairwise_check"]
+    assert summary["examples"] == 6 and -1 <= summary["pearson_min"] <= summary["pearson_mean"] <= 1
+    # Per query, the other rows are one line (slope, intercept) of the raw index scores, fitted on the sample.
+    raw = pd.read_parquet(from_index(tmp_path, setting, data, [items], out="raw", pairwise=True).pairwise_scores_path)
+    raw = raw.set_index(["query_id", "train_id"])["score"]
+    for query, rows in pairwise.groupby(level="query_id"):
+        sample = rows[rows["exact_score"]].index
+        slope, intercept = np.polyfit(raw.loc[sample], want.loc[sample], 1)
+        others = rows[~rows["exact_score"]].index
+        assert np.allclose(rows.loc[others, "score"], slope * raw.loc[others] + intercept, rtol=1e-6, atol=1e-9)
