@@ -197,3 +197,35 @@ def test_refinement_on_a_sample_uses_that_many_sequences(tmp_path):
     options = ScoreOptions(token_top_k=0, sentence_top_k=0, removal_top_k=0, refine_iterations=1, refine_examples=6)
     result = compute_scores(model, Data(batches), factors, [spec], tmp_path / "scores", options, progress=False)
     assert result.measurement_info["q"]["refinement"]["examples"] == 6
+
+
+def test_the_default_factor_sample_is_a_count_that_covers_small_sets(tmp_path, monkeypatch, capsys):
+    from infra_pl.ekfac import options as factor_options
+    from infra_pl.ekfac.options import FactorOptions
+
+    model, batches = tiny_llama(), numbered(make_batches(LENGTHS))
+    ids = [f"z{i}" for i in range(12)]
+    full = fit_factors(model, batches, progress=False, fisher="empirical", train_ids=ids,
+                       covariance_max_examples=None, lambda_max_examples=None, output_dir=tmp_path / "full")
+    # auto at N <= its count: every example, no sample recorded, the full-data factors reused as they are.
+    monkeypatch.setattr(factor_options, "AUTO_SAMPLE", 12)
+    capsys.readouterr()
+    same = fit_factors(model, batches, progress=False, fisher="empirical", train_ids=ids, output_dir=tmp_path / "full")
+    assert same.sample is None and "on a sample" not in capsys.readouterr().err
+    name = next(iter(full.modules))
+    assert torch.equal(same.modules[name].lambdas, full.modules[name].lambdas)
+    # auto beyond its count: a seeded sample of that many examples in each pass, recorded as a count.
+    monkeypatch.setattr(factor_options, "AUTO_SAMPLE", 6)
+    sampled = fit_factors(model, batches, progress=False, fisher="empirical", train_ids=ids)
+    assert sampled.sample == {"covariance_max_examples": 6, "lambda_max_examples": 6, "seed": 0}
+    assert sampled.modules[name].n_sequences == 6
+    # Without example ids there is nothing to sample from: every example, and the log says so.
+    capsys.readouterr()
+    plain = fit_factors(model, batches, progress=False, fisher="empirical")
+    assert plain.sample is None and "no example ids to sample from" in capsys.readouterr().err
+    assert torch.equal(plain.modules[name].lambdas, full.modules[name].lambdas)
+    with pytest.raises(ValueError, match="needs the training ids"):
+        fit_factors(model, batches, progress=False, fisher="empirical", covariance_max_examples=4)
+    for bad in ("half", 1.5, 0):
+        with pytest.raises(ValueError, match="covariance_max_examples"):
+            FactorOptions(covariance_max_examples=bad)

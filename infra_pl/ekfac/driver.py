@@ -118,9 +118,10 @@ class FactorFit:
                 f"factors in {out} average A over {factors.activation_tokens!r} tokens but activation_tokens "
                 f"{self.options.activation_tokens!r} was requested; set refit: true"
             )
-        if factors.sample != self.options.sample_spec():
+        wanted_sample = self.options.sample_spec(self._n_train)
+        if factors.sample != wanted_sample:
             raise FactorsMismatchError(
-                f"factors in {out} were fitted on the sample {factors.sample} but {self.options.sample_spec()} was "
+                f"factors in {out} were fitted on the sample {factors.sample} but {wanted_sample} was "
                 "requested; set refit: true"
             )
         fitted, wanted = getattr(torch, factors.compute_dtype), self.options.torch_compute_dtype
@@ -212,7 +213,7 @@ class FactorFit:
         return Factors.from_states(
             covariance, eigen, lambdas, fisher=options.fisher, damping=options.damping, model=self.model,
             tracked=tracked, train_ids=self.train_ids, compute_dtype=dtype_name(options.torch_compute_dtype),
-            activation_tokens=options.activation_tokens, sample=options.sample_spec(),
+            activation_tokens=options.activation_tokens, sample=options.sample_spec(self._n_train),
         )
 
     def _phase(self, out: Path | None, key: dict[str, Any], label: str, load: Callable, save: Callable,
@@ -265,16 +266,27 @@ class FactorFit:
         self.runner.all_reduce_sum_(state.tensors())  # once per pass: ranks may have seen different batch counts
         return state
 
+    @property
+    def _n_train(self) -> int | None:
+        """How many examples the factor passes draw from (None: a loader without ids or strata)."""
+        if self.strata is not None:
+            return len(self.strata)
+        return None if self.train_ids is None else len(self.train_ids)
+
     def _sample(self, covariance: bool) -> list[int] | None:
         """The example indices of a covariance or lambda pass (None: all), seeded and stratified."""
         options = self.options
-        wanted = options.covariance_max_examples if covariance else options.lambda_max_examples
+        which = "covariance_max_examples" if covariance else "lambda_max_examples"
+        wanted = options.max_examples(which)
         if wanted is None:
             return None
-        if self.train_ids is None and self.strata is None:
-            raise ValueError("covariance_max_examples/lambda_max_examples need the training ids (or strata) to sample from")
+        if self._n_train is None:
+            if getattr(options, which) == "auto":
+                log(f"EK-FAC {'covariance' if covariance else 'lambda'} pass: {which}=auto, but the loader has no "
+                    "example ids to sample from, so the pass sees every example")
+                return None
+            raise ValueError(f"{which}={wanted} needs the training ids (or strata) to sample from")
         strata = self.strata if self.strata is not None else [None] * len(self.train_ids or [])
-        which = "covariance_max_examples" if covariance else "lambda_max_examples"
         chosen = sample_indices(strata, wanted, options.sample_seed + (0 if covariance else 1), which)
         if chosen is None:
             return None

@@ -15,6 +15,12 @@ import torch
 from infra_pl.dtypes import parse_dtype
 from infra_pl.options import key_values, option
 
+# Examples per factor pass under ``covariance_max_examples``/``lambda_max_examples: auto`` (the default).
+# On the LDS harness even 20 examples kept per-item LDS inside the full-data interval; 2,048 keeps every
+# example of sets up to that size (the demo's factors are unchanged) and bounds the factor passes to
+# 2,048/N of an epoch each beyond it (benchmarks/RESULTS.md, "Whole attribution").
+AUTO_SAMPLE = 2048
+
 
 @dataclass
 class FactorOptions:
@@ -64,13 +70,14 @@ class FactorOptions:
         "convention) or only ``targets``, the positions that predict a loss target (bergson's and dattri's); the "
         "gradients, and so Λ and every score, always use every token.", key=True)
 
-    covariance_max_examples: int | float | None = option(
-        None, "fit A and S on a sample of the training set: a count, or a fraction in (0, 1]; seeded "
-        "(``sample_seed``) and stratified by domain and difficulty where the data has them (null: every example). "
-        "The sample is recorded in the manifest; accuracy against full-data factors: benchmarks/RESULTS.md.",
-        key=True)
-    lambda_max_examples: int | float | None = option(
-        None, "fit the eigenvalue correction Λ on a sample (as ``covariance_max_examples``; null: every example).",
+    covariance_max_examples: int | float | str | None = option(
+        "auto", "fit A and S on a sample of the training set: a count, a fraction in (0, 1], ``auto`` (the default: "
+        f"{AUTO_SAMPLE} examples, i.e. every example up to N = {AUTO_SAMPLE}) or null (every example); seeded "
+        "(``sample_seed``) and stratified by domain and difficulty where the data has them. The sample is recorded "
+        "in the manifest; accuracy against full-data factors (LDS per item, score agreement at N = 2k-32k): "
+        "benchmarks/RESULTS.md.", key=True)
+    lambda_max_examples: int | float | str | None = option(
+        "auto", "fit the eigenvalue correction Λ on a sample (as ``covariance_max_examples``; null: every example).",
         key=True)
     sample_seed: int = option(0, "seed of the covariance and lambda samples.", key=True)
 
@@ -86,6 +93,14 @@ class FactorOptions:
         from infra_pl.ekfac.streams import check_streams
 
         check_fisher(self.fisher)
+        for which in ("covariance_max_examples", "lambda_max_examples"):
+            value = getattr(self, which)
+            if isinstance(value, str) and value != "auto":
+                raise ValueError(f"{which} must be a count, a fraction in (0, 1], 'auto' or null; got {value!r}")
+            if value is not None and value != "auto":
+                from infra_pl.sampling import sample_size
+
+                sample_size(value, 1 << 62, which)  # a non-positive count or a fraction above 1 fails here
         if self.activation_tokens not in ("all", "targets"):
             raise ValueError(f"activation_tokens must be 'all' or 'targets', got {self.activation_tokens!r}")
         check_streams(self.streams)
@@ -109,17 +124,33 @@ class FactorOptions:
             **{k: values[k] for k in ("fisher", "dtype", "compute_dtype", "seed")},
             # only when set, so phases stored before the option resume
             **({"activation_tokens": self.activation_tokens} if self.activation_tokens != "all" else {}),
-            **({"sample": self.sample_spec()} if self.sample_spec() else {}),
+            **({"sample": sample} if (sample := self.sample_spec(None if train_ids is None else len(train_ids))) else {}),
             "model_fingerprint": model_fingerprint(model, tracked),
             "data_fingerprint": data_fingerprint(train_ids),
         }
 
-    def sample_spec(self) -> dict[str, Any] | None:
-        """The subsample settings (None when both passes see every example): phase keys and the manifest."""
-        if self.covariance_max_examples is None and self.lambda_max_examples is None:
+    def max_examples(self, which: str) -> int | float | None:
+        """``covariance_max_examples`` or ``lambda_max_examples`` with ``auto`` resolved to its count."""
+        value = getattr(self, which)
+        return AUTO_SAMPLE if value == "auto" else value
+
+    def sample_spec(self, n_train: int | None) -> dict[str, Any] | None:
+        """The subsample settings for ``n_train`` examples, for phase keys and the manifest; None when both
+        passes see every example (a count of at least N is no sample: such factors equal full-data ones
+        and stay reusable when the option changes). Without N (a loader without example ids) ``auto``
+        means every example."""
+        from infra_pl.sampling import sample_size
+
+        spec = {}
+        for which in ("covariance_max_examples", "lambda_max_examples"):
+            value = self.max_examples(which)
+            if n_train is None:
+                spec[which] = None if getattr(self, which) == "auto" else value
+            else:
+                spec[which] = value if sample_size(value, n_train, which) is not None else None
+        if all(v is None for v in spec.values()):
             return None
-        return {"covariance_max_examples": self.covariance_max_examples,
-                "lambda_max_examples": self.lambda_max_examples, "seed": self.sample_seed}
+        return {**spec, "seed": self.sample_seed}
 
     def budget_bytes(self, device: torch.device) -> int | None:
         """``device_budget`` if set, else 90% of a CUDA device's memory, else None (nothing to plan for)."""

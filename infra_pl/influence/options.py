@@ -87,12 +87,13 @@ class ScoreOptions:
                          "with ``from_index: true`` without another pass over the training set. The instance "
                          "scores are the same; a stopped pass keeps the parts written and a rerun completes them "
                          "(turning the index on after a finished run reruns the pass once to fill it).")
-    index_rank: int = option(32, "eigenvectors of S and of A kept per module in the index (k): k_out·k_in = "
+    index_rank: int = option(64, "eigenvectors of S and of A kept per module in the index (k): k_out·k_in = "
                              "min(k, out)·min(k, in) numbers per module and example. Exact at full rank; the "
                              "agreement of lower ranks with exact scores and the index size per example: "
                              "benchmarks/RESULTS.md (``benchmarks/bench_index.py``).")
-    index_dtype: str = option("float16", "storage of the index: ``float16`` (each module's block scaled by its "
-                              "largest magnitude, kept in float32: no overflow) or ``float32`` (twice the size).")
+    index_dtype: str = option("int8", "storage of the index: ``int8`` (each module's block scaled by its largest "
+                              "magnitude / 127, the scale kept in float32; rounding moved agreement with exact "
+                              "scores by < 1e-3), ``float16`` (twice the bytes) or ``float32`` (four times).")
     index_dir: str | None = option(None, "where the index is written and read (default: ``<output_dir>/index``, "
                                    "``partition-<k>/`` sub-folders with module partitions).")
     from_index: bool = option(False, "score the measurements against the stored index instead of a pass over the "
