@@ -86,8 +86,39 @@ def build_parser() -> argparse.ArgumentParser:
                         "its shard (default 1: no FSDP)")
     p.add_argument("--lora", type=_lora, default=None,
                    help="LoRA adapters, e.g. r=16,alpha=32,targets=gate_proj+up_proj+down_proj (tracks the adapters).")
+    from infra_pl.influence.options import ScoreOptions
+
+    defaults = ScoreOptions.__dataclass_fields__
+    p.add_argument("--index-rank", type=int, default=defaults["index_rank"].default,
+                   help="rank k of the training-gradient index (InfluenceScores index: true) whose disk size is "
+                        "estimated (default: %(default)s, the option's default).")
+    p.add_argument("--index-dtype", choices=("int8", "float16", "float32"), default=defaults["index_dtype"].default,
+                   help="storage dtype of the index (default: %(default)s).")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training examples, to size the whole index on disk (default: per example only).")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (partitions as lists of module names).")
     return p
+
+
+def index_size(args: argparse.Namespace) -> dict | None:
+    """Disk size of the training-gradient index for this model (None with LoRA: adapters are not sized here)."""
+    if args.lora is not None:
+        return None
+    from infra_pl.influence.index import model_index_bytes
+
+    size = model_index_bytes(args.model_config, args.index_rank, args.index_dtype, args.modules)
+    if args.n_train is not None:
+        size["n_train"] = args.n_train
+        size["total_bytes"] = size["bytes_per_example"] * args.n_train
+    return size
+
+
+def index_line(size: dict) -> str:
+    line = (f"Training index (index: true, rank {size['rank']}, {size['dtype']}, {size['modules']} modules): "
+            f"{size['bytes_per_example'] / 1024:.1f} KiB per example on disk")
+    if "total_bytes" in size:
+        line += f", {size['total_bytes'] / 1e9:.1f} GB for {size['n_train']:,} examples"
+    return line + " (written in the instance pass; memory stays flat in N)."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,10 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(plan_table(est, None), file=sys.stderr)
             print(f"\nerror: {err}", file=sys.stderr)
             return 2
+    index = index_size(args)
     if args.json:
-        print(json.dumps(plan_json(est, plan), indent=1))
+        print(json.dumps({**plan_json(est, plan), "index": index}, indent=1))
     else:
         print(plan_table(est, plan, budget))
+        if index is not None:
+            print("\n" + index_line(index))
     return 0
 
 

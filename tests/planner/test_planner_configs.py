@@ -54,6 +54,13 @@ def test_command_prints_the_plan_and_json(capsys):
     plan = json.loads(capsys.readouterr().out)
     flat = [name for group in plan["partitions"] for name in group]
     assert flat == plan["modules"] and len(plan["partitions"]) > 1
+    # the training index's disk size: Σ_modules min(k, out)·min(k, in) int8 values + a float32 scale per module
+    assert main(["--model-config", config, "--json", "--n-train", "1000", "--index-rank", "64"]) == 0
+    index = json.loads(capsys.readouterr().out)["index"]
+    assert index["modules"] == 84 and index["bytes_per_example"] == 84 * (64 * 64 + 4)
+    assert index["total_bytes"] == 1000 * index["bytes_per_example"]
+    assert main(["--model-config", config, "--index-dtype", "float16", "--index-rank", "32"]) == 0
+    assert f"{84 * (32 * 32 * 2 + 4) / 1024:.1f} KiB per example" in capsys.readouterr().out
     # a budget that cannot hold the model and one batch: exit code 2 and the reason
     assert main(["--model-config", config, "--budget", "8GiB"]) == 2
     assert "before any module's factors" in capsys.readouterr().err
@@ -64,5 +71,6 @@ def test_command_help_documents_every_option(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     for option in ("--model-config", "--budget", "--headroom", "--batch-size", "--seq-len", "--dtype", "--factor-dtype",
-                   "--modules", "--measurements", "--fisher", "--padding", "--lora", "--json"):
+                   "--modules", "--measurements", "--fisher", "--padding", "--lora", "--json", "--index-rank",
+                   "--index-dtype", "--n-train"):
         assert option in text
