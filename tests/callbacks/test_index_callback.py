@@ -80,3 +80,30 @@ def test_two_ddp_ranks_write_one_index_that_scores_like_one_process(tmp_path, ti
     assert list(scores["ddp"].index) == list(scores["single"].index) and len(scores["ddp"]) == 17
     got, want = torch.tensor(scores["ddp"].to_numpy()), torch.tensor(scores["single"].to_numpy())
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4  # DDP sums the factors in another order
+
+
+def test_the_index_check_under_ddp_equals_one_process(tmp_path, tiny_cache):
+    """A rank-4 index scored with the exact check: 2 DDP ranks share the check pass and give the same
+    scores (exact rows, calibration line, the rest) as one process."""
+
+    def run(out, devices, mode):
+        result = subprocess.run([sys.executable, str(SCRIPT), str(tiny_cache), str(out), str(devices), mode,
+                                 str(tmp_path / "index4")], capture_output=True, text=True, timeout=300,
+                                cwd=str(tmp_path))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    run(tmp_path / "written", 1, "index4")
+    frames, metas = {}, {}
+    for label, devices in (("single", 1), ("ddp", 2)):
+        run(tmp_path / label, devices, "check")
+        path = tmp_path / label / "scores" / "instance_scores.parquet"
+        frames[label] = pd.read_parquet(path).set_index("id").sort_index()
+        metas[label] = read_metadata(path)["scored_from"]
+    single, ddp = frames["single"], frames["ddp"]
+    assert list(ddp.index) == list(single.index) and len(ddp) == 17
+    assert ddp["exact_score"].equals(single["exact_score"]) and 6 <= int(single["exact_score"].sum()) <= 10
+    got, want = torch.tensor(ddp["score_new"].to_numpy()), torch.tensor(single["score_new"].to_numpy())
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+    line, line_ddp = metas["single"]["check"]["new"], metas["ddp"]["check"]["new"]
+    assert line["examples"] == line_ddp["examples"] == 6 and abs(line["slope"] - line_ddp["slope"]) <= 1e-4 * abs(line["slope"])

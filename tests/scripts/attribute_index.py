@@ -3,7 +3,9 @@
 usage: python attribute_index.py CACHE_DIR OUT_DIR DEVICES MODE INDEX_DIR
 
 MODE ``index``: factors and instance scores of one measurement, writing the index (rank 64, float32:
-full rank on the tiny model); MODE ``from``: another measurement scored from INDEX_DIR.
+full rank on the tiny model); MODE ``from``: another measurement scored from INDEX_DIR; MODE
+``index4``: the index at rank 4 (approximate); MODE ``check``: scored from it with the exact check
+(6 sampled examples and the top and bottom 2 scored exactly, the rest calibrated).
 """
 
 import os
@@ -31,8 +33,11 @@ def main() -> None:
     module, datamodule = build(cache, 17)
     common = dict(batch_size=8, token_top_k=0, sentence_top_k=0, removal_top_k=0, tagger="none", index_dir=index_dir,
                   output_dir=str(Path(out) / "scores"))
-    if mode == "index":
-        scores = InfluenceScores(measurements=[KNOWN], index=True, index_rank=64, index_dtype="float32", **common)
+    if mode in ("index", "index4"):
+        scores = InfluenceScores(measurements=[KNOWN], index=True, index_rank=64 if mode == "index" else 4,
+                                 index_dtype="float32", **common)
+    elif mode == "check":
+        scores = InfluenceScores(measurements=[NEW], from_index=True, index_check_examples=6, index_exact_top=2, **common)
     else:
         scores = InfluenceScores(measurements=[NEW], from_index=True, **common)
     callbacks = [EKFACFactors(fisher="empirical", output_dir=str(Path(out) / "factors"), batch_size=8,
