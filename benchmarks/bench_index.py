@@ -124,8 +124,9 @@ def agreement(got: np.ndarray, exact: np.ndarray, top: int = 100) -> dict[str, f
 
     pearson, spearman = rowwise_correlations(got, exact)
     overlap = [len(set(np.argsort(-g)[:top]) & set(np.argsort(-e)[:top])) / top for g, e in zip(got, exact)]
+    slopes = [np.polyfit(g, e, 1)[0] for g, e in zip(got, exact)]  # exact ≈ slope · got: the scale the estimate misses
     return {"pearson": float(pearson.mean()), "pearson_min": float(pearson.min()),
-            "spearman": float(spearman.mean()), "overlap": float(np.mean(overlap))}
+            "spearman": float(spearman.mean()), "overlap": float(np.mean(overlap)), "slope": float(np.median(slopes))}
 
 
 def checked_scores(raw: np.ndarray, exact: np.ndarray, sample: list[int], top: int) -> tuple[np.ndarray, list[int]]:
@@ -244,20 +245,21 @@ def main(argv: list[str] | None = None) -> None:
           f"{tracked * 4} bytes); N = {n} training sequences, Q = {len(ctx.query_indices)} per-item queries; one epoch "
           f"(forward + backward) = {epoch:.2f} s; threads {torch.get_num_threads()}")
     print("\nNew measurements scored from the index vs exact instance scores (per-item queries: mean over queries, "
-          "worst Pearson in brackets; LDS on the cached retrains: domain f / per item):\n")
+          "worst Pearson in brackets; exact/raw scale: median least-squares slope of exact on raw index scores; LDS on "
+          "the cached retrains: domain f / per item):\n")
     print("| index | bytes / example | kept energy / effective dims | raw: Pearson [worst] | Spearman | top-100 overlap "
-          "| LDS domain | LDS item | checked: Pearson [worst] | Spearman | top-100 overlap | LDS item "
+          "| exact/raw scale | LDS domain | LDS item | checked: Pearson [worst] | Spearman | top-100 overlap | LDS item "
           "| score 1 measurement (s) | score Q queries (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     exact_lds = lds["exact (instance pass)"]
-    print(f"| exact (instance pass) | {tracked * 4} (not stored) | 1 / 1 | 1 | 1 | 1 | {exact_lds[0]} | {exact_lds[1]} "
+    print(f"| exact (instance pass) | {tracked * 4} (not stored) | 1 / 1 | 1 | 1 | 1 | 1 | {exact_lds[0]} | {exact_lds[1]} "
           f"| – | – | – | – | {one_instance_seconds:.2f} | {pairwise_seconds:.2f} |")
     for label, kind, rank, dtype, size, agree, seconds_one, seconds_q, energy, effective, checked in rows:
         kept = f"{energy:.3f} / {effective:.3f}" if energy is not None else "–"
         checked_cells = (f"{checked['pearson']:.3f} [{checked['pearson_min']:.3f}] | {checked['spearman']:.3f} | "
                          f"{checked['overlap']:.2f} | {lds[label + ' checked'][1]}") if checked else "– | – | – | –"
         print(f"| {label} | {size} | {kept} | {agree['pearson']:.3f} [{agree['pearson_min']:.3f}] | "
-              f"{agree['spearman']:.3f} | {agree['overlap']:.2f} | {lds[label][0]} | {lds[label][1]} | "
+              f"{agree['spearman']:.3f} | {agree['overlap']:.2f} | {agree['slope']:.2f} | {lds[label][0]} | {lds[label][1]} | "
               f"{checked_cells} | {seconds_one:.2f} | {seconds_q:.2f} |")
     print(f"\nChecked: {check_n} sampled examples (seed {check_seed}, stratified by domain) calibrate each measurement's "
           f"index scores and, with its {exact_top} highest and {exact_top} lowest, are scored exactly ({check_examples} "
