@@ -268,3 +268,29 @@ def test_bfloat16_products_give_the_pure_torch_bfloat16_fit(tmp_path, tiny_cache
 def test_bad_compute_dtype_is_refused_at_construction():
     with pytest.raises(ValueError, match="compute_dtype must be one of"):
         EKFACFactors(compute_dtype="float16")
+
+
+def test_the_default_factor_sample_through_attribute_is_stratified_by_domain(tmp_path, tiny_cache, monkeypatch):
+    """``auto`` beyond its count (lowered here to 10) fits both passes on a seeded, domain-stratified sample,
+    records it, and equals the pure-torch fit on the same sample."""
+    from infra_pl.ekfac import options as factor_options
+    from infra_pl.sampling import stratified_sample
+
+    monkeypatch.setattr(factor_options, "AUTO_SAMPLE", 10)
+    module, datamodule = build(str(tiny_cache), None)
+    trainer, _ = make_trainer(tmp_path)
+    trainer.attribute(module, datamodule=datamodule)
+    factors = trainer.attribution_state.factors.factors
+    assert factors.sample == {"covariance_max_examples": 10, "lambda_max_examples": 10, "seed": 0}
+    assert all(m.n_sequences == 10 for m in factors.modules.values())
+    domains = [row.get("domain") for row in datamodule.attribution_metadata("train")]
+    assert len(set(domains)) == 2 and len(domains) > 10
+    chosen = stratified_sample([(row.get("domain"), row.get("difficulty"))
+                                for row in datamodule.attribution_metadata("train")], 10, 0)
+    assert {domains[i] for i in chosen} == set(domains)  # both domains in the sample
+    from infra_pl.ekfac.fit import rows_of
+
+    reference = fit_factors(module.model, list(rows_of(datamodule.attribution_dataloader("train", 8), chosen)),
+                            fisher="empirical", progress=False, covariance_max_examples=None, lambda_max_examples=None)
+    name = next(iter(reference.modules))
+    assert rel_err(factors.modules[name].activation_covariance, reference.modules[name].activation_covariance) <= 1e-5
