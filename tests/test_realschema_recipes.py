@@ -207,3 +207,25 @@ def test_metamath_oss_recipe_real_schema_end_to_end(tmp_path, monkeypatch):
     absent = [b for b in BEHAVIOURS if not (instance[f"behaviour_{b}"] > 0).any()]
     assert absent and all(b in html for b in absent) and "No training example shows" in html
     assert {r["behaviour"] for r in tables["behaviours"]}.isdisjoint(absent)
+
+    # A later measurement from the training index on this data: the index is written by an instance pass (rank 4:
+    # approximate here), then read with the exact check: a sample and the extremes rescored, the rest calibrated.
+    written = _runnable("llama3_8b_metamath_oss", tmp_path, index=True, index_rank=4)
+    main(["attribute", "-c", str(written), "--ckpt_path", ckpt])
+    assert json.loads((run / "attribution" / "scores" / "index" / "manifest.json").read_text())["n_train"] == 80
+    checked = _runnable("llama3_8b_metamath_oss", tmp_path, from_index=True, index_rank=4, index_check_examples=16,
+                        index_exact_top=4, sentence_top_k=0)
+    cli = main(["attribute", "-c", str(checked), "--ckpt_path", ckpt])
+    scored = pd.read_parquet(cli.trainer.attribution_state.scores.instance_scores_path).set_index("id")
+    exact_rows = scored[scored["exact_score"]]
+    assert 16 <= len(exact_rows) <= 16 + 4 * 2 * 2 < 80
+    want = instance.set_index("id")
+    for name in ("math", "code"):  # exactly rescored rows equal the instance pass over the whole set
+        got, ref = exact_rows[f"score_{name}"], want.loc[exact_rows.index, f"score_{name}"]
+        assert (got - ref).abs().max() <= 1e-4 * want[f"score_{name}"].abs().max()
+    info = json.loads((run / "attribution" / "scores" / "measurement_info.json").read_text())
+    for name in ("math", "code"):
+        check = info[name]["scored_from"]["check"][name]
+        assert check["examples"] == 16 and -1 <= check["pearson"] <= 1 and check["slope"] == check["slope"]
+    html = (run / "attribution" / "report" / "report.html").read_text()
+    assert "sampled training examples scored exactly" in html and "calibrated as exact" in html
