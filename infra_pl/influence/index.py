@@ -63,7 +63,9 @@ INDEX_FORMAT = 1
 INDEX_DTYPES = {"int8": np.int8, "float16": np.float16, "float32": np.float32}
 SCALED_DTYPES = {"int8": 127.0, "float16": 1.0}  # stored = block / scale, scale = largest magnitude / this
 BASIS_KINDS = ("eigen", "random")
-FLUSH_BYTES = 256 << 20  # a part holds at most this many bytes of values (and at most FLUSH_ROWS rows)
+# Rows wait in memory as float32 until a part is written: at most FLUSH_BYTES of them (and FLUSH_ROWS rows),
+# so the pass's extra memory stays small and bounded whatever the rank and N.
+FLUSH_BYTES = 32 << 20
 FLUSH_ROWS = 512
 READ_ROWS = 4096  # rows read from a memory-mapped part at a time when scoring
 _PART = re.compile(r"^part-r(\d+)-(\d+)\.json$")
@@ -369,7 +371,7 @@ class IndexWriter:
             raise ValueError(f"index_dtype must be one of {list(INDEX_DTYPES)}, got {dtype!r}")
         self.directory, self.basis, self.dtype, self.key, self.rank = Path(directory), basis, dtype, key, rank
         self.layout = basis.layout()
-        row_bytes = basis.row_size * np.dtype(INDEX_DTYPES[dtype]).itemsize
+        row_bytes = basis.row_size * 4  # the float32 buffer
         self.flush_rows = flush_rows or max(1, min(FLUSH_ROWS, FLUSH_BYTES // max(row_bytes, 1)))
         self._indices: list[int] = []
         self._ids: list[str] = []
