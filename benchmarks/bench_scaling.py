@@ -3,8 +3,11 @@
 For each axis the other two stay at the base point; every point runs in its own subprocess (so the
 memory numbers do not mix), times ``fit_factors`` (empirical Fisher, MLP projections) and one
 instance-score pass over the N training sequences with one measurement direction, and reads
-memory as the RSS high-water mark above the RSS after setup (model + data built). Prints one table
-per axis and the growth exponent from a log-log least-squares fit (1.0 = linear).
+memory as the RSS high-water mark above the RSS after setup (model + data built), and times one
+plain forward + backward over the N sequences (an epoch) so factors + instance pass also shows as
+epoch-equivalents. Prints one table per axis and the growth exponent from a log-log least-squares
+fit (1.0 = linear). ``bench_vs_kronfluence.py --whole`` measures the whole attribution (index and
+token scores included) beside kronfluence at N = 2k-32k.
 
 Expected: time ~ N^1 and ~ T^1 for both phases while the per-token passes dominate (the
 eigendecompositions are O(width^3) and independent of N and T); in width, the passes grow like
@@ -39,6 +42,7 @@ from _common import (  # noqa: E402
     loglog_slope,
     med,
     peak_rss_mb,
+    plain_epoch,
     random_tokens,
     reset_peak,
     set_clock,
@@ -104,9 +108,11 @@ def run_point(args: argparse.Namespace, n: int, seq: int, width: int) -> dict:
     can_reset = reset_peak()
     instance_times, _ = timed(instance, args.repeats)
     instance_peak = current_peak_mb() if can_reset else None
+    epoch_times, _ = timed(lambda: plain_epoch(model, train), args.repeats)  # last: the phases above run as before
     return {
         "factors_s": med(factor_times),
         "instance_s": med(instance_times),
+        "epoch_s": med(epoch_times),
         "factors_mb": factor_peak - setup_rss,
         "instance_mb": (instance_peak - setup_rss) if instance_peak is not None else None,
         "setup_mb": setup_rss,
@@ -142,12 +148,15 @@ def main(argv=None) -> None:
             point[axis] = value
             rows.append((value, child(args, point["n"], point["seq"], point["width"])))
         print()
-        header = f"{label:>8} | {'factors s':>9} | {'instance s':>10} | {'factors MB':>10} | {'instance MB':>11}"
+        header = (f"{label:>8} | {'factors s':>9} | {'instance s':>10} | {'epoch s':>7} | {'f+i epoch-eq':>12} | "
+                  f"{'factors MB':>10} | {'instance MB':>11}")
         print(header)
         print("-" * len(header))
         for value, r in rows:
             imb = f"{r['instance_mb']:11.0f}" if r["instance_mb"] is not None else f"{'-':>11}"
-            print(f"{value:>8} | {r['factors_s']:9.2f} | {r['instance_s']:10.2f} | {r['factors_mb']:10.0f} | {imb}")
+            eq = (r["factors_s"] + r["instance_s"]) / r["epoch_s"]
+            print(f"{value:>8} | {r['factors_s']:9.2f} | {r['instance_s']:10.2f} | {r['epoch_s']:7.2f} | {eq:12.2f} | "
+                  f"{r['factors_mb']:10.0f} | {imb}")
         xs = [v for v, _ in rows]
         exps = [loglog_slope(xs, [r[k] for _, r in rows]) for k in ("factors_s", "instance_s")]
         mem = [loglog_slope(xs, [max(r["factors_mb"], 1.0) for _, r in rows])]

@@ -37,3 +37,20 @@ def test_interleaved_benchmark_runs_and_scores_agree() -> None:
         assert re.search(rf"^{row} +\| +[0-9-]+ \| +[0-9]+$", out, flags=re.M), row
     pearson = float(re.search(r"^Pearson ([0-9.]+)", out, flags=re.M).group(1))
     assert pearson >= 0.999
+
+
+def test_whole_attribution_mode_runs_and_sums_its_phases() -> None:
+    """--whole: both children, one N, the factor sample, the index and the new measurement's agreement."""
+    pytest.importorskip("kronfluence")
+    cmd = [sys.executable, str(SCRIPT), "--scale", "--hidden", "64", "--layers", "1", "--heads", "2", "--vocab", "256",
+           "--seq-len", "32", "--n-query", "4", "--threads", "1", "--batch-size", "8", "--clock", "cpu",
+           "--whole", "24", "--top-k", "4", "--covariance-max-examples", "12", "--lambda-max-examples", "12"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    row = re.search(r"^\| 24 \|(.+)$", out, flags=re.M)
+    assert row, out[-3000:]
+    cells = [c.strip() for c in row.group(1).split("|")]
+    factors, direction, instance, tokens, total = (float(c) for c in cells[1:6])
+    assert abs(factors + direction + instance + tokens - total) <= 2e-3 and float(cells[6]) > 0  # kronfluence ran
+    assert "vs full-data factors" in out and "from the index vs its exact instance scores: Pearson" in out
