@@ -307,15 +307,9 @@ def run_infra(args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ kronfluence
-def run_kronfluence(args: argparse.Namespace) -> dict:
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import ScoreArguments
+def summed_nll_task(names: list[str]):
+    """kronfluence's Task for both modes: summed NLL as training loss and measurement, ``names`` tracked."""
     from kronfluence.task import Task
-
-    from infra_pl.lds.kronfluence_ref import ekfac_factor_arguments
-
-    model, train, query = setup(args)
-    names = [f"model.layers.{i}.mlp.{p}_proj" for i in range(args.layers) for p in ("gate", "up", "down")]
 
     class SummedNLLTask(Task):
         def compute_train_loss(self, batch, model, sample=False):
@@ -332,6 +326,18 @@ def run_kronfluence(args: argparse.Namespace) -> dict:
 
         def get_attention_mask(self, batch):
             return batch["attention_mask"]
+
+    return SummedNLLTask()
+
+
+def run_kronfluence(args: argparse.Namespace) -> dict:
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import ScoreArguments
+
+    from infra_pl.lds.kronfluence_ref import ekfac_factor_arguments
+
+    model, train, query = setup(args)
+    names = [f"model.layers.{i}.mlp.{p}_proj" for i in range(args.layers) for p in ("gate", "up", "down")]
 
     train_loader = batches(train, args.batch_size)
     out: dict = {"times": {}, "phase_peak_mb": {}}
@@ -350,7 +356,7 @@ def run_kronfluence(args: argparse.Namespace) -> dict:
             for param, flag in flags.items():
                 param.requires_grad_(flag)
 
-    task = SummedNLLTask()
+    task = summed_nll_task(names)
     model = prepare_model(model, task)
     baseline = current_rss_mb()
     train_ds, query_ds = TokenDataset(train), TokenDataset(query)
@@ -764,28 +770,11 @@ def run_kronfluence_whole(args: argparse.Namespace) -> dict:
 
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import ScoreArguments
-    from kronfluence.task import Task
 
     from infra_pl.lds.kronfluence_ref import ekfac_factor_arguments
 
     model, train, query = setup(args)
     names = [f"model.layers.{i}.mlp.{p}_proj" for i in range(args.layers) for p in ("gate", "up", "down")]
-
-    class SummedNLLTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            assert not sample, "empirical Fisher only"
-            return summed_nll(logits, batch["labels"])
-
-        def compute_measurement(self, batch, model):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            return summed_nll(logits, batch["labels"])
-
-        def get_influence_tracked_modules(self):
-            return names
-
-        def get_attention_mask(self, batch):
-            return batch["attention_mask"]
 
     train_loader = batches(train, args.batch_size)
     out: dict = {"times": {}, "phase_peak_mb": {}}
@@ -801,7 +790,7 @@ def run_kronfluence_whole(args: argparse.Namespace) -> dict:
             for param, flag in flags.items():
                 param.requires_grad_(flag)
 
-    task = SummedNLLTask()
+    task = summed_nll_task(names)
     model = prepare_model(model, task)
     baseline = current_rss_mb()
     train_ds, query_ds = TokenDataset(train), TokenDataset(query)
